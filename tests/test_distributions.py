@@ -1,0 +1,77 @@
+"""The neuron mixture ``P_j(y)`` against closed forms, quadrature and a KS test."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from tests.distribution_properties import (
+    check_expand,
+    check_goodness_of_fit,
+    check_moments,
+    check_normalisation,
+    check_shapes,
+)
+from ugmm_prob import neuron_mixture
+
+
+def _parameters(neurons=3, components=4):
+    generator = torch.Generator().manual_seed(1)
+    loc = torch.randn(neurons, components, generator=generator, dtype=torch.float64) * 2
+    scale = 0.2 + torch.rand(neurons, components, generator=generator, dtype=torch.float64)
+    logits = torch.randn(neurons, components, generator=generator, dtype=torch.float64)
+    return loc, scale, logits
+
+
+def test_is_a_pyro_mixture_with_neuron_batch_shape():
+    mixture = neuron_mixture(*_parameters())
+    assert type(mixture).__module__.startswith("pyro.distributions")
+    assert mixture.batch_shape == (3,)
+    check_shapes(mixture)
+    check_expand(mixture)
+
+
+def test_log_prob_matches_the_plain_mixture_formula():
+    loc, scale, logits = _parameters()
+    y = torch.linspace(-4, 4, 17, dtype=torch.float64)[:, None]
+    pi = torch.softmax(logits, -1)
+    plain = (
+        (pi * torch.exp(-0.5 * ((y[..., None] - loc) / scale) ** 2) / (scale * np.sqrt(2 * np.pi)))
+        .sum(-1)
+        .log()
+    )
+    torch.testing.assert_close(neuron_mixture(loc, scale, logits).log_prob(y), plain)
+
+
+def test_integrates_to_one():
+    loc, scale, _ = _parameters()
+    check_normalisation(
+        neuron_mixture(*_parameters()),
+        float(loc.min() - 12 * scale.max()),
+        float(loc.max() + 12 * scale.max()),
+    )
+
+
+def test_sample_moments_match_exact_moments():
+    loc, scale, logits = _parameters()
+    pi = torch.softmax(logits, -1)
+    mean = (pi * loc).sum(-1)
+    variance = (pi * (scale**2 + loc**2)).sum(-1) - mean**2
+    check_moments(neuron_mixture(loc, scale, logits), mean, variance)
+
+
+@pytest.mark.parametrize("neuron", [0, 1, 2])
+def test_sampler_passes_kolmogorov_smirnov(neuron):
+    loc, scale, logits = (p[neuron] for p in _parameters())
+    pi = torch.softmax(logits, -1).numpy()
+
+    def cdf(y):
+        return (pi * stats.norm.cdf((y[:, None] - loc.numpy()) / scale.numpy())).sum(-1)
+
+    check_goodness_of_fit(neuron_mixture(loc, scale, logits), cdf)
+
+
+def test_rejects_mismatched_shapes():
+    loc, scale, logits = _parameters()
+    with pytest.raises(ValueError, match="one shape"):
+        neuron_mixture(loc, scale[:, :2], logits)

@@ -1,0 +1,261 @@
+"""The fused kernel against the plain broadcast formula, finite differences and stress cases."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ugmm_prob import kernels
+from ugmm_prob.kernels import coupled_log_density, reference_log_density
+
+
+def _plain(x, loc, scale, logits):
+    """The formula written out term by term, independently of the library."""
+    log_pi = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    z = (
+        log_pi
+        - torch.log(scale)
+        - 0.5 * math.log(2 * math.pi)
+        - (x[..., None, :] - loc) ** 2 / (2 * scale**2)
+    )
+    return torch.logsumexp(z, dim=-1)
+
+
+def _params(out_features, in_features, dtype=torch.float64, seed=0, scale_low=0.05):
+    g = torch.Generator().manual_seed(seed)
+    loc = torch.randn(out_features, in_features, generator=g, dtype=dtype)
+    scale = scale_low + torch.rand(out_features, in_features, generator=g, dtype=dtype)
+    logits = torch.randn(out_features, in_features, generator=g, dtype=dtype)
+    return loc, scale, logits
+
+
+@pytest.mark.parametrize("batch_shape", [(), (1,), (7,), (3, 5), (2, 1, 4)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (16, 9)])
+def test_matches_plain_formula_in_float64(batch_shape, shape):
+    loc, scale, logits = _params(*shape)
+    x = 2 * torch.randn(*batch_shape, shape[1], dtype=torch.float64)
+    out = coupled_log_density(x, loc, scale, logits, backend="eager")
+    assert out.shape == (*batch_shape, shape[0])
+    torch.testing.assert_close(out, _plain(x, loc, scale, logits), rtol=1e-12, atol=1e-12)
+
+
+def test_blocks_cover_the_batch(monkeypatch):
+    """Many small eager blocks give the same values and gradients as a single one."""
+    loc, scale, logits = _params(6, 5)
+    x = torch.randn(37, 5, dtype=torch.float64, requires_grad=True)
+    params = [p.requires_grad_() for p in (loc, scale, logits)]
+    monkeypatch.setattr(kernels, "EAGER_BLOCK_ELEMENTS", 6 * 5 * 4)  # blocks of 4 rows
+    out = coupled_log_density(x, *params, backend="eager")
+    grads = torch.autograd.grad(out.square().sum(), [x, *params])
+    ref = _plain(x, *params)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *params])
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_float32_agrees_with_float64_reference():
+    loc, scale, logits = _params(8, 30)
+    x = torch.randn(20, 30, dtype=torch.float64)
+    want = _plain(x, loc, scale, logits)
+    got = coupled_log_density(x.float(), loc.float(), scale.float(), logits.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_in_all_arguments():
+    loc, scale, logits = _params(3, 4)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, loc, scale, logits)]
+    assert torch.autograd.gradcheck(
+        lambda *a: coupled_log_density(*a, backend="eager"), args, eps=1e-6, atol=1e-7
+    )
+
+
+def test_gradients_match_autograd_of_plain_formula():
+    loc, scale, logits = _params(7, 11, seed=3)
+    x = torch.randn(2, 6, 11, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, loc, scale, logits)]
+    upstream = torch.randn(2, 6, 7, dtype=torch.float64)
+    got = torch.autograd.grad((coupled_log_density(*args) * upstream).sum(), args)
+    want = torch.autograd.grad((_plain(*args) * upstream).sum(), args)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+def test_only_requested_gradients_are_computed():
+    loc, scale, logits = _params(3, 4)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    loc.requires_grad_()
+    (grad,) = torch.autograd.grad(coupled_log_density(x, loc, scale, logits).sum(), [loc])
+    assert grad.shape == loc.shape
+
+
+def test_identity_equal_inputs_give_the_neuron_mixture():
+    """If every input equals y, the activation is log P_j(y) of the neuron's own mixture."""
+    loc, scale, logits = _params(4, 6)
+    y = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    x = y[:, None].expand(13, 6)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits), torch.distributions.Normal(loc, scale)
+    )
+    torch.testing.assert_close(
+        coupled_log_density(x, loc, scale, logits), mixture.log_prob(y[:, None])
+    )
+
+
+def test_saved_memory_has_no_batch_by_neuron_by_input_tensor():
+    batch, out_features, in_features = 64, 32, 48
+    loc, scale, logits = (p.float().requires_grad_() for p in _params(out_features, in_features))
+    x = torch.randn(batch, in_features, requires_grad=True)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        coupled_log_density(x, loc, scale, logits, backend="eager")
+    bound = 4 * (batch * (in_features + out_features) + out_features * in_features)
+    assert sum(saved) <= bound
+    assert max(saved) < batch * out_features * in_features
+
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        reference_log_density(x, loc, scale, logits)
+    assert max(saved) >= batch * out_features * in_features  # the hook does see big tensors
+
+
+def test_dropped_components_with_minus_inf_logits():
+    loc, scale, logits = _params(5, 8)
+    logits[:, ::2] = -math.inf
+    logits[0, 1:] = -math.inf  # neuron 0 keeps only component 0... which is dropped above
+    logits[0, 0] = 0.3  # so revive it: one finite logit left
+    x = torch.randn(9, 8, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, loc, scale, logits)]
+    out = coupled_log_density(*args)
+    torch.testing.assert_close(out, _plain(x, loc, scale, logits))
+    grads = torch.autograd.grad(out.sum(), args)
+    for grad in grads:
+        assert torch.isfinite(grad).all()
+    assert (grads[3][:, 2::2] == 0).all()  # dropped components get no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["far", "random"])
+def test_stress_inputs_up_to_1e4(dtype, where):
+    """All components far from the input (no -inf - -inf NaN) and |x| up to 1e4."""
+    loc, scale, logits = _params(6, 10, scale_low=1e-3)
+    scale = scale * 0.1
+    if where == "far":
+        x = torch.full((4, 10), 1e4, dtype=torch.float64)
+        x[1] = -1e4
+    else:
+        x = (torch.rand(50, 10, dtype=torch.float64) * 2 - 1) * 1e4
+    want = _plain(x, loc, scale, logits)
+    assert torch.isfinite(want).all()
+    if where == "far":
+        assert (want < -1e9).all()  # every component is thousands of scales away
+    args = [t.to(dtype).requires_grad_() for t in (x, loc, scale, logits)]
+    got = coupled_log_density(*args)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(
+        got.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0
+    )
+    for grad in torch.autograd.grad(got.sum(), args):
+        assert torch.isfinite(grad).all()
+
+
+def test_empty_batch():
+    loc, scale, logits = _params(3, 4)
+    assert coupled_log_density(
+        torch.zeros(0, 4, dtype=torch.float64), loc, scale, logits
+    ).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "match"),
+    [
+        (torch.zeros(2, 5, dtype=torch.float64), ValueError, r"\(\.\.\., 4\), got \(2, 5\)"),
+        (torch.zeros(2, 4, dtype=torch.int64), TypeError, "float32 or float64, got torch.int64"),
+        (torch.zeros(2, 4, dtype=torch.float32), TypeError, "share one dtype"),
+    ],
+)
+def test_bad_inputs_are_named(x, error, match):
+    with pytest.raises(error, match=match):
+        coupled_log_density(x, *_params(3, 4))
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend must be"):
+        coupled_log_density(torch.zeros(2, 4, dtype=torch.float64), *_params(3, 4), backend="fast")
+
+
+def test_auto_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    fake = kernels._Runner("compiled", broken, broken, broken, blocked=False)
+    monkeypatch.setattr(kernels, "_compiled_runner", lambda: fake)
+    monkeypatch.setattr(kernels, "compiled_backend_available", lambda device_type: True)
+    monkeypatch.setattr(kernels, "AUTO_COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "_COMPILE_FAILED", set())
+    monkeypatch.setattr(kernels, "_COMPILE_WORKED", set())
+    loc, scale, logits = (p.requires_grad_() for p in _params(3, 4))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="using the eager backend"):
+        out = coupled_log_density(x, loc, scale, logits)
+    torch.testing.assert_close(out, _plain(x, loc, scale, logits))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only; later calls go straight to eager
+        out = coupled_log_density(x, loc, scale, logits)
+        out.sum().backward()
+    assert torch.isfinite(loc.grad).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch_shape=st.lists(st.integers(0, 4), max_size=3),
+    out_features=st.integers(1, 6),
+    in_features=st.integers(1, 6),
+)
+def test_shapes_property(batch_shape, out_features, in_features):
+    loc, scale, logits = _params(out_features, in_features)
+    x = torch.randn(*batch_shape, in_features, dtype=torch.float64)
+    out = coupled_log_density(x, loc, scale, logits)
+    assert out.shape == (*batch_shape, out_features)
+    if out.numel():
+        torch.testing.assert_close(out, _plain(x, loc, scale, logits))
+
+
+@pytest.mark.compiled
+@pytest.mark.skipif(not kernels.compiled_backend_available("cpu"), reason="no C++ compiler")
+def test_compiled_backend_matches_plain_formula_and_gradients():
+    loc, scale, logits = _params(12, 40, seed=5)
+    x = torch.randn(33, 40, dtype=torch.float64)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
+        args = [t.to(dtype).requires_grad_() for t in (x, loc, scale, logits)]
+        out = coupled_log_density(*args, backend="compiled")
+        got = torch.autograd.grad((out * out).sum(), args)
+        ref_args = [t.detach().double().requires_grad_() for t in args]
+        ref = _plain(*ref_args)
+        want = torch.autograd.grad((ref * ref).sum(), ref_args)
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g.double(), w, rtol=tol * 10, atol=tol * 10)
+
+
+def test_explicit_compiled_backend_does_not_hide_failures(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    fake = kernels._Runner("compiled", broken, broken, broken, blocked=False)
+    monkeypatch.setattr(kernels, "_compiled_runner", lambda: fake)
+    monkeypatch.setattr(kernels, "compiled_backend_available", lambda device_type: True)
+    with pytest.raises(RuntimeError, match="no compiler here"):
+        coupled_log_density(
+            torch.zeros(2, 4, dtype=torch.float64), *_params(3, 4), backend="compiled"
+        )

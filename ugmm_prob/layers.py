@@ -1,0 +1,176 @@
+"""Building blocks (``PyroModule``\\ s): the uGMM layer and component dropout.
+
+A :class:`UGMMLayer` of ``J`` neurons on ``N`` inputs holds ``3 * J * N`` parameters and maps
+inputs ``x`` of shape ``(..., N)`` to the activations ``a(x)`` of shape ``(..., J)`` computed by
+:func:`ugmm_prob.kernels.coupled_log_density`. Its neurons' own distributions are available
+as one ``MixtureSameFamily`` through :attr:`UGMMLayer.mixture`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+
+from .distributions import neuron_mixture
+from .kernels import Backend, check_kernel_inputs, coupled_log_density
+
+__all__ = ["UGMMLayer", "component_dropout"]
+
+
+def component_dropout(
+    logits: torch.Tensor, p: float, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Drop mixture components as the paper defines it.
+
+    Each component's logit becomes ``-inf`` with probability ``p``; the mixing weights of the
+    survivors renormalise through the softmax (there is no ``1 / (1 - p)`` rescaling). A
+    neuron whose every component would be dropped keeps all of them, since an empty mixture
+    has no density. One mask is drawn per call and shared by the whole minibatch.
+
+    Args:
+        logits: mixing logits of shape ``(..., J, N)``.
+        p: drop probability in ``[0, 1)``.
+        generator: optional random generator for the mask.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"component_dropout: expected p in [0, 1), got {p}")
+    if p == 0.0:
+        return logits
+    drop = torch.rand(logits.shape, device=logits.device, generator=generator) < p
+    drop &= ~drop.all(dim=-1, keepdim=True)
+    return logits.masked_fill(drop, -math.inf)
+
+
+class UGMMLayer(PyroModule):
+    """A layer of uGMM neurons: each neuron is a univariate Gaussian mixture over its inputs.
+
+    .. math::
+
+        a_j(x) = \\log \\sum_{k=1}^{N} \\pi_{jk}
+                 \\mathcal N(x_k \\mid \\mu_{jk}, \\sigma_{jk}^2),
+        \\qquad \\pi_j = \\operatorname{softmax}(l_j)
+
+    Component ``k`` of neuron ``j`` is evaluated at input ``x_k`` (one component per
+    connection). ``a_j`` is a log-density in each coordinate but not a normalised density of
+    the vector ``x`` (see the concepts page); the neuron's own mixture ``P_j(y)`` is, and is
+    returned by :attr:`mixture`. If every input equals ``y`` then ``a_j(x) = log P_j(y)``.
+
+    Parameters are ``PyroParam``\\ s, so the layer can be used inside Pyro models and have
+    priors put on them: ``loc`` (``mu``, real), ``scale`` (``sigma > scale_floor``) and
+    ``logits`` (real). They start from the paper's initialisation: ``mu ~ N(0, 1)``,
+    ``sigma ~ U(scale_floor, 1)`` and logits ``~ U(0, 1)``.
+
+    Args:
+        in_features: number of inputs ``N``.
+        out_features: number of neurons ``J``.
+        dropout: component-dropout probability in training mode (see
+            :func:`component_dropout`).
+        scale_floor: lower bound on every ``sigma``, so variances cannot collapse.
+        backend: kernel backend, ``"auto"``, ``"eager"`` or ``"compiled"``.
+        device, dtype: where and in which floating type the parameters live.
+        name: prefix of the layer's Pyro parameter names. Like every ``PyroModule``, a layer
+            syncs its parameters with Pyro's global parameter store under
+            ``"{name}.loc"`` etc. (``"loc"`` when unnamed), so two stand-alone layers used in
+            one Pyro program need different names; layers inside a network are named by
+            their attribute path automatically.
+
+    Example:
+        >>> layer = UGMMLayer(4, 3)
+        >>> layer(torch.randn(10, 4)).shape
+        torch.Size([10, 3])
+        >>> layer.mixture.batch_shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        dropout: float = 0.0,
+        scale_floor: float = 1e-3,
+        backend: Backend = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__(name=name)
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"UGMMLayer: expected {name} a positive int, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"UGMMLayer: expected dropout in [0, 1), got {dropout}")
+        if not (0.0 < scale_floor < 1.0):
+            raise ValueError(f"UGMMLayer: expected scale_floor in (0, 1), got {scale_floor}")
+        dtype = dtype or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"UGMMLayer: expected a floating dtype, got {dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dropout = dropout
+        self.scale_floor = scale_floor
+        self.backend = backend
+        self.reset_parameters(device=device, dtype=dtype)
+
+    def reset_parameters(
+        self,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """(Re)draw the parameters from the paper's initialisation.
+
+        ``mu ~ N(0, 1)``, ``sigma ~ U(scale_floor, 1)``, logits ``~ U(0, 1)``. Replaces the
+        parameter objects: build optimisers after calling it.
+        """
+        if device is None or dtype is None:
+            current = getattr(self, "loc_unconstrained", None)
+            device = device or (current.device if current is not None else None)
+            dtype = dtype or (current.dtype if current is not None else None)
+        shape = (self.out_features, self.in_features)
+        kw = {"device": device, "dtype": dtype}
+        loc = torch.randn(shape, generator=generator, **kw)
+        floor = self.scale_floor
+        # Strictly above the floor: the constraint's inverse transform is log(sigma - floor).
+        unit = torch.rand(shape, generator=generator, **kw).clamp_min(1e-6)
+        scale = floor + (1.0 - floor) * unit
+        logits = torch.rand(shape, generator=generator, **kw)
+        self.loc = PyroParam(loc, constraint=constraints.real)
+        self.scale = PyroParam(scale, constraint=constraints.greater_than(floor))
+        self.logits = PyroParam(logits, constraint=constraints.real)
+
+    @property
+    def label(self) -> str:
+        """How errors name this layer."""
+        name = type(self).__name__
+        return f"{name}(in_features={self.in_features}, out_features={self.out_features})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations, shape ``(..., out_features)``, of ``x`` of shape ``(..., in_features)``."""
+        loc, scale, logits = self.loc, self.scale, self.logits
+        check_kernel_inputs(x, loc, scale, logits, owner=self.label)
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"{self.label}: expected finite inputs, got {bad} NaN or inf value(s) "
+                f"in an input of shape {tuple(x.shape)}"
+            )
+        if self.training and self.dropout > 0:
+            logits = component_dropout(logits, self.dropout)
+        return coupled_log_density(x, loc, scale, logits, backend=self.backend)
+
+    @property
+    def mixture(self) -> dist.MixtureSameFamily:
+        """The neurons' own mixtures ``P_j(y)``: batch shape ``(out_features,)``."""
+        return neuron_mixture(self.loc, self.scale, self.logits)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"dropout={self.dropout}, scale_floor={self.scale_floor}, backend={self.backend!r}"
+        )
