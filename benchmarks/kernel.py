@@ -23,13 +23,13 @@ import ctypes
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from _results import machine
 
 from ugmm_prob import coupled_log_density
 
@@ -132,19 +132,6 @@ def time_methods(args: argparse.Namespace) -> dict[str, list[float]]:
             step()
             times[method].append(time.perf_counter() - start)
     return times
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            name = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
-    )
 
 
 def main() -> None:

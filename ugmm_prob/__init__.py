@@ -4,7 +4,11 @@ Where things live:
 
 - :mod:`ugmm_prob.kernels`: the numerical core (the fused input-coupled log-density);
 - :mod:`ugmm_prob.distributions`: Pyro distributions (the neurons' mixtures);
-- :mod:`ugmm_prob.layers`: modules built on them (:class:`UGMMLayer`, component dropout).
+- :mod:`ugmm_prob.layers`: modules built on them (:class:`UGMMLayer`, component dropout);
+- :mod:`ugmm_prob.networks`: classifiers, baselines and the joint-score model;
+- :mod:`ugmm_prob.training`, :mod:`ugmm_prob.metrics`: fitting point estimates and scoring;
+- :mod:`ugmm_prob.datasets`, :mod:`ugmm_prob.checkpoints`, :mod:`ugmm_prob.plotting`,
+  :mod:`ugmm_prob.experiments`, :mod:`ugmm_prob.cli`: data, files, figures and the command.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -12,6 +16,16 @@ from importlib.metadata import PackageNotFoundError, version
 from .distributions import neuron_mixture
 from .kernels import compiled_backend_available, coupled_log_density
 from .layers import UGMMLayer, component_dropout
+from .networks import (
+    Classifier,
+    CNNClassifier,
+    ConvUGMMClassifier,
+    JointScoreModel,
+    MLPClassifier,
+    UGMMClassifier,
+    UGMMStack,
+)
+from .training import evaluate, fit
 
 try:
     __version__ = version("ugmm-prob")
@@ -19,10 +33,19 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "CNNClassifier",
+    "Classifier",
+    "ConvUGMMClassifier",
+    "JointScoreModel",
+    "MLPClassifier",
+    "UGMMClassifier",
     "UGMMLayer",
+    "UGMMStack",
     "__version__",
     "compiled_backend_available",
     "component_dropout",
     "coupled_log_density",
+    "evaluate",
+    "fit",
     "neuron_mixture",
 ]

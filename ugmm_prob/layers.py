@@ -8,6 +8,7 @@ as one ``MixtureSameFamily`` through :attr:`UGMMLayer.mixture`.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pyro.distributions as dist
@@ -18,7 +19,21 @@ from pyro.nn import PyroModule, PyroParam
 from .distributions import neuron_mixture
 from .kernels import Backend, check_kernel_inputs, coupled_log_density
 
-__all__ = ["UGMMLayer", "component_dropout"]
+__all__ = ["UGMMLayer", "component_dropout", "unique_pyro_name"]
+
+_instance_counter = itertools.count()
+
+
+def unique_pyro_name(prefix: str) -> str:
+    """A fresh name for a top-level ``PyroModule``, e.g. ``"UGMMLayer_3"``.
+
+    ``PyroModule``\\ s sync their parameters with Pyro's global parameter store by name, and a
+    module that finds its names already in the store takes those values over. Two unnamed
+    models built in one process would therefore share (and overwrite) each other's
+    parameters; a distinct default name per instance keeps every model's parameters its own.
+    Submodules are renamed by their parent (``"UGMMClassifier_0.stack.layers.0.loc"``).
+    """
+    return f"{prefix}_{next(_instance_counter)}"
 
 
 def component_dropout(
@@ -72,11 +87,9 @@ class UGMMLayer(PyroModule):
         scale_floor: lower bound on every ``sigma``, so variances cannot collapse.
         backend: kernel backend, ``"auto"``, ``"eager"`` or ``"compiled"``.
         device, dtype: where and in which floating type the parameters live.
-        name: prefix of the layer's Pyro parameter names. Like every ``PyroModule``, a layer
-            syncs its parameters with Pyro's global parameter store under
-            ``"{name}.loc"`` etc. (``"loc"`` when unnamed), so two stand-alone layers used in
-            one Pyro program need different names; layers inside a network are named by
-            their attribute path automatically.
+        name: prefix of the layer's Pyro parameter names (``"{name}.loc"`` etc.); by default
+            a fresh one per instance (see :func:`unique_pyro_name`). Layers inside a
+            network are named by their attribute path.
 
     Example:
         >>> layer = UGMMLayer(4, 3)
@@ -96,9 +109,9 @@ class UGMMLayer(PyroModule):
         backend: Backend = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        name: str = "",
+        name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name or unique_pyro_name(type(self).__name__))
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"UGMMLayer: expected {name} a positive int, got {value!r}")

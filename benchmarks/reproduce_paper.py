@@ -1,0 +1,156 @@
+"""Run the paper's table (MNIST and Iris) and write docs/results.md and docs/results.json.
+
+Every experiment is the preset of the same name in :mod:`ugmm_prob.experiments` (the same
+code ``ugmm-prob train`` runs). The paper trains MNIST models for 100 epochs; on a small CPU
+that takes days, so ``--epochs NAME=N`` shortens a run and its MultiStepLR milestones are
+scaled by the same factor. The table states the epochs actually run.
+
+    python benchmarks/reproduce_paper.py                       # every row, preset epochs
+    python benchmarks/reproduce_paper.py --only iris-joint     # one row
+    python benchmarks/reproduce_paper.py --epochs mnist-ugmm-ln=8 mnist-cnn=3
+
+MNIST is read from --mnist-dir, else $UGMM_PROB_MNIST_DIR, else ../shared/data/mnist beside
+the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+
+import torch
+from _results import REPO, default_mnist_dir, machine, update_results
+
+from ugmm_prob.experiments import EXPERIMENTS, load_data
+from ugmm_prob.training import fit
+
+
+def _parse_epochs(pairs: list[str]) -> dict[str, int]:
+    epochs = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in EXPERIMENTS or not value.isdigit():
+            raise SystemExit(f"--epochs expects NAME=N with NAME in {sorted(EXPERIMENTS)}")
+        epochs[name] = int(value)
+    return epochs
+
+
+def run(name: str, epochs: int | None, seed: int, mnist_dir, device: str | None) -> dict:
+    experiment = EXPERIMENTS[name]
+    data = load_data(experiment.data, mnist_root=mnist_dir)
+    settings = dict(experiment.training)
+    paper_epochs = settings["epochs"]
+    if epochs is not None:
+        factor = epochs / paper_epochs
+        settings["epochs"] = epochs
+        settings["milestones"] = tuple(
+            max(1, round(m * factor)) for m in settings.get("milestones", ())
+        )
+    torch.manual_seed(seed)
+    model = experiment.build()
+    started = time.perf_counter()
+    history = fit(
+        model,
+        data.x_train,
+        data.y_train,
+        x_val=data.x_test,
+        y_val=data.y_test,
+        seed=seed,
+        device=device,
+        progress=sys.stderr.isatty(),
+        **settings,
+    )
+    seconds = time.perf_counter() - started
+    final = history[-1]
+    print(
+        f"{name}: {100 * final['accuracy']:.2f}% after {settings['epochs']} epochs "
+        f"({seconds / 60:.1f} min); paper {experiment.paper}%",
+        flush=True,
+    )
+    return {
+        "experiment": name,
+        "description": experiment.description,
+        "epochs": settings["epochs"],
+        "paper_epochs": paper_epochs,
+        "milestones": list(settings.get("milestones", ())),
+        "lr": settings["lr"],
+        "batch_size": settings["batch_size"],
+        "seed": seed,
+        "test_accuracy": 100 * final["accuracy"],
+        "best_epoch_accuracy": 100 * max(row["accuracy"] for row in history),
+        "nll": final["nll"],
+        "ece": final["ece"],
+        "paper": experiment.paper,
+        "minutes": seconds / 60,
+    }
+
+
+def write_docs(rows: list[dict], command: str) -> None:
+    update_results(
+        [
+            {
+                "experiment": row["experiment"],
+                "metric": "test_accuracy",
+                "value": round(row["test_accuracy"], 2),
+                "paper": row["paper"],
+            }
+            for row in rows
+        ]
+    )
+    details = REPO / "docs" / "results-paper-table.json"
+    previous = (
+        {r["experiment"]: r for r in json.loads(details.read_text())} if details.exists() else {}
+    )
+    previous.update({row["experiment"]: row for row in rows})
+    details.write_text(json.dumps(list(previous.values()), indent=2) + "\n")
+
+    lines = [
+        "<!-- written by benchmarks/reproduce_paper.py; rerun it rather than editing -->",
+        "| experiment | model | epochs run (paper) | test accuracy % | paper % | best epoch % "
+        "| NLL | ECE | wall time |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in previous.values():
+        lines.append(
+            f"| `{row['experiment']}` | {row['description']} | {row['epochs']} "
+            f"({row['paper_epochs']}) | **{row['test_accuracy']:.2f}** | {row['paper']} | "
+            f"{row['best_epoch_accuracy']:.2f} | {row['nll']:.4f} | {row['ece']:.4f} | "
+            f"{row['minutes']:.1f} min |"
+        )
+    table = "\n".join(lines)
+    page = REPO / "docs" / "results.md"
+    text = page.read_text() if page.exists() else "# Results\n"
+    begin, end = "<!-- paper-table:begin -->", "<!-- paper-table:end -->"
+    block = (
+        f"{begin}\n## The paper's table\n\nMachine: {machine()}.\n\nCommand: `{command}`\n\n"
+        f"{table}\n{end}"
+    )
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    page.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(EXPERIMENTS), help="rows to run")
+    parser.add_argument("--epochs", nargs="*", default=[], help="NAME=N: run N epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--mnist-dir", default=None)
+    args = parser.parse_args()
+    epochs = _parse_epochs(args.epochs)
+    mnist_dir = args.mnist_dir or default_mnist_dir()
+    names = args.only or list(EXPERIMENTS)
+    print(f"machine: {machine()}", flush=True)
+    rows = [run(name, epochs.get(name), args.seed, mnist_dir, args.device) for name in names]
+    command = "python benchmarks/reproduce_paper.py " + shlex.join(sys.argv[1:])
+    write_docs(rows, command.strip())
+
+
+if __name__ == "__main__":
+    main()

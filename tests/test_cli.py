@@ -1,0 +1,106 @@
+"""The ugmm-prob command: demo, train, evaluate and its error messages."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ugmm_prob.cli import main
+from ugmm_prob.datasets import MNIST_ENV
+
+MNIST = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+def test_demo_prints_posteriors_and_saves_a_plot(tmp_path, capsys):
+    assert main(["demo", "--quiet", "--epochs", "30", "--show", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "exact posterior accuracy" in out and "/30" in out
+    assert out.count("setosa") >= 2  # header and at least one row
+    png = tmp_path / "iris_demo.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_script_entry_point_runs(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ugmm_prob",
+            "demo",
+            "--quiet",
+            "--epochs",
+            "5",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "exact posterior accuracy" in result.stdout
+
+
+def test_train_then_evaluate_iris(tmp_path, capsys):
+    args = ["train", "iris-joint", "--epochs", "5", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "iris-joint: test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "history.png").exists()
+    assert main(["evaluate", str(tmp_path / "checkpoint.pt")]) == 0
+    assert "after 5 epochs on the iris test split" in capsys.readouterr().out
+    # resuming to more epochs continues from epoch 5
+    assert main([*args[:3], "8", *args[4:], "--resume"]) == 0
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 8
+
+
+def test_train_mnist_subset(tmp_path, capsys):
+    if not MNIST.is_dir():
+        pytest.skip(f"MNIST not found at {MNIST}")
+    args = [
+        "train",
+        "mnist-mlp",
+        "--epochs",
+        "1",
+        "--subset",
+        "2000",
+        "--quiet",
+        "--mnist-dir",
+        str(MNIST),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    assert "mnist-mlp: test accuracy" in capsys.readouterr().out
+
+
+def test_missing_mnist_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(MNIST_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code = main(["train", "mnist-mlp", "--mnist-dir", str(tmp_path / "nowhere"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "MNIST IDX files not found" in err and "nowhere" in err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(bad)]) == 2
+    assert "not a readable ugmm-prob checkpoint" in capsys.readouterr().err
+
+
+def test_unknown_experiment_is_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "imagenet"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cuda_without_cuda(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = ["train", "iris-joint", "--epochs", "1", "--quiet", "--device", "cuda"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err

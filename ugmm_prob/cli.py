@@ -1,0 +1,193 @@
+"""The ``ugmm-prob`` command: ``demo``, ``train`` and ``evaluate``.
+
+``ugmm-prob demo`` is the main job on embedded data: it trains the paper's joint-score
+uGMM-NN on Iris (shipped with the package), prints the test accuracy and the exact class
+posteriors of a few flowers, and saves a figure. ``train`` runs any experiment of
+:mod:`ugmm_prob.experiments` with checkpoints and metrics files; ``evaluate`` scores a
+checkpoint on its data set's test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+from matplotlib.figure import Figure
+
+from .checkpoints import CheckpointError, load_checkpoint
+from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
+from .experiments import EXPERIMENTS, load_data
+from .networks import JointScoreModel
+from .plotting import plot_history, plot_neuron_mixtures, plot_posteriors
+from .training import DeviceUnavailableError, TrainingDivergedError, evaluate, fit
+
+__all__ = ["main"]
+
+
+def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    experiment = EXPERIMENTS["iris-joint"]
+    data = load_data("iris")
+    torch.manual_seed(args.seed)
+    model = experiment.build()
+    settings = {**experiment.training, "epochs": args.epochs or experiment.training["epochs"]}
+    started = time.perf_counter()
+    history = fit(
+        model,
+        data.x_train,
+        data.y_train,
+        x_val=data.x_test,
+        y_val=data.y_test,
+        seed=args.seed,
+        progress=not args.quiet,
+        **settings,
+    )
+    seconds = time.perf_counter() - started
+    posterior = model.posterior(data.x_test)
+    correct = int((posterior.argmax(-1) == data.y_test).sum())
+    print(
+        f"Iris, joint-score uGMM-NN 5-10-5-1, {settings['epochs']} epochs in {seconds:.1f} s: "
+        f"exact posterior accuracy {correct}/{len(data.y_test)} "
+        f"({100 * correct / len(data.y_test):.1f}%) on the paper's 30-flower test split"
+    )
+    print("\nexact class posteriors p(c | x) of the first test flowers:")
+    print(f"{'flower':>6}  {'true':<10}  " + "  ".join(f"{name:>10}" for name in IRIS_CLASSES))
+    for i in range(min(args.show, len(data.y_test))):
+        cells = "  ".join(f"{float(p):>10.4f}" for p in posterior[i])
+        print(f"{i:>6}  {IRIS_CLASSES[int(data.y_test[i])]:<10}  {cells}")
+
+    fig = Figure(figsize=(12, 7.5))
+    axes = fig.subplots(2, 2)
+    plot_posteriors(posterior, data.y_test, class_names=IRIS_CLASSES, ax=axes[0, 0])
+    axes[0, 0].set_title("exact p(c | x) on the 30 test flowers")
+    plot_history(history, ax=axes[0, 1])
+    axes[0, 1].set_title("training")
+    plot_neuron_mixtures(model.stack.layers[0], ax=axes[1, 0])
+    plot_neuron_mixtures(model.stack.layers[1], ax=axes[1, 1])
+    path = _save(fig, pathlib.Path(args.out) / "iris_demo.png")
+    print(f"\nfigure saved to {path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    experiment = EXPERIMENTS[args.experiment]
+    data = load_data(experiment.data, mnist_root=args.mnist_dir)
+    x_train, y_train = data.x_train, data.y_train
+    if args.subset:
+        x_train, y_train = x_train[: args.subset], y_train[: args.subset]
+    torch.manual_seed(args.seed)
+    model = experiment.build()
+    settings = dict(experiment.training)
+    for key in ("epochs", "batch_size", "lr", "optimizer"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.milestones is not None:
+        settings["milestones"] = tuple(args.milestones)
+    out = pathlib.Path(args.out)
+    checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else out / "checkpoint.pt"
+    history = fit(
+        model,
+        x_train,
+        y_train,
+        x_val=data.x_test,
+        y_val=data.y_test,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+        checkpoint_path=checkpoint,
+        metrics_path=args.metrics or out / "metrics.csv",
+        resume=args.resume,
+        **settings,
+    )
+    final = history[-1] if history else evaluate(model, data.x_test, data.y_test)
+    print(
+        f"{experiment.name}: test accuracy {100 * final['accuracy']:.2f}% "
+        f"(paper {experiment.paper}%), NLL {final['nll']:.4f}, ECE {final['ece']:.4f}; "
+        f"checkpoint {checkpoint}"
+    )
+    if history:
+        print(f"training curve saved to {_save(plot_history(history), out / 'history.png')}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    state = load_checkpoint(args.checkpoint)
+    name = args.data or ("iris" if isinstance(state.model, JointScoreModel) else "mnist")
+    data = load_data(name, mnist_root=args.mnist_dir)
+    metrics = evaluate(state.model, data.x_test, data.y_test)
+    print(
+        f"{type(state.model).__name__} after {state.epoch} epochs on the {name} test split: "
+        f"accuracy {100 * metrics['accuracy']:.2f}%, NLL {metrics['nll']:.4f}, "
+        f"ECE {metrics['ece']:.4f}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ugmm-prob``."""
+    parser = argparse.ArgumentParser(
+        prog="ugmm-prob", description="uGMM-NN: neural networks of univariate Gaussian mixtures"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train on Iris (shipped) and show exact posteriors")
+    demo.add_argument("--out", default="ugmm-demo", help="folder for the figure")
+    demo.add_argument("--epochs", type=int, help="override the preset's 300 epochs")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--show", type=int, default=8, help="how many flowers to print")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_demo)
+
+    train = sub.add_parser("train", help="train one of the paper's experiments")
+    train.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    train.add_argument("--out", default="runs", help="folder for checkpoint, metrics, plot")
+    train.add_argument("--checkpoint", help="checkpoint file (default OUT/checkpoint.pt)")
+    train.add_argument("--metrics", help="metrics file, .csv or .jsonl (default OUT/metrics.csv)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--optimizer", choices=["adam", "sgd"])
+    train.add_argument("--milestones", type=int, nargs="*", help="MultiStepLR epochs")
+    train.add_argument("--subset", type=int, help="train on the first N examples only")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--mnist-dir", help="MNIST IDX folder (default: $UGMM_PROB_MNIST_DIR)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=_train)
+
+    score = sub.add_parser("evaluate", help="score a checkpoint on its test split")
+    score.add_argument("checkpoint")
+    score.add_argument("--data", choices=["iris", "mnist"], help="default: from the model")
+    score.add_argument("--mnist-dir")
+    score.set_defaults(run=_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ugmm-prob`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (
+        DatasetNotFoundError,
+        CorruptDatasetError,
+        CheckpointError,
+        DeviceUnavailableError,
+        TrainingDivergedError,
+    ) as error:
+        print(f"ugmm-prob {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

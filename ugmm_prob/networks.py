@@ -1,0 +1,426 @@
+"""Networks built from uGMM layers, the paper's baselines and the joint-score model.
+
+Every network here is a :class:`Classifier`: it computes class logits, its ``forward``
+returns the predictive ``Categorical`` distribution (so ``net(x).log_prob(y)`` reads like the
+mathematics), it is a Pyro model through :meth:`Classifier.model`, and it answers
+``log_prob``, ``predict_proba`` and ``predict``. Training, checkpoints and the Bayesian
+treatment use only that interface plus :attr:`Classifier.config`.
+
+- :class:`UGMMStack`: uGMM layers with optional LayerNorm and per-layer component dropout;
+- :class:`UGMMClassifier`: the fully connected uGMM-NN (784-128-64-10 in the paper);
+- :class:`ConvUGMMClassifier`: a standard convolutional feature extractor with a uGMM head;
+- :class:`MLPClassifier`, :class:`CNNClassifier`: the paper's baselines;
+- :class:`JointScoreModel`: the label fed in as an extra input, an unnormalised joint score
+  ``s(x, c)`` and the exact class posterior ``p(c | x) = softmax_c s(x, c)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from .kernels import Backend
+from .layers import UGMMLayer, unique_pyro_name
+
+__all__ = [
+    "CNNClassifier",
+    "Classifier",
+    "ConvUGMMClassifier",
+    "JointScoreModel",
+    "MLPClassifier",
+    "UGMMClassifier",
+    "UGMMStack",
+    "build_model",
+]
+
+MODEL_CLASSES: dict[str, type[Classifier]] = {}
+
+
+class Classifier(PyroModule):
+    """Base class: a network mapping inputs ``x`` to class logits.
+
+    Subclasses implement :meth:`logits` and record their constructor arguments in
+    ``self.config`` (plain Python values), which is what checkpoints store to rebuild them.
+    """
+
+    num_classes: int
+    config: dict[str, Any]
+
+    def __init__(self, name: str | None = None) -> None:
+        # A distinct Pyro name per instance: see ugmm_prob.layers.unique_pyro_name.
+        super().__init__(name=name or unique_pyro_name(type(self).__name__))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised class log-probabilities, shape ``(n, num_classes)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> dist.Categorical:
+        """The predictive distribution ``p(y | x)``: ``Categorical(logits=self.logits(x))``."""
+        return dist.Categorical(logits=self.logits(x))
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log p(y | x)`` for each row, shape ``(n,)``."""
+        return self(x).log_prob(y)
+
+    def model(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None
+    ) -> torch.Tensor:
+        """Pyro model: ``y_i ~ Categorical(logits(x_i))`` under ``pyro.plate("data")``.
+
+        ``num_data`` is the size of the whole data set when ``x`` is a minibatch: the
+        plate then scales the log-likelihood by ``num_data / len(x)``.
+        """
+        logits = self.logits(x)
+        size = len(x) if num_data is None else num_data
+        subsample = torch.arange(len(x), device=x.device)
+        with pyro.plate("data", size=size, subsample=subsample):
+            return pyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The objective minimised by :func:`ugmm_prob.training.fit`: mean ``-log p(y | x)``."""
+        return -self.log_prob(x, y).mean()
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
+        """``p(y | x)`` in evaluation mode (no dropout), shape ``(n, num_classes)``."""
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [self.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.softmax(torch.cat(parts), dim=-1)
+
+    def predict(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
+        """Most probable class for each row, shape ``(n,)``."""
+        return self.predict_proba(x, batch_size=batch_size).argmax(-1)
+
+
+def build_model(name: str, config: dict[str, Any]) -> Classifier:
+    """Rebuild a network from its class name and ``config`` (as stored in checkpoints)."""
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model class {name!r}; known: {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[name](**config)
+
+
+def _per_layer(value: float | Sequence[float], count: int, what: str) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * count
+    values = [float(v) for v in value]
+    if len(values) != count:
+        raise ValueError(f"expected {count} {what} values (one per layer), got {len(values)}")
+    return values
+
+
+class UGMMStack(PyroModule):
+    """uGMM layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
+
+    LayerNorm (optional, after every layer but the last) rescales the wide range of
+    log-density activations, which the paper found essential for training. Component dropout
+    is given per layer (a single number applies to the first layer only, as in the paper).
+
+    Args:
+        sizes: layer widths including the input width, e.g. ``(784, 128, 64, 10)``.
+        layer_norm: LayerNorm after each hidden layer.
+        dropout: component-dropout probability, per layer or for the first layer.
+        scale_floor, backend: passed to every :class:`~ugmm_prob.layers.UGMMLayer`.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        *,
+        layer_norm: bool = True,
+        dropout: float | Sequence[float] = 0.0,
+        scale_floor: float = 1e-3,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"UGMMStack: expected at least two sizes, got {sizes}")
+        count = len(sizes) - 1
+        if isinstance(dropout, (int, float)):
+            dropout = [float(dropout)] + [0.0] * (count - 1)
+        rates = _per_layer(dropout, count, "dropout")
+        self.layers = PyroModule[nn.ModuleList](
+            [
+                UGMMLayer(n_in, n_out, dropout=p, scale_floor=scale_floor, backend=backend)
+                for n_in, n_out, p in zip(sizes[:-1], sizes[1:], rates, strict=True)
+            ]
+        )
+        self.norms = PyroModule[nn.ModuleList](
+            [PyroModule[nn.LayerNorm](width) for width in sizes[1:-1]] if layer_norm else []
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < len(self.norms):
+                x = self.norms[index](x)
+        return x
+
+
+class UGMMClassifier(Classifier):
+    """Fully connected uGMM-NN: the last layer's activations are the class logits.
+
+    ``UGMMClassifier(784, (128, 64), 10, layer_norm=True, dropout=0.3)`` is the paper's MNIST
+    network (98.34% reported). The logits are log-densities of each class neuron's mixture
+    at the previous layer's activations; they are scores, not a likelihood of ``x``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (128, 64),
+        num_classes: int = 10,
+        *,
+        layer_norm: bool = True,
+        dropout: float | Sequence[float] = 0.0,
+        scale_floor: float = 1e-3,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.config = {
+            "in_features": in_features,
+            "hidden": list(hidden),
+            "num_classes": num_classes,
+            "layer_norm": layer_norm,
+            "dropout": dropout if isinstance(dropout, (int, float)) else list(dropout),
+            "scale_floor": scale_floor,
+            "backend": backend,
+        }
+        self.stack = UGMMStack(
+            [in_features, *hidden, num_classes],
+            layer_norm=layer_norm,
+            dropout=dropout,
+            scale_floor=scale_floor,
+            backend=backend,
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stack(x.flatten(1))
+
+
+class MLPClassifier(Classifier):
+    """The paper's baseline: ``Linear -> ReLU -> Dropout`` per hidden layer, then ``Linear``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (128, 64),
+        num_classes: int = 10,
+        *,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.config = {
+            "in_features": in_features,
+            "hidden": list(hidden),
+            "num_classes": num_classes,
+            "dropout": dropout,
+        }
+        blocks: list[nn.Module] = []
+        for n_in, n_out in zip([in_features, *hidden[:-1]], hidden, strict=True):
+            blocks += [PyroModule[nn.Linear](n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
+        blocks.append(PyroModule[nn.Linear](hidden[-1] if hidden else in_features, num_classes))
+        self.net = PyroModule[nn.Sequential](*blocks)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class ConvFeatures(PyroModule):
+    """Standard MNIST feature extractor: two conv/ReLU/max-pool blocks and a dense layer.
+
+    ``(n, 1, 28, 28)`` (or flat ``(n, 784)``) to ``(n, features)``.
+    """
+
+    def __init__(self, image_size: int = 28, channels: int = 1, features: int = 128) -> None:
+        super().__init__()
+        self.image_size, self.channels = image_size, channels
+        reduced = image_size // 4
+        self.net = PyroModule[nn.Sequential](
+            PyroModule[nn.Conv2d](channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            PyroModule[nn.Conv2d](32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            PyroModule[nn.Linear](64 * reduced * reduced, features),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # flat images
+            x = x.reshape(len(x), self.channels, self.image_size, self.image_size)
+        return self.net(x)
+
+
+class CNNClassifier(Classifier):
+    """The CNN baseline: :class:`ConvFeatures`, dropout, then a dense layer to the classes."""
+
+    def __init__(
+        self, num_classes: int = 10, *, features: int = 128, dropout: float = 0.25
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.config = {"num_classes": num_classes, "features": features, "dropout": dropout}
+        self.features = ConvFeatures(features=features)
+        self.head = PyroModule[nn.Sequential](
+            nn.Dropout(dropout), PyroModule[nn.Linear](features, num_classes)
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ConvUGMMClassifier(Classifier):
+    """:class:`ConvFeatures` with a uGMM head (``features -> head_hidden -> classes``)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        features: int = 128,
+        head_hidden: Sequence[int] = (64,),
+        layer_norm: bool = True,
+        dropout: float | Sequence[float] = 0.0,
+        scale_floor: float = 1e-3,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.config = {
+            "num_classes": num_classes,
+            "features": features,
+            "head_hidden": list(head_hidden),
+            "layer_norm": layer_norm,
+            "dropout": dropout if isinstance(dropout, (int, float)) else list(dropout),
+            "scale_floor": scale_floor,
+            "backend": backend,
+        }
+        self.features = ConvFeatures(features=features)
+        # LayerNorm brings the ReLU features to the scale of the uGMM initialisation.
+        self.feature_norm = PyroModule[nn.LayerNorm](features)
+        self.head = UGMMStack(
+            [features, *head_hidden, num_classes],
+            layer_norm=layer_norm,
+            dropout=dropout,
+            scale_floor=scale_floor,
+            backend=backend,
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.feature_norm(self.features(x)))
+
+
+class JointScoreModel(Classifier):
+    """The paper's "generative" uGMM-NN: the label is an extra input to the network.
+
+    The root neuron's activation is the joint score ``s(x, c)`` of features ``x`` and label
+    ``c`` (fed in as the number ``c``). **``s`` is not a normalised density of ``x``**: a uGMM
+    neuron on several inputs is a log-density in each coordinate but its integral over
+    ``R^N`` diverges (see the concepts page), so ``exp s(x, c)`` cannot be integrated to a
+    likelihood. What is exact is the posterior over the finitely many labels, in which the
+    unknown normaliser cancels:
+
+    .. math::  p(c \\mid x) = \\frac{\\exp s(x, c)}{\\sum_{c'} \\exp s(x, c')}
+
+    computed for all candidate labels in one batched pass (:meth:`logits` returns
+    ``s(x, c)`` for every ``c``). For exact likelihoods of ``x``, use the generative circuit.
+
+    Training objectives (``objective``):
+
+    - ``"score"``: maximise ``s(x, y)`` at the observed label, as the paper does. This is
+      *not* maximum likelihood: nothing normalises ``s``.
+    - ``"conditional"``: maximise ``log p(y | x)`` (cross-entropy over candidate labels),
+      the exact conditional likelihood of this model.
+
+    Args:
+        num_features: number of features ``D``; the network has ``D + 1`` inputs.
+        num_classes: number of labels ``C``.
+        hidden: hidden widths (the paper's Iris model: ``(10, 5)``, root width 1).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        hidden: Sequence[int] = (10, 5),
+        *,
+        objective: str = "score",
+        layer_norm: bool = False,
+        dropout: float | Sequence[float] = 0.0,
+        scale_floor: float = 1e-3,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        if objective not in ("score", "conditional"):
+            raise ValueError(f"objective must be 'score' or 'conditional', got {objective!r}")
+        self.num_features, self.num_classes, self.objective = num_features, num_classes, objective
+        self.config = {
+            "num_features": num_features,
+            "num_classes": num_classes,
+            "hidden": list(hidden),
+            "objective": objective,
+            "layer_norm": layer_norm,
+            "dropout": dropout if isinstance(dropout, (int, float)) else list(dropout),
+            "scale_floor": scale_floor,
+            "backend": backend,
+        }
+        self.stack = UGMMStack(
+            [num_features + 1, *hidden, 1],
+            layer_norm=layer_norm,
+            dropout=dropout,
+            scale_floor=scale_floor,
+            backend=backend,
+        )
+
+    def score(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Joint score ``s(x, c)``: ``x`` is ``(..., D)``; ``c`` broadcasts with ``x[..., 0]``."""
+        c = torch.as_tensor(c, device=x.device)
+        batch = torch.broadcast_shapes(x.shape[:-1], c.shape)
+        inputs = torch.cat(
+            [x.expand(*batch, x.shape[-1]), c.to(x.dtype).expand(batch)[..., None]], dim=-1
+        )
+        return self.stack(inputs).squeeze(-1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``s(x, c)`` for every candidate label ``c``, shape ``(n, C)``, in one pass."""
+        labels = torch.arange(self.num_classes, device=x.device)
+        return self.score(x[None], labels[:, None]).transpose(0, 1)
+
+    def posterior(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ``p(c | x)``, shape ``(n, C)`` (evaluation mode, no gradient)."""
+        return self.predict_proba(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.objective == "score":
+            return -self.score(x, y).mean()
+        return super().training_loss(x, y)
+
+    def joint_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Pyro model of the unnormalised joint: ``c ~ Uniform{0..C-1}``, factor ``s(x, c)``.
+
+        With the label site enumerated (``config_enumerate``), Pyro's exact marginal of
+        ``c`` equals :meth:`posterior`. Used to check the posterior against Pyro itself.
+        """
+        uniform = torch.zeros(self.num_classes, device=x.device, dtype=x.dtype)
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(logits=uniform))
+            pyro.factor("score", self.score(x, c))
+        return c
