@@ -28,9 +28,12 @@ def plot_neuron_mixtures(
     """The densities ``P_j(y)`` of some neurons of a layer (default: up to 8 of them)."""
     neurons = list(range(min(layer.out_features, 8))) if neurons is None else list(neurons)
     mixture = layer.mixture
-    loc, scale = layer.loc.detach(), layer.scale.detach()
-    lo = float((loc - 3 * scale).min())
-    hi = float((loc + 3 * scale).max())
+    loc, scale = layer.loc.detach()[neurons], layer.scale.detach()[neurons]
+    # Frame the components that carry weight; negligible ones may sit far away.
+    weight = torch.softmax(layer.logits.detach()[neurons], -1)
+    visible = weight >= 0.01 * weight.max(-1, keepdim=True).values
+    lo = float((loc - 4 * scale)[visible].min())
+    hi = float((loc + 4 * scale)[visible].max())
     grid = torch.linspace(lo, hi, points, dtype=loc.dtype, device=loc.device)
     density = mixture.log_prob(grid[:, None]).exp().cpu()
     if ax is None:

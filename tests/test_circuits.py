@@ -1,0 +1,257 @@
+"""The generative circuit against quadrature, Pyro's enumeration, brute force and KS tests."""
+
+import itertools
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+from scipy import stats
+
+from ugmm_prob.circuits import CircuitDistribution, RandomBinaryTrees, UGMMCircuit
+from ugmm_prob.training import fit
+
+
+def make(num_vars, num_classes=2, *, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    options = {"repetitions": 2, "channels": 3, "components": 2, **kwargs}
+    circuit = UGMMCircuit(num_vars, num_classes, **options).double()
+    with torch.no_grad():  # spread the parameters away from their symmetric start
+        circuit.leaf_loc_unconstrained.normal_(0, 1.5)
+        circuit.leaf_scale_unconstrained.uniform_(-0.5, 0.3)
+        circuit.leaf_logits_unconstrained.normal_(0, 1)
+        for name, param in circuit.named_parameters():
+            if "sum_logits" in name or "root_logits" in name or "class_logits" in name:
+                param.normal_(0, 1)
+    return circuit
+
+
+def grid(lo=-9.0, hi=9.0, points=1201):
+    return torch.linspace(lo, hi, points, dtype=torch.float64)
+
+
+def test_region_graph_splits_disjointly_and_covers():
+    graph = RandomBinaryTrees.build(11, depth=2, repetitions=3, seed=1)
+    for r in range(3):
+        real = graph.leaf_vars[r][graph.leaf_vars[r] < 11]
+        assert sorted(real.tolist()) == list(range(11))  # each variable in exactly one region
+        for d in range(11):
+            assert d in graph.leaf_vars[r, graph.var_region[r, d]].tolist()
+    with pytest.raises(ValueError, match="more than the 3 variables"):
+        RandomBinaryTrees.build(3, depth=2, repetitions=1)
+
+
+def test_integrates_to_one_in_one_dimension():
+    circuit = make(1, 3)
+    x = grid()
+    density = circuit.log_prob(x[:, None]).exp().detach()
+    assert abs(float(torch.trapezoid(density, x)) - 1) < 1e-3
+    for c in range(3):  # and every class-conditional density
+        conditional = (
+            (circuit.log_prob(x[:, None], torch.full((len(x),), c)) - circuit.class_log_prior()[c])
+            .exp()
+            .detach()
+        )
+        assert abs(float(torch.trapezoid(conditional, x)) - 1) < 1e-3
+
+
+def test_integrates_to_one_in_two_dimensions():
+    circuit = make(2, 2, depth=1)
+    x = grid(points=601)
+    x1, x2 = torch.meshgrid(x, x, indexing="ij")
+    points = torch.stack([x1, x2], -1)
+    with torch.no_grad():
+        density = circuit.log_prob(points).exp()  # leading batch shape (601, 601)
+    mass = torch.trapezoid(torch.trapezoid(density, x, dim=1), x)
+    assert abs(float(mass) - 1) < 1e-3
+
+
+def test_marginal_equals_integral_of_the_joint():
+    circuit = make(2, 2, depth=1)
+    x = grid(points=2001)
+    observed = torch.tensor([[0.7, float("nan")], [-1.3, float("nan")]], dtype=torch.float64)
+    mask = torch.tensor([True, False])
+    marginal = circuit.log_prob(observed, mask=mask).exp().detach()
+    for row in range(2):
+        points = torch.stack([torch.full_like(x, float(observed[row, 0])), x], -1)
+        integral = torch.trapezoid(circuit.log_prob(points).exp().detach(), x)
+        assert abs(float(marginal[row]) - float(integral)) < 1e-6
+    conditional = circuit.conditional_log_prob(
+        torch.tensor([0.7, 0.2], dtype=torch.float64), torch.tensor([False, True]), mask
+    )
+    joint = circuit.log_prob(torch.tensor([0.7, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(
+        conditional,
+        joint - circuit.log_prob(torch.tensor([0.7, 0.2], dtype=torch.float64), mask=mask),
+    )
+
+
+def test_predict_proba_equals_pyro_enumeration():
+    circuit = make(3, 4)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    marginals = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(
+        circuit.model, lambda x: None, x
+    )
+    enumerated = marginals["y"].log_prob(torch.arange(4)[:, None]).exp().T
+    torch.testing.assert_close(enumerated, circuit.predict_proba(x), atol=1e-10, rtol=0)
+    joint = circuit.joint_log_prob(x)
+    torch.testing.assert_close(circuit.predict_proba(x), torch.softmax(joint, -1))
+
+
+def test_is_a_pyro_distribution_site_under_plate():
+    circuit = make(3, 2)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    trace = pyro.poutine.trace(circuit.model).get_trace(x, y)
+    trace.compute_log_prob()
+    torch.testing.assert_close(
+        trace.nodes["x"]["log_prob"] + trace.nodes["y"]["log_prob"], circuit.log_prob(x, y)
+    )
+    d = circuit(torch.tensor([[0], [1]]))  # an enumerated class: batch (2, 1)
+    assert isinstance(d, CircuitDistribution) and d.batch_shape == (2, 1)
+    assert d.event_shape == (3,) and d.log_prob(x).shape == (2, 5)
+    assert circuit().sample((4,)).shape == (4, 3)
+    assert d.expand((2, 5)).log_prob(x).shape == (2, 5)
+
+
+def test_sampler_passes_kolmogorov_smirnov_in_one_dimension():
+    circuit = make(1, 2)
+    x = grid(points=20001)
+    cdf_values = torch.cumulative_trapezoid(circuit.log_prob(x[:, None]).exp(), x)
+    cdf_values = torch.cat([cdf_values.new_zeros(1), cdf_values]).detach().numpy()
+    samples, _ = circuit.sample(4000)
+    result = stats.kstest(samples[:, 0].numpy(), lambda v: np.interp(v, x.numpy(), cdf_values))
+    assert result.pvalue > 1e-3
+
+
+def test_exact_moments_match_quadrature_and_samples():
+    circuit = make(1, 2)
+    x = grid(-25, 25, points=100_001)
+    density = circuit.log_prob(x[:, None]).exp().detach()
+    mean_q = torch.trapezoid(density * x, x)
+    var_q = torch.trapezoid(density * (x - mean_q) ** 2, x)
+    mean, variance = (m.detach() for m in circuit.moments())
+    assert abs(float(mean[0] - mean_q)) < 1e-6 and abs(float(variance[0] - var_q)) < 1e-6
+
+    four = make(4, 3, depth=1)
+    mean, variance = four.moments()
+    samples, _ = four.sample(100_000)
+    se = (variance / len(samples)).sqrt()
+    assert ((samples.mean(0) - mean).abs() < 5 * se).all()
+    assert ((samples.var(0) - variance).abs() < 0.03 * variance).all()
+    class_mean, _ = four.moments(1)
+    conditional, _ = four.sample(50_000, c=1)
+    se = (four(torch.tensor(1)).variance / len(conditional)).sqrt()
+    assert ((conditional.mean(0) - class_mean).abs() < 5 * se).all()
+
+
+def test_conditional_samples_respect_evidence_and_follow_the_conditional():
+    circuit = make(2, 2, depth=1)
+    evidence = torch.tensor([[0.4, float("nan")]], dtype=torch.float64).expand(3000, 2)
+    mask = torch.tensor([True, False])
+    imputed = circuit.impute(evidence, mask)
+    assert (imputed[:, 0] == 0.4).all() and torch.isfinite(imputed).all()
+    x = grid(points=20001)
+    points = torch.stack([torch.full_like(x, 0.4), x], -1)
+    conditional = circuit.log_prob(points).exp().detach()
+    cdf = torch.cumulative_trapezoid(conditional, x)
+    cdf = torch.cat([cdf.new_zeros(1), cdf]) / cdf[-1]
+    result = stats.kstest(imputed[:, 1].numpy(), lambda v: np.interp(v, x.numpy(), cdf.numpy()))
+    assert result.pvalue > 1e-3
+
+
+def _induced_tree_values(circuit, x, mask):
+    """Brute force for depth-1 circuits: every class, root child, leaf channel, component."""
+    log_prior = circuit.class_log_prior()
+    root = torch.log_softmax(circuit.root_logits, -1)
+    w = torch.log_softmax(circuit.leaf_logits, -1)
+    loc, scale = circuit.leaf_loc, circuit.leaf_scale
+    width = circuit.channel_widths[-1]
+    leaf_vars = circuit.leaf_vars
+    best = -math.inf
+    for c, j in itertools.product(range(circuit.num_classes), range(root.shape[1])):
+        r, q = divmod(j, circuit.top_width)
+        channels = (q // width, q % width)
+        value = float(log_prior[c] + root[c, j])
+        for region in range(2):
+            for d in leaf_vars[r, region].tolist():
+                if d == circuit.num_vars:
+                    continue
+                i = channels[region]
+                options = []
+                for k in range(loc.shape[-1]):
+                    at = x[d] if mask[d] else loc[r, d, i, k]
+                    normal = torch.distributions.Normal(loc[r, d, i, k], scale[r, d, i, k])
+                    options.append(float(w[r, d, i, k] + normal.log_prob(at)))
+                value += max(options)
+        best = max(best, value)
+    return best
+
+
+@pytest.mark.parametrize("observed", [(False, False), (True, False)])
+def test_max_product_equals_brute_force_over_induced_trees(observed):
+    circuit = make(2, 2, depth=1, repetitions=2, channels=2, components=2, seed=3)
+    x = torch.tensor([0.3, float("nan")], dtype=torch.float64)
+    mask = torch.tensor(observed)
+    completed, _, log_value = circuit.mpe(x, mask)
+    assert abs(float(log_value) - _induced_tree_values(circuit, x, mask)) < 1e-9
+    assert torch.isfinite(completed).all()
+    if observed[0]:
+        assert completed[0] == 0.3
+
+
+def test_mpe_point_against_a_fine_grid_mode():
+    circuit = make(2, 1, depth=1, repetitions=1, channels=2, components=1, seed=4)
+    completed, _, _ = circuit.mpe(
+        torch.full((2,), float("nan"), dtype=torch.float64), torch.tensor([False, False])
+    )
+    x = grid(-6, 6, 1201)
+    points = torch.stack(torch.meshgrid(x, x, indexing="ij"), -1)
+    log_density = circuit.log_prob(points).detach()
+    mode_value = float(log_density.max())
+    mpe_value = float(circuit.log_prob(completed).detach())
+    # max-product is an approximation: its point cannot beat the mode and should be close
+    assert mpe_value <= mode_value + 1e-6
+    assert mode_value - mpe_value < 1.0
+
+
+def test_leading_batch_shape_and_no_grad():
+    circuit = make(3, 2)
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert circuit.joint_log_prob(x).shape == (2, 4, 2)
+        assert circuit.log_prob(x).shape == (2, 4)
+        assert circuit.impute(x, torch.tensor([True, False, True])).shape == (2, 4, 3)
+        completed, c, value = circuit.mpe(x, torch.tensor([True, False, False]))
+        assert completed.shape == (2, 4, 3) and c.shape == value.shape == (2, 4)
+
+
+def test_bad_inputs():
+    circuit = make(3, 2)
+    with pytest.raises(ValueError, match=r"expected x of shape \(\.\.\., 3\)"):
+        circuit.log_prob(torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="pass mask="):
+        circuit.log_prob(torch.tensor([[0.0, float("nan"), 0.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="disjoint"):
+        circuit.conditional_log_prob(
+            torch.zeros(3, dtype=torch.float64),
+            torch.tensor([True, False, False]),
+            torch.tensor([True, True, False]),
+        )
+
+
+def test_maximum_likelihood_and_hybrid_training_with_fit():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(150, 4) * 0.5 - 1, torch.randn(150, 4) * 0.5 + 1])
+    y = torch.cat([torch.zeros(150), torch.ones(150)]).long()
+    for weight in (1.0, 0.5):
+        circuit = UGMMCircuit(4, 2, depth=1, repetitions=2, channels=3, likelihood_weight=weight)
+        circuit.init_leaves_from_data(x)
+        before = float(-circuit.log_prob(x, y).mean())
+        fit(circuit, x, y, epochs=20, batch_size=50, lr=3e-2, progress=False)
+        after = float(-circuit.log_prob(x, y).mean())
+        assert after < before - 1.0
+        assert (circuit.predict(x) == y).double().mean() > 0.95
+        assert (circuit.leaf_scale >= circuit.config["scale_floor"]).all()
