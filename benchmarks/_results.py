@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pathlib
@@ -40,3 +41,35 @@ def update_results(records: list[dict], path: pathlib.Path = RESULTS_JSON) -> No
     kept = [r for r in existing if (r["experiment"], r["metric"]) not in keys]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(kept + records, indent=2) + "\n")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def step_peak_mib(step) -> float | None:
+    """Rise of this process's resident-set high-water mark over one call of ``step``.
+
+    Call after warm-up, in a fresh process with ``MALLOC_MMAP_THRESHOLD_`` fixed (so large
+    tensors are mmapped and unmapped rather than kept in glibc's heap). ``None`` where
+    ``/proc/self/clear_refs`` is unavailable (not Linux).
+    """
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages to the OS
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset VmHWM to the current VmRSS
+    before = _status_kib("VmRSS")
+    step()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+# Environment for the child processes that measure memory: see step_peak_mib.
+MEMORY_CHILD_ENV = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")

@@ -19,7 +19,6 @@ before the step (Linux: ``/proc/self/clear_refs`` resets the mark after warm-up)
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -29,7 +28,7 @@ import sys
 import time
 
 import torch
-from _results import machine
+from _results import MEMORY_CHILD_ENV, machine, step_peak_mib
 
 from ugmm_prob import coupled_log_density
 
@@ -72,29 +71,12 @@ def make_step(method: str, batch: int, n_in: int, n_out: int, input_grad: bool, 
     return step
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory_in_this_process(args: argparse.Namespace) -> dict:
-    """Child mode: warm up, reset the RSS high-water mark, run one step, report the rise."""
+    """Child mode: warm up, then report the rise of the RSS high-water mark over one step."""
     step = make_step(args.measure_memory, args.batch, args.n_in, args.n_out, args.input_grad)
     step()  # warm-up: compilation, first-touch allocations, autograd set-up
     step()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages to the OS
-    except OSError:
-        pass
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # reset VmHWM to the current VmRSS
-    before = _rss_kib("VmRSS")
-    step()
-    peak = _rss_kib("VmHWM")
-    return {"method": args.measure_memory, "extra_mib": (peak - before) / 1024}
+    return {"method": args.measure_memory, "extra_mib": step_peak_mib(step)}
 
 
 def peak_memory(method: str, args: argparse.Namespace) -> float | None:
@@ -113,10 +95,9 @@ def peak_memory(method: str, args: argparse.Namespace) -> float | None:
         "--n-out",
         str(args.n_out),
     ] + (["--input-grad"] if args.input_grad else [])
-    # A fixed mmap threshold makes large tensors come from (and go back to) mmap, so the
-    # resident size tracks live tensors instead of whatever glibc kept in its heap.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=MEMORY_CHILD_ENV, check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_mib"]
 
 

@@ -78,6 +78,9 @@ class UGMMCircuit(Classifier):
         seed: seed of the region graph (not of the parameters).
     """
 
+    # How a sum layer combines its inputs (values (B, G, Q), log-weights (G, S, Q)).
+    sum_layer = staticmethod(_weighted_logsumexp)
+
     def __init__(
         self,
         num_vars: int,
@@ -243,7 +246,7 @@ class UGMMCircuit(Classifier):
 
     def _upward(self, x: torch.Tensor, mask: torch.Tensor, mode: str = "sum") -> dict[str, Any]:
         """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``."""
-        combine = _weighted_logsumexp if mode == "sum" else _weighted_max
+        combine = self.sum_layer if mode == "sum" else _weighted_max
         leaf = self._leaf_values(x, mask, mode)  # (B, R, D+1, I)
         return {"leaf": leaf, **self._internal_upward(self._leaf_regions(leaf), combine)}
 
@@ -452,7 +455,7 @@ class UGMMCircuit(Classifier):
         reps, _, width, _ = self.leaf_loc.shape
         leaf = self.leaf_loc.new_zeros(1, reps, self.num_vars + 1, width, requires_grad=True)
         with torch.enable_grad():
-            root = self._internal_upward(self._leaf_regions(leaf), _weighted_logsumexp)["root"]
+            root = self._internal_upward(self._leaf_regions(leaf), self.sum_layer)["root"]
             log_p = root[0] + self.class_log_prior()
             target = torch.logsumexp(log_p, -1) if c is None else root[0, c]
             (grad,) = torch.autograd.grad(target, leaf)
