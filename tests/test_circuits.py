@@ -162,6 +162,7 @@ def test_conditional_samples_respect_evidence_and_follow_the_conditional():
     assert result.pvalue > 1e-3
 
 
+@torch.no_grad()
 def _induced_tree_values(circuit, x, mask):
     """Brute force for depth-1 circuits: every class, root child, leaf channel, component."""
     log_prior = circuit.class_log_prior()
@@ -255,3 +256,24 @@ def test_maximum_likelihood_and_hybrid_training_with_fit():
         assert after < before - 1.0
         assert (circuit.predict(x) == y).double().mean() > 0.95
         assert (circuit.leaf_scale >= circuit.config["scale_floor"]).all()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from ugmm_prob.checkpoints import load_checkpoint, save_checkpoint
+
+    circuit = make(5, 2, depth=2).float()
+    path = save_checkpoint(tmp_path / "circuit.pt", circuit, epoch=1)
+    loaded = load_checkpoint(path).model
+    assert type(loaded) is UGMMCircuit and loaded.config == circuit.config
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(loaded.log_prob(x), circuit.log_prob(x))
+
+
+def test_init_leaves_from_data_uses_data_values_and_spread():
+    x = torch.randn(500, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([0.0, 10.0, -2.0])
+    circuit = UGMMCircuit(3, 1, repetitions=2, channels=2, components=3)
+    circuit.init_leaves_from_data(x, generator=torch.Generator().manual_seed(0))
+    loc = circuit.leaf_loc.detach()
+    for d in range(3):
+        assert set(loc[:, d].flatten().tolist()) <= set(x[:, d].tolist())
+    torch.testing.assert_close(circuit.leaf_scale.detach()[0, :, 0, 0], x.std(0))
