@@ -55,9 +55,22 @@ def _materialised_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> 
 
 
 class MaterialisedCircuit(UGMMCircuit):
-    """The same circuit (same parameters) with every sum layer materialised."""
+    """The same circuit written straightforwardly: every product tensor materialised.
 
-    sum_layer = staticmethod(_materialised_logsumexp)
+    Input units through ``MixtureSameFamily.log_prob`` (``B x R x D x I x K``), leaf regions
+    by gathering their variables (``B x R x P x V x I``), sum layers by broadcasting
+    (``B x G x S x Q``).
+    """
+
+    def _input_layer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.leaves.log_prob(x[:, None, :, None])
+
+    def _leaf_regions(self, leaf: torch.Tensor) -> torch.Tensor:
+        reps = leaf.shape[1]
+        return torch.stack([leaf[:, r, self.leaf_vars[r]] for r in range(reps)], dim=1).sum(3)
+
+    def _sum_layer(self, values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+        return _materialised_logsumexp(values, log_weights)
 
 
 def mnist_circuit(materialised: bool = False, **overrides) -> UGMMCircuit:

@@ -277,3 +277,21 @@ def test_init_leaves_from_data_uses_data_values_and_spread():
     for d in range(3):
         assert set(loc[:, d].flatten().tolist()) <= set(x[:, d].tolist())
     torch.testing.assert_close(circuit.leaf_scale.detach()[0, :, 0, 0], x.std(0))
+
+
+def test_layer_operations_equal_their_straightforward_definitions():
+    """The fused input layer and the matrix-product region layer against plain versions."""
+    circuit = make(7, 2, depth=2)
+    x = torch.randn(6, 7, dtype=torch.float64)
+    plain_leaves = circuit.leaves.log_prob(x[:, None, :, None])
+    torch.testing.assert_close(circuit._input_layer(x), plain_leaves)
+    leaf = torch.randn(6, 2, 8, 3, dtype=torch.float64)
+    leaf[:, :, -1] = 0  # the padding variable
+    gathered = torch.stack([leaf[:, r, circuit.leaf_vars[r]] for r in range(2)], 1).sum(3)
+    torch.testing.assert_close(circuit._leaf_regions(leaf), gathered)
+    values, log_w = torch.randn(6, 4, 9, dtype=torch.float64), torch.randn(4, 3, 9).double()
+    log_w = torch.log_softmax(log_w, -1)
+    torch.testing.assert_close(
+        circuit._sum_layer(values, log_w),
+        torch.logsumexp(values[:, :, None, :] + log_w, dim=-1),
+    )

@@ -259,3 +259,42 @@ def test_explicit_compiled_backend_does_not_hide_failures(monkeypatch):
         coupled_log_density(
             torch.zeros(2, 4, dtype=torch.float64), *_params(3, 4), backend="compiled"
         )
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "eager",
+        pytest.param(
+            "compiled",
+            marks=[
+                pytest.mark.compiled,
+                pytest.mark.skipif(
+                    not kernels.compiled_backend_available("cpu"), reason="no C++ compiler"
+                ),
+            ],
+        ),
+    ],
+)
+def test_tied_mixture_log_density_equals_pyro_mixture(backend):
+    g = torch.Generator().manual_seed(2)
+    loc = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    scale = 0.2 + torch.rand(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    logits = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    logits[0, 0, 0, 1] = -math.inf
+    x = 3 * torch.randn(7, 5, generator=g, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, loc, scale, logits)]
+    got = kernels.tied_mixture_log_density(*args, backend=backend)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=args[3]), torch.distributions.Normal(*args[1:3])
+    )
+    want = mixture.log_prob(args[0][:, None, :, None])
+    torch.testing.assert_close(got, want)
+    for g_got, g_want in zip(
+        torch.autograd.grad(got.sum(), args[:3]),
+        torch.autograd.grad(want.sum(), args[:3]),
+        strict=True,
+    ):
+        torch.testing.assert_close(g_got, g_want)
+    with pytest.raises(ValueError, match="expected x"):
+        kernels.tied_mixture_log_density(x[:, :4], loc, scale, logits)

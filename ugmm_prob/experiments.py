@@ -121,7 +121,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "iris",
             lambda: JointScoreModel(4, 3, (10, 5), objective="conditional", layer_norm=True),
             100.0,
-            "joint-score uGMM-NN 5-10-5-1 (label as fifth input, LayerNorm), exact p(c|x)",
+            "joint-score uGMM-NN 5-10-5-1 (label as fifth input, LayerNorm), exact posterior",
             {"epochs": 300, "batch_size": 16, "lr": 3e-2, "milestones": (100, 200)},
         ),
     ]

@@ -33,6 +33,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.nn import PyroParam
 
 from ..distributions import neuron_mixture
+from ..kernels import tied_mixture_log_density
 from ..networks import Classifier
 from .region_graph import RandomBinaryTrees
 
@@ -78,9 +79,6 @@ class UGMMCircuit(Classifier):
         seed: seed of the region graph (not of the parameters).
     """
 
-    # How a sum layer combines its inputs (values (B, G, Q), log-weights (G, S, Q)).
-    sum_layer = staticmethod(_weighted_logsumexp)
-
     def __init__(
         self,
         num_vars: int,
@@ -123,6 +121,11 @@ class UGMMCircuit(Classifier):
         }
         self.register_buffer("leaf_vars", self.graph.leaf_vars.clone(), persistent=False)
         self.register_buffer("var_region", self.graph.var_region.clone(), persistent=False)
+        # region_matrix[r, d, p] = 1 if variable d is in leaf region p of repetition r, so the
+        # products over leaf regions are one batched matrix product (padding row d = D is 0).
+        assignment = torch.zeros(repetitions, num_vars + 1, 2**depth)
+        assignment[torch.arange(repetitions)[:, None], torch.arange(num_vars), self.var_region] = 1
+        self.register_buffer("region_matrix", assignment, persistent=False)
 
         shape = (repetitions, num_vars, input_channels, components)
         self.leaf_loc = PyroParam(torch.randn(shape))
@@ -196,9 +199,8 @@ class UGMMCircuit(Classifier):
     def _leaf_values(self, x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
         """Input-unit log-values ``(B, R, D + 1, I)``; the last variable is the padding 1."""
         filled = torch.where(mask, x, torch.zeros_like(x))  # no NaN reaches the gradient
-        leaves = self.leaves
         if mode == "sum":
-            observed = leaves.log_prob(filled[:, None, :, None])
+            observed = self._input_layer(filled)
             missing = torch.zeros_like(observed)
         else:  # max-product: the leaf mixture is a sum unit over its components
             log_w = torch.log_softmax(self.leaf_logits, -1)
@@ -216,10 +218,18 @@ class UGMMCircuit(Classifier):
     def _sum_log_weights(self, level: int) -> torch.Tensor:
         return torch.log_softmax(getattr(self, f"sum_logits_{level}"), dim=-1)
 
+    # The three layer operations, overridable (the benchmark times straightforward versions).
+    def _input_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """Input units' log-densities at observed ``x`` ``(B, D)``: ``(B, R, D, I)``."""
+        return tied_mixture_log_density(x, self.leaf_loc, self.leaf_scale, self.leaf_logits)
+
     def _leaf_regions(self, leaf: torch.Tensor) -> torch.Tensor:
         """Products over each leaf region's variables: ``(B, R, D+1, I) -> (B, R, P, I)``."""
-        reps = leaf.shape[1]
-        return torch.stack([leaf[:, r, self.leaf_vars[r]] for r in range(reps)], dim=1).sum(3)
+        return torch.einsum("brdi,rdp->brpi", leaf, self.region_matrix.to(leaf.dtype))
+
+    def _sum_layer(self, values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+        """A sum layer: values ``(B, G, Q)``, normalised log-weights ``(G, S, Q)``."""
+        return _weighted_logsumexp(values, log_weights)
 
     def _internal_upward(self, h: torch.Tensor, combine) -> dict[str, Any]:
         """Product and sum layers from leaf regions ``h`` ``(B, R, P, I)`` to the roots."""
@@ -246,7 +256,7 @@ class UGMMCircuit(Classifier):
 
     def _upward(self, x: torch.Tensor, mask: torch.Tensor, mode: str = "sum") -> dict[str, Any]:
         """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``."""
-        combine = self.sum_layer if mode == "sum" else _weighted_max
+        combine = self._sum_layer if mode == "sum" else _weighted_max
         leaf = self._leaf_values(x, mask, mode)  # (B, R, D+1, I)
         return {"leaf": leaf, **self._internal_upward(self._leaf_regions(leaf), combine)}
 
@@ -455,7 +465,7 @@ class UGMMCircuit(Classifier):
         reps, _, width, _ = self.leaf_loc.shape
         leaf = self.leaf_loc.new_zeros(1, reps, self.num_vars + 1, width, requires_grad=True)
         with torch.enable_grad():
-            root = self._internal_upward(self._leaf_regions(leaf), self.sum_layer)["root"]
+            root = self._internal_upward(self._leaf_regions(leaf), self._sum_layer)["root"]
             log_p = root[0] + self.class_log_prior()
             target = torch.logsumexp(log_p, -1) if c is None else root[0, c]
             (grad,) = torch.autograd.grad(target, leaf)
