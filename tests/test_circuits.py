@@ -250,9 +250,9 @@ def test_maximum_likelihood_and_hybrid_training_with_fit():
     for weight in (1.0, 0.5):
         circuit = UGMMCircuit(4, 2, depth=1, repetitions=2, channels=3, likelihood_weight=weight)
         circuit.init_leaves_from_data(x)
-        before = float(-circuit.log_prob(x, y).mean())
+        before = float(-circuit.log_prob(x, y).mean().detach())
         fit(circuit, x, y, epochs=20, batch_size=50, lr=3e-2, progress=False)
-        after = float(-circuit.log_prob(x, y).mean())
+        after = float(-circuit.log_prob(x, y).mean().detach())
         assert after < before - 1.0
         assert (circuit.predict(x) == y).double().mean() > 0.95
         assert (circuit.leaf_scale >= circuit.config["scale_floor"]).all()
