@@ -14,10 +14,13 @@ a proper density (it integrates to 1) that can be sampled. A layer's neurons for
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 
-__all__ = ["neuron_mixture"]
+__all__ = ["FlooredLogNormal", "neuron_mixture"]
 
 
 def neuron_mixture(
@@ -40,3 +43,29 @@ def neuron_mixture(
             f"{tuple(loc.shape)}, {tuple(scale.shape)}, {tuple(logits.shape)}"
         )
     return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale))
+
+
+class FlooredLogNormal(dist.TransformedDistribution):
+    """``floor + LogNormal(loc, scale)``: a prior for scales that must stay above ``floor``.
+
+    Its support is declared as ``greater_than(floor)`` (an affine shift alone would leave
+    torch to report the whole real line), so guides and initialisation respect the floor.
+    """
+
+    arg_constraints: ClassVar[dict] = {"loc": constraints.real, "scale": constraints.positive}
+
+    def __init__(self, loc, scale, floor: float, validate_args=None) -> None:
+        self.loc, self.scale, self.floor = loc, scale, float(floor)
+        base = dist.LogNormal(loc, scale)
+        shift = dist.transforms.AffineTransform(self.floor, 1.0)
+        super().__init__(base, shift, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return constraints.greater_than(self.floor)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return FlooredLogNormal(
+            self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.floor
+        )
