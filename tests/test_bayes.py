@@ -14,7 +14,7 @@ from pyro.nn import PyroModule, PyroParam, PyroSample
 from ugmm_prob import UGMMClassifier, UGMMLayer
 from ugmm_prob.bayes import fit_svi, make_bayesian, predictive_probs
 from ugmm_prob.experiments import load_data
-from ugmm_prob.uncertainty import decompose_uncertainty, entropy
+from ugmm_prob.uncertainty import accuracy_coverage, auroc, decompose_uncertainty, entropy
 
 
 def test_make_bayesian_leaves_the_point_model_untouched_and_adds_prior_sites():
@@ -60,7 +60,7 @@ def test_svi_lowers_the_elbo_on_iris():
     )
     assert history[-1]["elbo_loss"] < 0.8 * history[0]["elbo_loss"]
     assert history[-1]["accuracy"] >= 0.8
-    draws = predictive_probs(bayesian, guide, data.x_test, num_samples=10)
+    draws = predictive_probs(bayesian, data.x_test, guide=guide, num_samples=10)
     assert draws.shape == (10, 30, 3)
     assert not torch.allclose(draws[0], draws[1])  # draws differ: parameters are random
 
@@ -106,3 +106,56 @@ def test_uncertainty_decomposition():
     assert float(entropy(torch.tensor([0.25] * 4))) == pytest.approx(math.log(4))
     with pytest.raises(ValueError, match=r"\(S, n, C\)"):
         decompose_uncertainty(torch.rand(3, 4))
+
+
+def test_auroc_against_a_plain_pairwise_count():
+    torch.manual_seed(1)
+    inside, outside = torch.randn(40).round(decimals=1), (torch.randn(30) + 1).round(decimals=1)
+    pairs = (outside[:, None] > inside[None, :]).double() + 0.5 * (
+        outside[:, None] == inside[None, :]
+    ).double()
+    assert auroc(inside, outside) == pytest.approx(float(pairs.mean()))
+    assert auroc(torch.zeros(3), torch.ones(2)) == 1.0
+    assert auroc(torch.ones(3), torch.ones(2)) == 0.5
+
+
+def test_accuracy_coverage_curve():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
+    y = torch.tensor([0, 1, 1, 0])
+    coverage, acc = accuracy_coverage(probs, y)
+    torch.testing.assert_close(coverage, torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    # most confident first: 0.9 (right), 0.8 (right), 0.6 (wrong), 0.55 (wrong)
+    torch.testing.assert_close(acc, torch.tensor([1.0, 1.0, 2 / 3, 0.5], dtype=torch.float64))
+
+
+def test_nuts_and_inference_data_for_arviz():
+    import arviz as az
+
+    from ugmm_prob.bayes import run_nuts
+    from ugmm_prob.diagnostics import to_inference_data
+
+    data = load_data("iris")
+    x, y = data.x_train[:40], data.y_train[:40]
+    bayesian = make_bayesian(UGMMClassifier(4, (3,), 3, layer_norm=False))
+    mcmc = run_nuts(
+        bayesian, x, y, num_samples=20, warmup_steps=20, max_tree_depth=4, progress=False
+    )
+    samples = mcmc.get_samples()
+    assert samples[f"{bayesian._pyro_name}.stack.layers.0.loc"].shape == (20, 3, 4)
+    draws = predictive_probs(bayesian, data.x_test, posterior_samples=samples)
+    assert draws.shape == (20, 30, 3)
+    idata = to_inference_data(bayesian, x, y, posterior_samples=samples)
+    assert {"posterior", "posterior_predictive", "observed_data", "log_likelihood"} <= set(
+        idata.groups()
+    )
+    loc = idata.posterior[f"{bayesian._pyro_name}.stack.layers.0.loc"]
+    assert loc.dims == ("chain", "draw", "stack.layers.0.neuron", "stack.layers.0.input")
+    assert idata.log_likelihood["y"].shape == (1, 20, 40)
+    assert az.summary(idata, var_names=[f"{bayesian._pyro_name}.stack.layers.1.loc"]).shape[0] == 9
+    az.loo(idata)  # runs (few draws: a warning about reliability is expected)
+
+    guide, _ = fit_svi(bayesian, x, y, epochs=2, batch_size=20, progress=False)
+    svi_data = to_inference_data(bayesian, x, y, guide=guide, num_samples=15)
+    assert svi_data.posterior_predictive["y"].shape == (1, 15, 40)
+    with pytest.raises(ValueError, match="exactly one"):
+        to_inference_data(bayesian, x, y)

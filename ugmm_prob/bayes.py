@@ -24,7 +24,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from pyro.nn import PyroModule, PyroSample
 from tqdm.auto import tqdm
@@ -36,7 +36,7 @@ from .metrics import accuracy, expected_calibration_error, negative_log_likeliho
 from .networks import Classifier
 from .training import TrainingDivergedError, _MetricsWriter, resolve_device
 
-__all__ = ["default_prior", "fit_svi", "make_bayesian", "predictive_probs"]
+__all__ = ["default_prior", "fit_svi", "make_bayesian", "predictive_probs", "run_nuts"]
 
 PriorFactory = Callable[[str, torch.Tensor, UGMMLayer], dist.Distribution]
 
@@ -111,20 +111,65 @@ def _make_guide(guide: str | Callable, model: Callable, init_scale: float) -> Ca
 
 
 def predictive_probs(
-    model: Classifier, guide: Callable, x: torch.Tensor, *, num_samples: int = 50
+    model: Classifier,
+    x: torch.Tensor,
+    *,
+    guide: Callable | None = None,
+    posterior_samples: dict[str, torch.Tensor] | None = None,
+    num_samples: int = 50,
 ) -> torch.Tensor:
-    """Class probabilities under ``num_samples`` posterior draws: ``(S, n, C)``."""
+    """Class probabilities under posterior draws: ``(S, n, C)``.
+
+    Draws come from a fitted ``guide`` (``num_samples`` of them) or from
+    ``posterior_samples`` (e.g. ``run_nuts(...).get_samples()``).
+    """
+    if (guide is None) == (posterior_samples is None):
+        raise ValueError("give exactly one of guide= and posterior_samples=")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             predictive = Predictive(
-                model.logits, guide=guide, num_samples=num_samples, return_sites=("_RETURN",)
+                model.logits,
+                guide=guide,
+                posterior_samples=posterior_samples,
+                num_samples=None if posterior_samples is not None else num_samples,
+                return_sites=("_RETURN",),
             )
             logits = predictive(x)["_RETURN"]
     finally:
         model.train(was_training)
     return torch.softmax(logits, dim=-1)
+
+
+def run_nuts(
+    model: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_samples: int = 200,
+    warmup_steps: int = 200,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> MCMC:
+    """Sample the posterior of a (small) Bayesian model with NUTS; returns the ``MCMC``.
+
+    Gold standard against which variational results can be checked; its cost grows with the
+    number of parameters and data points, so keep it to models like the Iris networks.
+    """
+    if not getattr(model, "bayesian_parameters", None):
+        raise ValueError("run_nuts needs a model from make_bayesian(...)")
+    check_classification_data(x, y, model.num_classes, name="data")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    kernel = NUTS(model.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
+    mcmc = MCMC(
+        kernel, num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=not progress
+    )
+    mcmc.run(x, y)
+    return mcmc
 
 
 def fit_svi(
@@ -190,7 +235,9 @@ def fit_svi(
             total += loss
             steps += 1
         probs = (
-            predictive_probs(model, guide_fn, x_val.to(device), num_samples=predictive_samples)
+            predictive_probs(
+                model, x_val.to(device), guide=guide_fn, num_samples=predictive_samples
+            )
             .mean(0)
             .cpu()
         )
