@@ -14,7 +14,14 @@ from matplotlib.figure import Figure
 
 from .layers import UGMMLayer
 
-__all__ = ["plot_history", "plot_neuron_mixtures", "plot_posteriors"]
+__all__ = [
+    "plot_accuracy_coverage",
+    "plot_entropy_histograms",
+    "plot_history",
+    "plot_neuron_mixtures",
+    "plot_posteriors",
+    "plot_reliability",
+]
 
 
 @torch.no_grad()
@@ -42,7 +49,7 @@ def plot_neuron_mixtures(
     else:
         fig = ax.figure
     for j in neurons:
-        ax.plot(grid.cpu(), density[:, j], label=f"neuron {j}")
+        ax.plot(grid.cpu().numpy(), density[:, j].numpy(), label=f"neuron {j}")
     ax.set_xlabel("y")
     ax.set_ylabel("P_j(y)")
     ax.set_title(f"mixtures of {layer.label}")
@@ -68,14 +75,14 @@ def plot_posteriors(
         fig = ax.figure
     bottom = torch.zeros(n)
     for c in range(classes):
-        ax.bar(range(n), probs[:, c], bottom=bottom, label=names[c], width=0.85)
+        ax.bar(range(n), probs[:, c].numpy(), bottom=bottom.numpy(), label=names[c], width=0.85)
         bottom += probs[:, c]
     if labels is not None:
         labels = labels.detach().cpu()
         wrong = probs.argmax(-1) != labels
         ax.scatter(
-            torch.arange(n)[wrong],
-            torch.full((int(wrong.sum()),), 1.03),
+            torch.arange(n)[wrong].numpy(),
+            torch.full((int(wrong.sum()),), 1.03).numpy(),
             marker="x",
             color="k",
             label="misclassified",
@@ -101,4 +108,71 @@ def plot_history(history: Sequence[dict[str, float]], *, ax: Any = None) -> Figu
     twin = ax.twinx()
     twin.plot(epochs, [row["accuracy"] for row in history], color="tab:orange")
     twin.set_ylabel("accuracy", color="tab:orange")
+    return fig
+
+
+def _axes(ax: Any, size: tuple[float, float]) -> tuple[Figure, Any]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=size)
+    return fig, fig.add_subplot()
+
+
+def plot_reliability(
+    probs: torch.Tensor, y: torch.Tensor, *, bins: int = 15, ax: Any = None
+) -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, with the diagonal and ECE."""
+    from .metrics import expected_calibration_error, reliability
+
+    confidence, acc, count = reliability(probs.detach().cpu(), y.cpu(), bins=bins)
+    fig, ax = _axes(ax, (4.5, 4.5))
+    centres = (torch.arange(bins) + 0.5) / bins
+    used = count > 0
+    ax.bar(
+        centres[used].numpy(),
+        acc[used].numpy(),
+        width=1 / bins,
+        edgecolor="k",
+        alpha=0.7,
+        label="accuracy",
+    )
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.plot(
+        confidence[used].numpy(), acc[used].numpy(), "o", color="tab:red", label="mean confidence"
+    )
+    ece = expected_calibration_error(probs.detach().cpu(), y.cpu(), bins=bins)
+    ax.set_title(f"reliability (ECE {ece:.4f})")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_entropy_histograms(
+    in_entropy: torch.Tensor,
+    out_entropy: dict[str, torch.Tensor],
+    *,
+    ax: Any = None,
+) -> Figure:
+    """Histograms of predictive entropy in distribution against out-of-distribution sets."""
+    fig, ax = _axes(ax, (6, 4))
+    ax.hist(in_entropy.cpu().numpy(), bins=40, density=True, alpha=0.6, label="in distribution")
+    for name, values in out_entropy.items():
+        ax.hist(values.cpu().numpy(), bins=40, density=True, alpha=0.5, label=name)
+    ax.set_xlabel("predictive entropy (nats)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_accuracy_coverage(
+    curves: dict[str, tuple[torch.Tensor, torch.Tensor]], *, ax: Any = None
+) -> Figure:
+    """Selective prediction: accuracy against coverage, one line per model."""
+    fig, ax = _axes(ax, (5, 4))
+    for name, (coverage, acc) in curves.items():
+        ax.plot(coverage.cpu().numpy(), acc.cpu().numpy(), label=name)
+    ax.set_xlabel("coverage (fraction predicted)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize="small")
     return fig
