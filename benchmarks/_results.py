@@ -34,6 +34,22 @@ def machine() -> str:
     )
 
 
+def replace_block(name: str, content: str, page: pathlib.Path | None = None) -> None:
+    """Put ``content`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in a page.
+
+    The page defaults to docs/results.md; a block not yet there is appended.
+    """
+    page = page or REPO / "docs" / "results.md"
+    text = page.read_text() if page.exists() else "# Results\n"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{content}\n{end}"
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    page.write_text(text)
+
+
 def update_results(records: list[dict], path: pathlib.Path = RESULTS_JSON) -> None:
     """Replace the records with the same (experiment, metric) in ``path``; keep the others."""
     existing = json.loads(path.read_text()) if path.exists() else []

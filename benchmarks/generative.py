@@ -38,6 +38,7 @@ from _results import (
     REPO,
     default_mnist_dir,
     machine,
+    replace_block,
     step_peak_mib,
     update_results,
 )
@@ -408,16 +409,8 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str]:
 
 
 def write_docs(tables: dict[str, str]) -> None:
-    page = DOCS / "results.md"
-    text = page.read_text() if page.exists() else "# Results\n"
     for part, table in tables.items():
-        begin, end = f"<!-- generative-{part}:begin -->", f"<!-- generative-{part}:end -->"
-        block = f"{begin}\n{table}\n\nMachine: {machine()}.\n{end}"
-        if begin in text:
-            text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-    page.write_text(text)
+        replace_block(f"generative-{part}", f"{table}\n\nMachine: {machine()}.")
 
 
 def main() -> None:

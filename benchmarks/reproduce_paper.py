@@ -21,11 +21,9 @@ import shlex
 import sys
 import time
 
-import torch
-from _results import REPO, default_mnist_dir, machine, update_results
+from _results import REPO, default_mnist_dir, machine, replace_block, update_results
 
-from ugmm_prob.experiments import EXPERIMENTS, load_data
-from ugmm_prob.training import fit
+from ugmm_prob.experiments import EXPERIMENTS, load_data, train_experiment
 
 
 def _parse_epochs(pairs: list[str]) -> dict[str, int]:
@@ -41,27 +39,15 @@ def _parse_epochs(pairs: list[str]) -> dict[str, int]:
 def run(name: str, epochs: int | None, seed: int, mnist_dir, device: str | None) -> dict:
     experiment = EXPERIMENTS[name]
     data = load_data(experiment.data, mnist_root=mnist_dir)
-    settings = dict(experiment.training)
-    paper_epochs = settings["epochs"]
-    if epochs is not None:
-        factor = epochs / paper_epochs
-        settings["epochs"] = epochs
-        settings["milestones"] = tuple(
-            max(1, round(m * factor)) for m in settings.get("milestones", ())
-        )
-    torch.manual_seed(seed)
-    model = experiment.build()
     started = time.perf_counter()
-    history = fit(
-        model,
-        data.x_train,
-        data.y_train,
-        x_val=data.x_test,
-        y_val=data.y_test,
+    _, history, settings = train_experiment(
+        experiment,
+        data,
         seed=seed,
+        epochs=epochs,
+        scale_milestones=True,
         device=device,
         progress=sys.stderr.isatty(),
-        **settings,
     )
     seconds = time.perf_counter() - started
     final = history[-1]
@@ -74,7 +60,7 @@ def run(name: str, epochs: int | None, seed: int, mnist_dir, device: str | None)
         "experiment": name,
         "description": experiment.description,
         "epochs": settings["epochs"],
-        "paper_epochs": paper_epochs,
+        "paper_epochs": experiment.training["epochs"],
         "milestones": list(settings.get("milestones", ())),
         "lr": settings["lr"],
         "batch_size": settings["batch_size"],
@@ -121,18 +107,10 @@ def write_docs(rows: list[dict], command: str) -> None:
             f"{row['minutes']:.1f} min |"
         )
     table = "\n".join(lines)
-    page = REPO / "docs" / "results.md"
-    text = page.read_text() if page.exists() else "# Results\n"
-    begin, end = "<!-- paper-table:begin -->", "<!-- paper-table:end -->"
-    block = (
-        f"{begin}\n## The paper's table\n\nMachine: {machine()}.\n\nCommand: `{command}`\n\n"
-        f"{table}\n{end}"
+    replace_block(
+        "paper-table",
+        f"## The paper's table\n\nMachine: {machine()}.\n\nCommand: `{command}`\n\n{table}",
     )
-    if begin in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    page.write_text(text)
 
 
 def main() -> None:

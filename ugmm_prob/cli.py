@@ -14,16 +14,16 @@ import pathlib
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
-import torch
 from matplotlib.figure import Figure
 
 from .checkpoints import CheckpointError, load_checkpoint
 from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
-from .experiments import EXPERIMENTS, load_data
+from .experiments import EXPERIMENTS, load_data, train_experiment
 from .networks import JointScoreModel
 from .plotting import plot_history, plot_neuron_mixtures, plot_posteriors
-from .training import DeviceUnavailableError, TrainingDivergedError, evaluate, fit
+from .training import DeviceUnavailableError, TrainingDivergedError, evaluate
 
 __all__ = ["main"]
 
@@ -35,21 +35,14 @@ def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    experiment = EXPERIMENTS["iris-joint"]
     data = load_data("iris")
-    torch.manual_seed(args.seed)
-    model = experiment.build()
-    settings = {**experiment.training, "epochs": args.epochs or experiment.training["epochs"]}
     started = time.perf_counter()
-    history = fit(
-        model,
-        data.x_train,
-        data.y_train,
-        x_val=data.x_test,
-        y_val=data.y_test,
+    model, history, settings = train_experiment(
+        EXPERIMENTS["iris-joint"],
+        data,
         seed=args.seed,
+        epochs=args.epochs,
         progress=not args.quiet,
-        **settings,
     )
     seconds = time.perf_counter() - started
     posterior = model.posterior(data.x_test)
@@ -81,32 +74,30 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     experiment = EXPERIMENTS[args.experiment]
     data = load_data(experiment.data, mnist_root=args.mnist_dir)
-    x_train, y_train = data.x_train, data.y_train
     if args.subset:
-        x_train, y_train = x_train[: args.subset], y_train[: args.subset]
-    torch.manual_seed(args.seed)
-    model = experiment.build()
-    settings = dict(experiment.training)
-    for key in ("epochs", "batch_size", "lr", "optimizer"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+        data = replace(
+            data, x_train=data.x_train[: args.subset], y_train=data.y_train[: args.subset]
+        )
+    overrides = {
+        key: getattr(args, key)
+        for key in ("batch_size", "lr", "optimizer")
+        if getattr(args, key) is not None
+    }
     if args.milestones is not None:
-        settings["milestones"] = tuple(args.milestones)
+        overrides["milestones"] = tuple(args.milestones)
     out = pathlib.Path(args.out)
     checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else out / "checkpoint.pt"
-    history = fit(
-        model,
-        x_train,
-        y_train,
-        x_val=data.x_test,
-        y_val=data.y_test,
-        device=args.device,
+    model, history, _ = train_experiment(
+        experiment,
+        data,
         seed=args.seed,
+        epochs=args.epochs,
+        overrides=overrides,
+        device=args.device,
         progress=not args.quiet,
         checkpoint_path=checkpoint,
         metrics_path=args.metrics or out / "metrics.csv",
         resume=args.resume,
-        **settings,
     )
     final = history[-1] if history else evaluate(model, data.x_test, data.y_test)
     print(

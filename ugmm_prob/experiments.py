@@ -23,8 +23,9 @@ from .networks import (
     MLPClassifier,
     UGMMClassifier,
 )
+from .training import fit
 
-__all__ = ["EXPERIMENTS", "DataSplits", "Experiment", "load_data"]
+__all__ = ["EXPERIMENTS", "DataSplits", "Experiment", "load_data", "train_experiment"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,51 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
     ]
 }
+
+
+def train_experiment(
+    experiment: Experiment,
+    data: DataSplits,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    scale_milestones: bool = False,
+    overrides: dict[str, Any] | None = None,
+    **run_options: Any,
+) -> tuple[Classifier, list[dict[str, Any]], dict[str, Any]]:
+    """Build the experiment's model (seeded) and train it on ``data`` with its set-up.
+
+    Args:
+        experiment, data: what to train, on what (test split = per-epoch metrics).
+        epochs: run this many epochs instead of the preset's.
+        scale_milestones: with ``epochs``, scale the MultiStepLR milestones by the same
+            factor (so a shortened run keeps the schedule's shape).
+        overrides: replace preset training settings (``lr``, ``batch_size``, ...).
+        run_options: passed to :func:`~ugmm_prob.training.fit` (``device``, ``progress``,
+            ``checkpoint_path``, ...).
+
+    Returns:
+        The trained model, its history and the training settings used.
+    """
+    settings = dict(experiment.training)
+    if epochs is not None:
+        if scale_milestones:
+            factor = epochs / settings["epochs"]
+            settings["milestones"] = tuple(
+                max(1, round(m * factor)) for m in settings.get("milestones", ())
+            )
+        settings["epochs"] = epochs
+    settings.update(overrides or {})
+    torch.manual_seed(seed)
+    model = experiment.build()
+    history = fit(
+        model,
+        data.x_train,
+        data.y_train,
+        x_val=data.x_test,
+        y_val=data.y_test,
+        seed=seed,
+        **settings,
+        **run_options,
+    )
+    return model, history, settings
