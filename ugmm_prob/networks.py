@@ -113,6 +113,20 @@ def build_model(name: str, config: dict[str, Any]) -> Classifier:
     return MODEL_CLASSES[name](**config)
 
 
+def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A model's constructor arguments as plain values, for ``self.config``.
+
+    Call as ``constructor_config(locals())`` first thing in ``__init__``: checkpoints store
+    the result and rebuild the model with ``cls(**config)``.
+    """
+    skip = {"self", "__class__", "name"}
+    return {
+        key: list(value) if isinstance(value, (tuple, list)) else value
+        for key, value in arguments.items()
+        if key not in skip
+    }
+
+
 def _per_layer(value: float | Sequence[float], count: int, what: str) -> list[float]:
     if isinstance(value, (int, float)):
         return [float(value)] * count
@@ -190,17 +204,10 @@ class UGMMClassifier(Classifier):
         scale_floor: float = 1e-3,
         backend: Backend = "auto",
     ) -> None:
+        config = constructor_config(locals())
         super().__init__()
         self.num_classes = num_classes
-        self.config = {
-            "in_features": in_features,
-            "hidden": list(hidden),
-            "num_classes": num_classes,
-            "layer_norm": layer_norm,
-            "dropout": dropout if isinstance(dropout, (int, float)) else list(dropout),
-            "scale_floor": scale_floor,
-            "backend": backend,
-        }
+        self.config = config
         self.stack = UGMMStack(
             [in_features, *hidden, num_classes],
             layer_norm=layer_norm,
@@ -224,14 +231,10 @@ class MLPClassifier(Classifier):
         *,
         dropout: float = 0.2,
     ) -> None:
+        config = constructor_config(locals())
         super().__init__()
         self.num_classes = num_classes
-        self.config = {
-            "in_features": in_features,
-            "hidden": list(hidden),
-            "num_classes": num_classes,
-            "dropout": dropout,
-        }
+        self.config = config
         blocks: list[nn.Module] = []
         for n_in, n_out in zip([in_features, *hidden[:-1]], hidden, strict=True):
             blocks += [PyroModule[nn.Linear](n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
@@ -276,9 +279,10 @@ class CNNClassifier(Classifier):
     def __init__(
         self, num_classes: int = 10, *, features: int = 128, dropout: float = 0.25
     ) -> None:
+        config = constructor_config(locals())
         super().__init__()
         self.num_classes = num_classes
-        self.config = {"num_classes": num_classes, "features": features, "dropout": dropout}
+        self.config = config
         self.features = ConvFeatures(features=features)
         self.head = PyroModule[nn.Sequential](
             nn.Dropout(dropout), PyroModule[nn.Linear](features, num_classes)
@@ -302,17 +306,10 @@ class ConvUGMMClassifier(Classifier):
         scale_floor: float = 1e-3,
         backend: Backend = "auto",
     ) -> None:
+        config = constructor_config(locals())
         super().__init__()
         self.num_classes = num_classes
-        self.config = {
-            "num_classes": num_classes,
-            "features": features,
-            "head_hidden": list(head_hidden),
-            "layer_norm": layer_norm,
-            "dropout": dropout if isinstance(dropout, (int, float)) else list(dropout),
-            "scale_floor": scale_floor,
-            "backend": backend,
-        }
+        self.config = config
         self.features = ConvFeatures(features=features)
         # LayerNorm brings the ReLU features to the scale of the uGMM initialisation.
         self.feature_norm = PyroModule[nn.LayerNorm](features)
@@ -368,20 +365,12 @@ class JointScoreModel(Classifier):
         scale_floor: float = 1e-3,
         backend: Backend = "auto",
     ) -> None:
+        config = constructor_config(locals())
         super().__init__()
         if objective not in ("score", "conditional"):
             raise ValueError(f"objective must be 'score' or 'conditional', got {objective!r}")
         self.num_features, self.num_classes, self.objective = num_features, num_classes, objective
-        self.config = {
-            "num_features": num_features,
-            "num_classes": num_classes,
-            "hidden": list(hidden),
-            "objective": objective,
-            "layer_norm": layer_norm,
-            "dropout": dropout if isinstance(dropout, (int, float)) else list(dropout),
-            "scale_floor": scale_floor,
-            "backend": backend,
-        }
+        self.config = config
         self.stack = UGMMStack(
             [num_features + 1, *hidden, 1],
             layer_norm=layer_norm,

@@ -34,7 +34,7 @@ from pyro.nn import PyroParam
 
 from ..distributions import neuron_mixture
 from ..kernels import tied_mixture_log_density
-from ..networks import Classifier
+from ..networks import Classifier, constructor_config
 from .region_graph import RandomBinaryTrees
 
 __all__ = ["CircuitDistribution", "UGMMCircuit"]
@@ -94,6 +94,7 @@ class UGMMCircuit(Classifier):
         seed: int = 0,
         name: str | None = None,
     ) -> None:
+        config = constructor_config(locals())
         super().__init__(name=name)
         if depth is None:
             depth = min(4, max(0, (num_vars // 2).bit_length() - 1))
@@ -107,18 +108,7 @@ class UGMMCircuit(Classifier):
         )
         self.num_vars, self.num_classes = num_vars, num_classes
         self.likelihood_weight = likelihood_weight
-        self.config: dict[str, Any] = {
-            "num_vars": num_vars,
-            "num_classes": num_classes,
-            "depth": depth,
-            "repetitions": repetitions,
-            "channels": channels,
-            "input_channels": input_channels,
-            "components": components,
-            "scale_floor": scale_floor,
-            "likelihood_weight": likelihood_weight,
-            "seed": seed,
-        }
+        self.config = {**config, "depth": depth, "input_channels": input_channels}
         self.register_buffer("leaf_vars", self.graph.leaf_vars.clone(), persistent=False)
         self.register_buffer("var_region", self.graph.var_region.clone(), persistent=False)
         # region_matrix[r, d, p] = 1 if variable d is in leaf region p of repetition r, so the
