@@ -423,7 +423,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=3, help="MNIST epochs per circuit")
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--hybrid-weight", type=float, default=0.1)
+    parser.add_argument("--hybrid-weight", type=float, default=0.5)
     parser.add_argument("--gmm-iterations", type=int, default=20)
     parser.add_argument("--mnist-dir", default=None)
     parser.add_argument("--measure-memory", nargs=2, help=argparse.SUPPRESS)

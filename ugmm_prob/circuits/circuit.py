@@ -74,7 +74,7 @@ class UGMMCircuit(Classifier):
         components: Gaussian components per input unit ``K`` (``K >= 1``).
         scale_floor: lower bound of every input scale, so the likelihood cannot diverge.
         likelihood_weight: ``lambda`` of the training objective
-            ``lambda * NLL + (1 - lambda) * cross-entropy of p(c | x)``; 1 is maximum
+            ``lambda * NLL / D + (1 - lambda) * cross-entropy of p(c | x)``; 1 is maximum
             likelihood of ``(x, c)``.
         seed: seed of the region graph (not of the parameters).
     """
@@ -322,10 +322,15 @@ class UGMMCircuit(Classifier):
         return c
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``lambda * NLL(x, y) + (1 - lambda) * CE(p(y | x))``, both means in nats."""
+        """``lambda * NLL(x, y) / D + (1 - lambda) * CE(p(y | x))``, means in nats.
+
+        The likelihood term is per variable so that the two terms have comparable scales
+        whatever ``D`` (per example, ``-log p(x, y)`` grows with ``D`` and would drown the
+        cross-entropy); with ``lambda = 1`` this is maximum likelihood.
+        """
         joint = self.joint_log_prob(x)
         picked = joint.gather(-1, y[:, None]).squeeze(-1)
-        nll = -picked.mean()
+        nll = -picked.mean() / self.num_vars
         if self.likelihood_weight == 1.0:
             return nll
         cross_entropy = -(picked - torch.logsumexp(joint, dim=-1)).mean()
