@@ -388,32 +388,34 @@ def _check_size(path: pathlib.Path, data: bytes, header: int, count: int, unit: 
         )
 
 
-def _parse_images(path: pathlib.Path) -> np.ndarray:
+def _read_idx(
+    path: pathlib.Path, magic: int, what: str, dims: int
+) -> tuple[bytes, int, tuple[int, ...]]:
+    """An IDX file's bytes, header length and the ``dims`` sizes its header declares."""
     data = _read_bytes(path)
-    _check_magic(path, data, _IDX_IMAGES_MAGIC, "images")
-    if len(data) < 16:
+    _check_magic(path, data, magic, what)
+    header = 4 * (1 + dims)
+    if len(data) < header:
         raise CorruptDatasetError(
-            f"{path}: expected a 16-byte IDX images header, found {len(data)} bytes"
+            f"{path}: expected a {header}-byte IDX {what} header, found {len(data)} bytes"
         )
-    _, count, rows, cols = struct.unpack(">IIII", data[:16])
+    return data, header, struct.unpack(">" + "I" * dims, data[4:header])
+
+
+def _parse_images(path: pathlib.Path) -> np.ndarray:
+    data, header, (count, rows, cols) = _read_idx(path, _IDX_IMAGES_MAGIC, "images", 3)
     if (rows, cols) != (_MNIST_SIDE, _MNIST_SIDE):
         raise CorruptDatasetError(
             f"{path}: expected {_MNIST_SIDE}x{_MNIST_SIDE} images, found {rows}x{cols}"
         )
-    _check_size(path, data, 16, count, rows * cols)
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows * cols)
+    _check_size(path, data, header, count, rows * cols)
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(count, rows * cols)
 
 
 def _parse_labels(path: pathlib.Path) -> np.ndarray:
-    data = _read_bytes(path)
-    _check_magic(path, data, _IDX_LABELS_MAGIC, "labels")
-    if len(data) < 8:
-        raise CorruptDatasetError(
-            f"{path}: expected an 8-byte IDX labels header, found {len(data)} bytes"
-        )
-    _, count = struct.unpack(">II", data[:8])
-    _check_size(path, data, 8, count, 1)
-    labels = np.frombuffer(data, dtype=np.uint8, offset=8)
+    data, header, (count,) = _read_idx(path, _IDX_LABELS_MAGIC, "labels", 1)
+    _check_size(path, data, header, count, 1)
+    labels = np.frombuffer(data, dtype=np.uint8, offset=header)
     if count and labels.max() > 9:
         bad = int(np.count_nonzero(labels > 9))
         raise CorruptDatasetError(
