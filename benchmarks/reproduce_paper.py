@@ -74,7 +74,7 @@ def run(name: str, epochs: int | None, seed: int, mnist_dir, device: str | None)
     }
 
 
-def write_docs(rows: list[dict], command: str) -> None:
+def write_docs(rows: list[dict]) -> None:
     update_results(
         [
             {
@@ -107,9 +107,11 @@ def write_docs(rows: list[dict], command: str) -> None:
             f"{row['minutes']:.1f} min |"
         )
     table = "\n".join(lines)
+    commands = sorted({row["command"] for row in previous.values() if "command" in row})
+    listed = "\n".join(f"- `{command}`" for command in commands)
     replace_block(
         "paper-table",
-        f"## The paper's table\n\nMachine: {machine()}.\n\nCommand: `{command}`\n\n{table}",
+        f"## The paper's table\n\nMachine: {machine()}.\n\nRows come from:\n\n{listed}\n\n{table}",
     )
 
 
@@ -125,9 +127,12 @@ def main() -> None:
     mnist_dir = args.mnist_dir or default_mnist_dir()
     names = args.only or list(EXPERIMENTS)
     print(f"machine: {machine()}", flush=True)
-    rows = [run(name, epochs.get(name), args.seed, mnist_dir, args.device) for name in names]
-    command = "python benchmarks/reproduce_paper.py " + shlex.join(sys.argv[1:])
-    write_docs(rows, command.strip())
+    command = ("python benchmarks/reproduce_paper.py " + shlex.join(sys.argv[1:])).strip()
+    rows = [
+        {**run(name, epochs.get(name), args.seed, mnist_dir, args.device), "command": command}
+        for name in names
+    ]
+    write_docs(rows)
 
 
 if __name__ == "__main__":
