@@ -34,7 +34,7 @@ from .distributions import FlooredLogNormal
 from .layers import UGMMLayer
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 from .networks import Classifier
-from .training import TrainingDivergedError, _MetricsWriter, resolve_device
+from .training import TrainingDivergedError, _MetricsWriter, checked_data, resolve_device
 
 __all__ = ["default_prior", "fit_svi", "make_bayesian", "predictive_probs", "run_nuts"]
 
@@ -206,9 +206,7 @@ def fit_svi(
     """
     if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
         raise ValueError("fit_svi needs a model from make_bayesian(...)")
-    check_classification_data(x, y, model.num_classes, name="training data")
-    if x_val is None or y_val is None:
-        x_val, y_val = x, y
+    x_val, y_val = checked_data(model, x, y, x_val, y_val)
     device = resolve_device(device, model)
     model.to(device)
     pyro.clear_param_store()

@@ -119,6 +119,23 @@ def _load_scheduler_state(
     scheduler.load_state_dict(state)
 
 
+def checked_data(
+    model: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor | None,
+    y_val: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check training and validation data; the validation pair (training data if omitted)."""
+    check_classification_data(x, y, model.num_classes, name="training data")
+    if (x_val is None) != (y_val is None):
+        raise ValueError("give both x_val and y_val, or neither")
+    if x_val is None:
+        return x, y
+    check_classification_data(x_val, y_val, model.num_classes, name="validation data")
+    return x_val, y_val
+
+
 def _make_optimizer(
     name: str, params: Any, lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
@@ -178,13 +195,7 @@ def fit(
             restored to the end of the last completed epoch, which is also what the
             checkpoint file holds.
     """
-    check_classification_data(x, y, model.num_classes, name="training data")
-    if (x_val is None) != (y_val is None):
-        raise ValueError("give both x_val and y_val, or neither")
-    if x_val is not None:
-        check_classification_data(x_val, y_val, model.num_classes, name="validation data")
-    else:
-        x_val, y_val = x, y
+    x_val, y_val = checked_data(model, x, y, x_val, y_val)
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"expected epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
     if resume and checkpoint_path is None:
