@@ -23,7 +23,7 @@ import time
 
 from _results import REPO, default_mnist_dir, machine, replace_block, update_results
 
-from ugmm_prob.experiments import EXPERIMENTS, load_data, train_experiment
+from ugmm_prob.experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
 
 
 def _parse_epochs(pairs: list[str]) -> dict[str, int]:
@@ -36,7 +36,9 @@ def _parse_epochs(pairs: list[str]) -> dict[str, int]:
     return epochs
 
 
-def run(name: str, epochs: int | None, seed: int, mnist_dir, device: str | None) -> dict:
+def run(
+    name: str, epochs: int | None, seed: int, mnist_dir, device: str | None, init: str | None
+) -> dict:
     experiment = EXPERIMENTS[name]
     data = load_data(experiment.data, mnist_root=mnist_dir)
     started = time.perf_counter()
@@ -46,6 +48,7 @@ def run(name: str, epochs: int | None, seed: int, mnist_dir, device: str | None)
         seed=seed,
         epochs=epochs,
         scale_milestones=True,
+        init=init,
         device=device,
         progress=sys.stderr.isatty(),
     )
@@ -65,6 +68,7 @@ def run(name: str, epochs: int | None, seed: int, mnist_dir, device: str | None)
         "lr": settings["lr"],
         "batch_size": settings["batch_size"],
         "seed": seed,
+        "init": settings["init"],
         "test_accuracy": 100 * final["accuracy"],
         "best_epoch_accuracy": 100 * max(row["accuracy"] for row in history),
         "nll": final["nll"],
@@ -95,13 +99,14 @@ def write_docs(rows: list[dict]) -> None:
 
     lines = [
         "<!-- written by benchmarks/reproduce_paper.py; rerun it rather than editing -->",
-        "| experiment | model | epochs run (paper) | test accuracy % | paper % | best epoch % "
-        "| NLL | ECE | wall time |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| experiment | model | init | epochs run (paper) | test accuracy % | paper % "
+        "| best epoch % | NLL | ECE | wall time |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in previous.values():
         lines.append(
-            f"| `{row['experiment']}` | {row['description']} | {row['epochs']} "
+            f"| `{row['experiment']}` | {row['description']} | {row.get('init', 'paper')} | "
+            f"{row['epochs']} "
             f"({row['paper_epochs']}) | **{row['test_accuracy']:.2f}** | {row['paper']} | "
             f"{row['best_epoch_accuracy']:.2f} | {row['nll']:.4f} | {row['ece']:.4f} | "
             f"{row['minutes']:.1f} min |"
@@ -122,6 +127,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--mnist-dir", default=None)
+    parser.add_argument(
+        "--init", choices=INITIALISATIONS, help="override every preset's initialisation"
+    )
     args = parser.parse_args()
     epochs = _parse_epochs(args.epochs)
     mnist_dir = args.mnist_dir or default_mnist_dir()
@@ -129,7 +137,10 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     command = ("python benchmarks/reproduce_paper.py " + shlex.join(sys.argv[1:])).strip()
     rows = [
-        {**run(name, epochs.get(name), args.seed, mnist_dir, args.device), "command": command}
+        {
+            **run(name, epochs.get(name), args.seed, mnist_dir, args.device, args.init),
+            "command": command,
+        }
         for name in names
     ]
     write_docs(rows)

@@ -203,3 +203,27 @@ def test_output_and_mixture_shapes_property(batch_shape, in_features, out_featur
     assert out.shape == (*batch_shape, out_features)
     assert layer.mixture.batch_shape == (out_features,)
     assert torch.isfinite(out).all()
+
+
+def test_init_from_data_centres_each_neuron_on_an_example():
+    torch.manual_seed(0)
+    x = torch.rand(50, 6)
+    layer = UGMMLayer(6, 4)
+    layer.init_from_data(x, spread=1.5, generator=torch.Generator().manual_seed(1))
+    # every neuron's means are one row of the data
+    matches = (layer.loc[:, None, :] == x[None]).all(-1)
+    assert bool(matches.any(1).all())
+    torch.testing.assert_close(layer.scale, torch.full((4, 6), 1.5 * float(x.std())))
+    # each component peaks where x_k = mu_jk, so a neuron's prototype maximises its activation
+    # over any input: in particular over every data row.
+    with torch.no_grad():
+        at_prototype = layer(layer.loc).diagonal()
+        assert bool((at_prototype[None] >= layer(x) - 1e-6).all())
+
+
+def test_init_from_data_rejects_bad_data():
+    layer = UGMMLayer(3, 2)
+    with pytest.raises(ValueError, match=r"shape \(n >= 1, 3\)"):
+        layer.init_from_data(torch.rand(5, 4))
+    with pytest.raises(ValueError, match="finite"):
+        layer.init_from_data(torch.tensor([[0.0, float("nan"), 1.0]]))

@@ -129,3 +129,28 @@ def test_joint_score_objectives():
     torch.testing.assert_close(conditional.training_loss(x, y), -conditional.log_prob(x, y).mean())
     with pytest.raises(ValueError, match="objective"):
         JointScoreModel(4, 3, objective="likelihood")
+
+
+def test_stack_init_from_data_matches_each_layer_to_its_inputs():
+    torch.manual_seed(0)
+    x = torch.randn(40, 5)
+    net = UGMMClassifier(5, (6, 4), 3, layer_norm=True)
+    net.init_from_data(x, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first, second, _ = net.stack.layers
+        h = net.stack.norms[0](first(x))  # what the second layer receives for every row
+        assert bool((first.loc[:, None, :] == x[None]).all(-1).any(1).all())
+        close = torch.isclose(second.loc[:, None, :], h[None], atol=1e-6).all(-1)
+        assert bool(close.any(1).all())
+
+
+def test_joint_score_init_from_data_uses_the_labels():
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    model = JointScoreModel(4, 3, (5,))
+    with pytest.raises(ValueError, match="labels"):
+        model.init_from_data(x)
+    model.init_from_data(x, y)
+    first = model.stack.layers[0]
+    pairs = torch.cat([x, y[:, None].float()], -1)
+    assert bool((first.loc[:, None, :] == pairs[None]).all(-1).any(1).all())

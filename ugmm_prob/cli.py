@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from .checkpoints import CheckpointError, load_checkpoint
 from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
-from .experiments import EXPERIMENTS, load_data, train_experiment
+from .experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
 from .networks import JointScoreModel
 from .plotting import plot_history, plot_neuron_mixtures, plot_posteriors
 from .training import DeviceUnavailableError, TrainingDivergedError, evaluate
@@ -93,6 +93,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         epochs=args.epochs,
         overrides=overrides,
+        init=args.init,
         device=args.device,
         progress=not args.quiet,
         checkpoint_path=checkpoint,
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=["adam", "sgd"])
     train.add_argument("--milestones", type=int, nargs="*", help="MultiStepLR epochs")
     train.add_argument("--subset", type=int, help="train on the first N examples only")
+    train.add_argument(
+        "--init",
+        choices=INITIALISATIONS,
+        help="'paper' (N(0,1) means) or 'data' (prototype init); default: the preset's",
+    )
     train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--mnist-dir", help="MNIST IDX folder (default: $UGMM_PROB_MNIST_DIR)")

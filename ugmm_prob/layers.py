@@ -157,6 +157,48 @@ class UGMMLayer(PyroModule):
         self.scale = PyroParam(scale, constraint=constraints.greater_than(floor))
         self.logits = PyroParam(logits, constraint=constraints.real)
 
+    @torch.no_grad()
+    def init_from_data(
+        self,
+        x: torch.Tensor,
+        *,
+        spread: float = 1.5,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Prototype initialisation: each neuron starts centred on one example of ``x``.
+
+        Neuron ``j`` takes the inputs of a randomly drawn row ``i_j`` as its means,
+        ``mu_j = x[i_j]``, and every scale becomes ``spread * std(x)`` (the standard deviation
+        over all entries, at least twice the scale floor). Each neuron then starts as a soft
+        template detector: ``a_j(x)`` is largest for inputs resembling its prototype, and
+        gradients reach many components from the first step. On MNIST this learns several
+        times faster than the paper's ``N(0, 1)`` means, whose components mostly sit where
+        no pixel value ever falls (see ``docs/howto.md``). Mixing logits are kept.
+
+        Args:
+            x: inputs of shape ``(n, in_features)``, ``n >= 1``.
+            spread: scales in units of the data's standard deviation.
+            generator: random generator for the choice of rows.
+        """
+        if x.dim() != 2 or x.shape[1] != self.in_features or len(x) == 0:
+            raise ValueError(
+                f"{self.label}: init_from_data expected data of shape (n >= 1, "
+                f"{self.in_features}), got {tuple(x.shape)}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{self.label}: init_from_data expected finite data")
+        if not spread > 0:
+            raise ValueError(f"{self.label}: expected spread > 0, got {spread}")
+        current = self.loc
+        x = x.to(device=current.device, dtype=current.dtype)
+        rows = torch.randint(0, len(x), (self.out_features,), generator=generator)
+        loc = x[rows.to(x.device)].clone()
+        std = float(x.std()) if x.numel() > 1 else 1.0
+        scale_value = max(spread * std, 2 * self.scale_floor)
+        scale = torch.full_like(current, scale_value)
+        self.loc = PyroParam(loc, constraint=constraints.real)
+        self.scale = PyroParam(scale, constraint=constraints.greater_than(self.scale_floor))
+
     @property
     def label(self) -> str:
         """How errors name this layer."""

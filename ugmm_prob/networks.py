@@ -86,6 +86,17 @@ class Classifier(PyroModule):
         with pyro.plate("data", size=size, subsample=subsample):
             return pyro.sample("y", dist.Categorical(logits=logits), obs=y)
 
+    def init_from_data(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Data-dependent initialisation of the uGMM layers (prototype init); see
+        :meth:`UGMMStack.init_from_data`. Models without uGMM layers raise."""
+        raise NotImplementedError(f"{type(self).__name__} has no data-dependent initialisation")
+
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The objective minimised by :func:`ugmm_prob.training.fit`: mean ``-log p(y | x)``."""
         return -self.log_prob(x, y).mean()
@@ -184,6 +195,36 @@ class UGMMStack(PyroModule):
                 x = self.norms[index](x)
         return x
 
+    @torch.no_grad()
+    def init_from_data(
+        self,
+        x: torch.Tensor,
+        *,
+        spread: float = 1.5,
+        max_rows: int = 2048,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Prototype initialisation of every layer (:meth:`UGMMLayer.init_from_data`).
+
+        Layers are initialised in order, each from the activations that the layers below
+        it (already initialised, in evaluation mode) give for up to ``max_rows`` rows of
+        ``x``, so every layer starts matched to what it will actually receive.
+        """
+        if x.dim() != 2 or len(x) == 0:
+            raise ValueError(f"UGMMStack: expected data of shape (n >= 1, d), got {tuple(x.shape)}")
+        was_training = self.training
+        self.eval()
+        try:
+            keep = torch.randperm(len(x), generator=generator)[:max_rows]
+            h = x[keep.to(x.device)]
+            for index, layer in enumerate(self.layers):
+                layer.init_from_data(h, spread=spread, generator=generator)
+                h = layer(h.to(layer.loc.device))
+                if index < len(self.norms):
+                    h = self.norms[index](h)
+        finally:
+            self.train(was_training)
+
 
 class UGMMClassifier(Classifier):
     """Fully connected uGMM-NN: the last layer's activations are the class logits.
@@ -218,6 +259,10 @@ class UGMMClassifier(Classifier):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.stack(x.flatten(1))
+
+    def init_from_data(self, x, y=None, *, generator=None) -> None:
+        """Prototype initialisation from training inputs ``x`` (labels unused)."""
+        self.stack.init_from_data(x.flatten(1), generator=generator)
 
 
 class MLPClassifier(Classifier):
@@ -324,6 +369,19 @@ class ConvUGMMClassifier(Classifier):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.feature_norm(self.features(x)))
 
+    @torch.no_grad()
+    def init_from_data(self, x, y=None, *, generator=None) -> None:
+        """Prototype initialisation of the uGMM head from the (current) conv features of
+        up to 2048 rows of ``x``."""
+        was_training = self.training
+        self.eval()
+        try:
+            keep = torch.randperm(len(x), generator=generator)[:2048].to(x.device)
+            features = self.feature_norm(self.features(x[keep]))
+        finally:
+            self.train(was_training)
+        self.head.init_from_data(features, generator=generator)
+
 
 class JointScoreModel(Classifier):
     """The paper's "generative" uGMM-NN: the label is an extra input to the network.
@@ -392,6 +450,14 @@ class JointScoreModel(Classifier):
         """``s(x, c)`` for every candidate label ``c``, shape ``(n, C)``, in one pass."""
         labels = torch.arange(self.num_classes, device=x.device)
         return self.score(x[None], labels[:, None]).transpose(0, 1)
+
+    def init_from_data(self, x, y=None, *, generator=None) -> None:
+        """Prototype initialisation from training pairs: the first layer's neurons start
+        centred on ``(x_i, y_i)`` of random examples, so each one already prefers a label."""
+        if y is None:
+            raise ValueError("JointScoreModel.init_from_data needs the labels y")
+        inputs = torch.cat([x, torch.as_tensor(y, device=x.device).to(x.dtype)[:, None]], -1)
+        self.stack.init_from_data(inputs, generator=generator)
 
     def posterior(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``p(c | x)``, shape ``(n, C)`` (evaluation mode, no gradient)."""
