@@ -196,3 +196,19 @@ def test_cuda_requested_without_cuda_is_a_clear_error(iris):
     x, y, _, _ = iris
     with pytest.raises(RuntimeError, match=r"torch\.cuda\.is_available"):
         fit(_small_model(), x, y, epochs=1, progress=False, device="cuda")
+
+
+def test_diverged_weights_are_caught_like_a_nan_loss(iris):
+    """Weights gone NaN make Categorical refuse its logits before any loss exists."""
+    x, y, _, _ = iris
+    model = _small_model()
+    original = model.training_loss
+
+    def diverging(xb, yb):
+        with torch.no_grad():
+            model.stack.layers[0].loc_unconstrained.fill_(float("nan"))
+        return original(xb, yb)
+
+    model.training_loss = diverging
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 1, step 1"):
+        fit(model, x, y, epochs=1, batch_size=32, progress=False)

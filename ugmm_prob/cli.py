@@ -16,8 +16,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+import torch
 from matplotlib.figure import Figure
 
+from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint
 from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
 from .experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
@@ -72,6 +74,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # Under `torchrun --nproc_per_node=N ugmm-prob train ...` every process runs this; fit
+    # splits each minibatch across them and only rank 0 reports and writes files.
+    ctx = distributed.init_distributed() if distributed.launched_by_torchrun() else None
+    try:
+        return _train_experiment(args, ctx)
+    finally:
+        if ctx is not None:
+            torch.distributed.destroy_process_group()
+
+
+def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedContext | None) -> int:
     experiment = EXPERIMENTS[args.experiment]
     data = load_data(experiment.data, mnist_root=args.mnist_dir)
     if args.subset:
@@ -100,11 +113,14 @@ def _train(args: argparse.Namespace) -> int:
         metrics_path=args.metrics or out / "metrics.csv",
         resume=args.resume,
     )
+    if ctx is not None and not ctx.is_main:
+        return 0
     final = history[-1] if history else evaluate(model, data.x_test, data.y_test)
+    processes = f" ({ctx.world_size} processes)" if ctx is not None else ""
     print(
         f"{experiment.name}: test accuracy {100 * final['accuracy']:.2f}% "
         f"(paper {experiment.paper}%), NLL {final['nll']:.4f}, ECE {final['ece']:.4f}; "
-        f"checkpoint {checkpoint}"
+        f"checkpoint {checkpoint}{processes}"
     )
     if history:
         print(f"training curve saved to {_save(plot_history(history), out / 'history.png')}")

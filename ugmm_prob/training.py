@@ -1,8 +1,12 @@
-"""Training of point estimates: minibatch loops, metrics logging, NaN guard, resumption.
+"""Training: the epoch loop, point-estimate training, metrics logging, NaN guard, resumption.
 
-:func:`fit` trains any model of the library through one small interface: the model's
-``training_loss(x, y)`` (a scalar to minimise), ``predict_proba(x)`` for the per-epoch
-metrics, ``num_classes`` and ``config`` (for checkpoints).
+:func:`train_loop` is the one loop every kind of training runs through (a :class:`Trainer`
+supplies the update step): data order, minibatches split across ``torchrun`` ranks,
+progress bars, per-epoch metrics files, atomic checkpoints, resumption and the NaN guard.
+:func:`fit` trains point estimates of any model of the library through one small
+interface: the model's ``training_loss(x, y)`` (a scalar to minimise), ``predict_proba(x)``
+for the per-epoch metrics, ``num_classes`` and ``config`` (for checkpoints);
+:func:`ugmm_prob.bayes.fit_svi` runs variational inference through the same loop.
 
 Determinism: the data order of epoch ``e`` is a permutation drawn from ``seed + e``, and
 checkpoints store the optimiser, the learning-rate schedule and the global RNG state (which
@@ -16,26 +20,32 @@ import collections
 import copy
 import csv
 import json
+import math
 import os
 import pathlib
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .datasets import check_classification_data
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 from .networks import Classifier
 
 __all__ = [
     "DeviceUnavailableError",
+    "Trainer",
     "TrainingDivergedError",
+    "checked_data",
+    "classification_metrics",
     "evaluate",
     "fit",
     "resolve_device",
+    "train_loop",
 ]
 
 
@@ -48,7 +58,13 @@ class DeviceUnavailableError(RuntimeError):
 
 
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
-    """The device to train on: ``device`` if given (checked to exist), else the model's."""
+    """The device to train on: ``device`` if given (checked to exist), else the model's.
+
+    Under ``torchrun`` with NCCL, ``None`` and a bare ``"cuda"`` mean this rank's own GPU.
+    """
+    ctx = distributed.context()
+    if ctx.enabled and ctx.device().type == "cuda" and (device is None or str(device) == "cuda"):
+        return ctx.device()
     if device is None:
         first = next(model.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
@@ -65,8 +81,11 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module) ->
 def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Accuracy, negative log-likelihood (nats) and expected calibration error on ``(x, y)``."""
     device = resolve_device(None, model)
-    probs = model.predict_proba(x.to(device)).cpu()
-    y = y.cpu()
+    return classification_metrics(model.predict_proba(x.to(device)).cpu(), y.cpu())
+
+
+def classification_metrics(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy, NLL (nats) and ECE of predicted class probabilities ``probs`` ``(n, C)``."""
     return {
         "accuracy": accuracy(probs, y),
         "nll": negative_log_likelihood(probs, y),
@@ -146,6 +165,268 @@ def _make_optimizer(
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
+def check_schedule(epochs: int, batch_size: int, resume: bool, checkpoint_path: Any) -> None:
+    """Reject settings no training loop can run with, naming what was expected."""
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"expected epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs a checkpoint_path")
+
+
+class Trainer(Protocol):
+    """One kind of training, as :func:`train_loop` drives it.
+
+    :func:`fit` (gradient descent on point estimates) and :func:`ugmm_prob.bayes.fit_svi`
+    (stochastic variational inference) each implement it, so both share the epoch loop,
+    progress bars, metrics files, checkpoints, resumption, the NaN guard and distribution
+    across processes.
+    """
+
+    model: Classifier
+    loss_name: str
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, weight: float, num_data: int) -> float:
+        """One update on this rank's share ``(x, y)`` of a global minibatch.
+
+        ``weight`` is ``len(x) * world_size / global_batch``: the factor that makes the
+        average over ranks of this rank's gradient equal the gradient of the global batch.
+        Returns the global batch's mean loss, identical on every rank; when it is not
+        finite the update must not have been kept.
+        """
+
+    def end_epoch(self) -> dict[str, Any]:
+        """Called after each epoch's steps; returns extra fields of the history row."""
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for the per-epoch metrics."""
+
+    def snapshot(self) -> Any:
+        """A copy of everything an update changes, for :meth:`restore`."""
+
+    def restore(self, snapshot: Any) -> None:
+        """Return to a :meth:`snapshot`."""
+
+    def checkpoint_model(self) -> Classifier:
+        """The point-estimate model written into checkpoints."""
+
+    def training_state(self) -> dict[str, Any]:
+        """Optimiser state (tensors and plain values) for checkpoints."""
+
+    def load_training_state(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint written by this kind of training."""
+
+
+def _check_resumable(checkpoint: Checkpoint, model: Classifier, path: Any) -> None:
+    if type(checkpoint.model) is not type(model) or checkpoint.model.config != model.config:
+        raise ValueError(
+            f"{path} holds a {type(checkpoint.model).__name__} with config "
+            f"{checkpoint.model.config}, not this {type(model).__name__} with {model.config}"
+        )
+
+
+def train_loop(
+    trainer: Trainer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+    metrics_path: str | os.PathLike | None,
+    checkpoint_path: str | os.PathLike | None,
+    resume: bool,
+) -> list[dict[str, Any]]:
+    """The epoch loop shared by every kind of training (see :class:`Trainer`).
+
+    Epoch ``e`` visits the data in the order of a permutation drawn from ``seed + e``, in
+    global minibatches of ``batch_size``; under ``torchrun`` each of the ``W`` ranks takes
+    every ``W``-th example of each global minibatch, so the updates equal those of one
+    process with the same global batch. Only rank 0 shows progress and writes files.
+    """
+    ctx = distributed.context()
+    start_epoch, history = 0, []
+    resuming = resume and pathlib.Path(checkpoint_path).exists()
+    if resuming:
+        state = load_checkpoint(checkpoint_path)
+        _check_resumable(state, trainer.model, checkpoint_path)
+        trainer.load_training_state(state)
+        torch.set_rng_state(state.training_state["rng_state"])
+        if ctx.rank > 0:
+            # Only rank 0's generator is stored; the others continue from distinct seeds.
+            torch.manual_seed(seed + ctx.rank * 1_000_003 + state.epoch)
+        start_epoch, history = state.epoch, state.history
+    else:
+        torch.manual_seed(seed + ctx.rank)
+    writer = _MetricsWriter(metrics_path if ctx.is_main else None, append=resuming)
+    show = progress and ctx.is_main
+
+    n = len(x)
+    last_good = trainer.snapshot()
+    epoch_bar = tqdm(
+        range(start_epoch, epochs),
+        desc="epochs",
+        disable=not show,
+        initial=start_epoch,
+        total=epochs,
+    )
+    for epoch in epoch_bar:
+        started = time.perf_counter()
+        trainer.model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        total = 0.0
+        batches = tqdm(
+            range(0, n, batch_size), desc=f"epoch {epoch + 1}", leave=False, disable=not show
+        )
+        for step, begin in enumerate(batches):
+            index = order[begin : begin + batch_size]
+            local = ctx.shard(index)
+            if len(local) == 0:
+                # fewer examples than ranks: this rank joins the collectives with a
+                # zero-weighted copy of the batch's first example.
+                local, weight = index[:1], 0.0
+            else:
+                weight = len(local) * ctx.world_size / len(index)
+            loss = trainer.step(x[local].to(device), y[local].to(device), weight=weight, num_data=n)
+            if not math.isfinite(loss):
+                trainer.restore(last_good)
+                where = f"{checkpoint_path}" if checkpoint_path else "no checkpoint file"
+                raise TrainingDivergedError(
+                    f"{trainer.loss_name} became {loss} at epoch {epoch + 1}, step {step + 1}; "
+                    f"the model was restored to its state after epoch {epoch} ({where} holds "
+                    "the same); try a lower learning rate or a larger scale_floor"
+                )
+            total += loss * len(index)
+        extra = trainer.end_epoch()
+        local_val = ctx.shard(torch.arange(len(x_val)))
+        probs = ctx.gather_rows(
+            trainer.predict_proba(x_val[local_val].to(device)).cpu(), len(x_val)
+        )
+        row = {
+            "epoch": epoch + 1,
+            trainer.loss_name: total / max(n, 1),
+            **classification_metrics(probs, y_val.cpu()),
+            **extra,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        writer.write(row)
+        epoch_bar.set_postfix(loss=f"{row[trainer.loss_name]:.4f}", acc=f"{row['accuracy']:.4f}")
+        last_good = trainer.snapshot()
+        if checkpoint_path is not None:
+            if ctx.is_main:
+                save_checkpoint(
+                    checkpoint_path,
+                    trainer.checkpoint_model(),
+                    epoch=epoch + 1,
+                    history=history,
+                    training_state={
+                        **trainer.training_state(),
+                        "rng_state": torch.get_rng_state(),
+                        "seed": seed,
+                        "world_size": ctx.world_size,
+                    },
+                )
+            ctx.barrier()
+    return history
+
+
+def diverged(error: ValueError, parameters: Iterable[torch.Tensor] = ()) -> bool:
+    """Whether ``error`` means training diverged rather than that the input was bad.
+
+    Weights that have gone NaN or infinite surface as a ``ValueError`` before any loss
+    exists: torch's distribution validation refusing ``Categorical(logits=nan)``, or a uGMM
+    layer refusing the non-finite activations of the layer below. The training loops treat
+    these like a NaN loss: any parameter non-finite, or the error naming invalid or
+    non-finite values.
+    """
+    message = str(error)
+    if "invalid values" in message or "NaN or inf" in message:
+        return True
+    return any(not bool(torch.isfinite(p).all()) for p in parameters)
+
+
+class _LossModule(torch.nn.Module):
+    """``model.training_loss`` as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.training_loss(x, y)
+
+
+class _PointEstimateTrainer:
+    """:class:`Trainer` for gradient descent on a model's parameters (:func:`fit`)."""
+
+    loss_name = "loss"
+
+    def __init__(
+        self,
+        model: Classifier,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.MultiStepLR,
+        device: torch.device,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.ctx = distributed.context()
+        self.loss = _LossModule(model)
+        if self.ctx.enabled:
+            # DDP broadcasts rank 0's parameters now and averages gradients in backward().
+            self.loss = torch.nn.parallel.DistributedDataParallel(
+                self.loss, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, weight: float, num_data: int) -> float:
+        try:
+            loss = self.loss(x, y)
+        except ValueError as error:
+            if not diverged(error, self.model.parameters()):
+                raise
+            loss = torch.tensor(float("nan"), device=x.device)
+        # Every rank needs the global loss anyway (for the history); reducing it before
+        # backward() also lets all ranks agree to stop when any of them sees NaN.
+        global_loss = float(self.ctx.sum(loss.detach() * weight)) / self.ctx.world_size
+        if not math.isfinite(global_loss):
+            return global_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        self.optimizer.step()
+        return global_loss
+
+    def end_epoch(self) -> dict[str, Any]:
+        self.scheduler.step()
+        return {"lr": self.optimizer.param_groups[0]["lr"]}
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.predict_proba(x)
+
+    def snapshot(self) -> Any:
+        return copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
+
+    def restore(self, snapshot: Any) -> None:
+        self.model.load_state_dict(snapshot[0])
+        self.optimizer.load_state_dict(snapshot[1])
+
+    def checkpoint_model(self) -> Classifier:
+        return self.model
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": _scheduler_state(self.scheduler),
+        }
+
+    def load_training_state(self, checkpoint: Checkpoint) -> None:
+        self.model.load_state_dict(checkpoint.model.state_dict())
+        self.optimizer.load_state_dict(checkpoint.training_state["optimizer"])
+        _load_scheduler_state(self.scheduler, checkpoint.training_state["scheduler"])
+
+
 def fit(
     model: Classifier,
     x: torch.Tensor,
@@ -170,16 +451,22 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train ``model`` by minibatch gradient descent on ``model.training_loss``.
 
+    Under ``torchrun`` (after :func:`ugmm_prob.distributed.init_distributed`) every rank
+    computes the loss on its share of each global minibatch of ``batch_size`` and
+    ``DistributedDataParallel`` averages the gradients, so the parameters follow the same
+    path as in one process; only rank 0 shows progress and writes files.
+
     Args:
         model: a model of the library (e.g. :class:`~ugmm_prob.networks.UGMMClassifier`).
         x, y: training inputs ``(n, ...)`` and integer labels ``(n,)``.
         x_val, y_val: data for the per-epoch metrics (accuracy, NLL, ECE); the training
             data when omitted.
         epochs: total number of epochs (including those already done when resuming).
-        batch_size: minibatch size; the last minibatch of an epoch may be smaller.
+        batch_size: global minibatch size; the last minibatch of an epoch may be smaller.
         optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``); ``lr``, ``weight_decay``.
         milestones, gamma: ``MultiStepLR`` schedule (the paper: ``(20, 45, 60)``, ``0.1``).
-        device: where to train (``"cpu"``, ``"cuda"``, ...); default: where the model is.
+        device: where to train (``"cpu"``, ``"cuda"``, ...); default: where the model is,
+            or this rank's GPU under NCCL.
         seed: seeds the data order and the global RNG (dropout).
         progress: show tqdm progress bars.
         metrics_path: ``.csv`` or ``.jsonl`` file receiving one row per epoch.
@@ -196,97 +483,24 @@ def fit(
             checkpoint file holds.
     """
     x_val, y_val = checked_data(model, x, y, x_val, y_val)
-    if epochs < 0 or batch_size < 1:
-        raise ValueError(f"expected epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
-    if resume and checkpoint_path is None:
-        raise ValueError("resume=True needs a checkpoint_path")
-
+    check_schedule(epochs, batch_size, resume, checkpoint_path)
     device = resolve_device(device, model)
     model.to(device)
-    params = list(model.parameters())
-    opt = _make_optimizer(optimizer, params, lr, weight_decay, momentum)
+    opt = _make_optimizer(optimizer, list(model.parameters()), lr, weight_decay, momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-
-    start_epoch, history = 0, []
-    resuming = resume and pathlib.Path(checkpoint_path).exists()
-    if resuming:
-        state = load_checkpoint(checkpoint_path)
-        if type(state.model) is not type(model) or state.model.config != model.config:
-            raise ValueError(
-                f"{checkpoint_path} holds a {type(state.model).__name__} with config "
-                f"{state.model.config}, not this {type(model).__name__} with {model.config}"
-            )
-        model.load_state_dict(state.model.state_dict())
-        opt.load_state_dict(state.training_state["optimizer"])
-        _load_scheduler_state(scheduler, state.training_state["scheduler"])
-        torch.set_rng_state(state.training_state["rng_state"])
-        start_epoch, history = state.epoch, state.history
-    else:
-        torch.manual_seed(seed)
-    writer = _MetricsWriter(metrics_path, append=resuming)
-
-    n = len(x)
-    last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
-    epoch_bar = tqdm(
-        range(start_epoch, epochs),
-        desc="epochs",
-        disable=not progress,
-        initial=start_epoch,
-        total=epochs,
+    trainer = _PointEstimateTrainer(model, opt, scheduler, device)
+    return train_loop(
+        trainer,
+        x,
+        y,
+        x_val,
+        y_val,
+        epochs=epochs,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        progress=progress,
+        metrics_path=metrics_path,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
     )
-    for epoch in epoch_bar:
-        started = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        total, seen = 0.0, 0
-        batches = tqdm(
-            range(0, n, batch_size),
-            desc=f"epoch {epoch + 1}",
-            leave=False,
-            disable=not progress,
-        )
-        for step, begin in enumerate(batches):
-            index = order[begin : begin + batch_size]
-            xb, yb = x[index].to(device), y[index].to(device)
-            loss = model.training_loss(xb, yb)
-            if not torch.isfinite(loss):
-                model.load_state_dict(last_good[0])
-                opt.load_state_dict(last_good[1])
-                where = f"{checkpoint_path}" if checkpoint_path else "no checkpoint file"
-                raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the "
-                    f"model was restored to its state after epoch {epoch} ({where} holds "
-                    "the same); try a lower learning rate or a larger scale_floor"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(index)
-            seen += len(index)
-        scheduler.step()
-        metrics = evaluate(model, x_val, y_val)
-        row = {
-            "epoch": epoch + 1,
-            "loss": total / max(seen, 1),
-            **metrics,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(row)
-        writer.write(row)
-        epoch_bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.4f}")
-        last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
-        if checkpoint_path is not None:
-            save_checkpoint(
-                checkpoint_path,
-                model,
-                epoch=epoch + 1,
-                history=history,
-                training_state={
-                    "optimizer": opt.state_dict(),
-                    "scheduler": _scheduler_state(scheduler),
-                    "rng_state": torch.get_rng_state(),
-                    "seed": seed,
-                },
-            )
-    return history

@@ -1,0 +1,100 @@
+"""fit_svi runs through the shared training loop: checkpoints, resumption, NaN guard."""
+
+import pyro
+import pytest
+import torch
+
+from ugmm_prob import UGMMClassifier
+from ugmm_prob.bayes import fit_svi, make_bayesian, point_model
+from ugmm_prob.checkpoints import load_checkpoint
+from ugmm_prob.experiments import load_data
+from ugmm_prob.training import TrainingDivergedError
+
+SETTINGS = dict(batch_size=40, lr=2e-2, seed=4, progress=False, predictive_samples=4)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    data = load_data("iris")
+    return data.x_train, data.y_train
+
+
+def _point() -> UGMMClassifier:
+    torch.manual_seed(2)
+    return UGMMClassifier(4, (6,), 3, layer_norm=True, backend="eager")
+
+
+def _guide_values(model) -> dict[str, torch.Tensor]:
+    """The parameter store, named relative to ``model`` so two instances compare."""
+    return {
+        name.replace(model._pyro_name, "M"): value.detach().clone()
+        for name, value in pyro.get_param_store().named_parameters()
+    }
+
+
+def test_resume_equals_the_uninterrupted_run(iris, tmp_path):
+    x, y = iris
+    straight = make_bayesian(_point())
+    _, history = fit_svi(straight, x, y, epochs=3, **SETTINGS)
+    expected = _guide_values(straight)
+
+    path = tmp_path / "svi.pt"
+    first = make_bayesian(_point())
+    fit_svi(first, x, y, epochs=1, checkpoint_path=path, **SETTINGS)
+    again = make_bayesian(_point())  # a new process would build a new model, new Pyro name
+    _, resumed = fit_svi(again, x, y, epochs=3, checkpoint_path=path, resume=True, **SETTINGS)
+
+    assert [row["epoch"] for row in resumed] == [1, 2, 3]
+    assert [row["elbo_loss"] for row in resumed] == [row["elbo_loss"] for row in history]
+    got = _guide_values(again)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+
+
+def test_checkpoint_model_is_the_network_at_the_guide_median(iris, tmp_path):
+    x, y = iris
+    bayesian = make_bayesian(_point())
+    guide, _ = fit_svi(bayesian, x, y, epochs=2, checkpoint_path=tmp_path / "s.pt", **SETTINGS)
+    network = load_checkpoint(tmp_path / "s.pt").model
+    assert type(network) is UGMMClassifier
+    # Reference: the Bayesian model's logits with every random site fixed at the median.
+    bayesian.eval()
+    with torch.no_grad():
+        logits = pyro.poutine.condition(bayesian.logits, data=guide.median())(x)
+    torch.testing.assert_close(network.predict_proba(x), torch.softmax(logits, -1))
+    with pytest.raises(ValueError, match="does not belong"):
+        point_model(bayesian, {"elsewhere.loc": torch.zeros(1)})
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_nan_elbo_stops_and_keeps_the_last_good_guide(iris, tmp_path):
+    x, y = iris
+    path = tmp_path / "svi.pt"
+    bayesian = make_bayesian(_point())
+    fit_svi(bayesian, x, y, epochs=2, checkpoint_path=path, **SETTINGS)
+    good = _guide_values(bayesian)
+
+    poisoned = make_bayesian(_point())
+    original, calls = poisoned.logits, []
+
+    def logits(inputs):  # the first call sets the guide up; the weights "diverge" after it
+        calls.append(1)
+        return original(inputs) * (float("nan") if len(calls) > 1 else 1.0)
+
+    poisoned.logits = logits
+    with pytest.raises(TrainingDivergedError, match=r"elbo_loss became nan at epoch 3, step 1"):
+        fit_svi(poisoned, x, y, epochs=4, checkpoint_path=path, resume=True, **SETTINGS)
+    for name, value in _guide_values(poisoned).items():
+        assert torch.equal(value, good[name]), name
+    assert load_checkpoint(path).epoch == 2
+
+
+def test_resuming_from_a_point_estimate_checkpoint_is_refused(iris, tmp_path):
+    from ugmm_prob.training import fit
+
+    x, y = iris
+    path = tmp_path / "point.pt"
+    fit(_point(), x, y, epochs=1, checkpoint_path=path, progress=False)
+    with pytest.raises(ValueError, match="not written by fit_svi"):
+        fit_svi(make_bayesian(_point()), x, y, epochs=2, checkpoint_path=path, resume=True)
