@@ -155,7 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
 
-    train = sub.add_parser("train", help="train one of the paper's experiments")
+    train = sub.add_parser(
+        "train",
+        help="train one of the paper's experiments",
+        description="Train one of the paper's experiments. Under `torchrun --nproc_per_node=N "
+        "-m ugmm_prob train ...` the N processes train data-parallel (--batch-size is the "
+        "global batch); see docs/distributed.md.",
+    )
     train.add_argument("experiment", choices=sorted(EXPERIMENTS))
     train.add_argument("--out", default="runs", help="folder for checkpoint, metrics, plot")
     train.add_argument("--checkpoint", help="checkpoint file (default OUT/checkpoint.pt)")
