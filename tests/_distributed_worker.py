@@ -1,6 +1,6 @@
 """One rank of the two-process tests in ``test_distributed.py`` (launched like torchrun).
 
-Usage: ``python _distributed_worker.py {fit,svi} OUT_DIR`` with ``RANK``, ``WORLD_SIZE``,
+Usage: ``python _distributed_worker.py {fit,circuit,svi} OUT_DIR`` with ``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR`` and ``MASTER_PORT`` in the environment. Writes ``OUT_DIR/rank<r>.pt`` with
 the trained parameters and the per-epoch history.
 """
@@ -21,8 +21,8 @@ def main() -> None:
     mode, out = sys.argv[1], pathlib.Path(sys.argv[2])
     ctx = init_distributed()
     x, y = iris_data()
-    if mode == "fit":
-        model = make_model()
+    if mode in ("fit", "circuit"):
+        model = make_model(mode)
         history = fit(model, x, y, checkpoint_path=out / "run.pt", **SETTINGS)
         state = dict(model.state_dict())
     else:

@@ -57,10 +57,11 @@ def _worker(mode: str, out: pathlib.Path) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
-    ranks = _worker("fit", tmp_path)
+@pytest.mark.parametrize("kind", ["fit", "circuit"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(kind, tmp_path):
+    ranks = _worker(kind, tmp_path)
     x, y = iris_data()
-    single = make_model()
+    single = make_model(kind)
     history = fit(single, x, y, **SETTINGS)
     for key, value in single.state_dict().items():
         # Every rank holds the same parameters, equal to the single process's.
@@ -75,10 +76,10 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     # The checkpoint rank 0 wrote after the last epoch resumes in a single process.
     checkpoint = load_checkpoint(tmp_path / "run.pt")
     assert checkpoint.epoch == SETTINGS["epochs"] and checkpoint.training_state["world_size"] == 2
-    resumed = make_model()
+    resumed = make_model(kind)
     more = {**SETTINGS, "epochs": SETTINGS["epochs"] + 2}
     fit(resumed, x, y, checkpoint_path=tmp_path / "run.pt", resume=True, **more)
-    straight = make_model()
+    straight = make_model(kind)
     fit(straight, x, y, **more)
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-5, rtol=0)
