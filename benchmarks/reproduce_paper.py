@@ -8,6 +8,7 @@ scaled by the same factor. The table states the epochs actually run.
     python benchmarks/reproduce_paper.py                       # every row, preset epochs
     python benchmarks/reproduce_paper.py --only iris-joint     # one row
     python benchmarks/reproduce_paper.py --epochs mnist-ugmm-ln=8 mnist-cnn=3
+    python benchmarks/reproduce_paper.py --only iris-joint --seeds 0 1 2 3 4 5   # mean of 6
 
 MNIST is read from --mnist-dir, else $UGMM_PROB_MNIST_DIR, else ../shared/data/mnist beside
 the repository.
@@ -100,31 +101,42 @@ def write_docs(rows: list[dict]) -> None:
     lines = [
         "<!-- written by benchmarks/reproduce_paper.py; rerun it rather than editing -->",
         "| experiment | model | init | epochs run (paper) | test accuracy % | paper % "
-        "| best epoch % | NLL | ECE | wall time |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| best epoch % | NLL | ECE | wall time | seeds |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in previous.values():
+        seeds = row["seed"] if isinstance(row["seed"], list) else [row["seed"]]
+        per_seed = row.get("per_seed_accuracy")
+        seed_cell = str(seeds[0])
+        if per_seed:
+            pairs = zip(seeds, per_seed, strict=True)
+            seed_cell = f"mean of {len(seeds)}: " + ", ".join(f"{s}: {a:.2f}" for s, a in pairs)
         lines.append(
             f"| `{row['experiment']}` | {row['description']} | {row.get('init', 'paper')} | "
             f"{row['epochs']} "
             f"({row['paper_epochs']}) | **{row['test_accuracy']:.2f}** | {row['paper']} | "
             f"{row['best_epoch_accuracy']:.2f} | {row['nll']:.4f} | {row['ece']:.4f} | "
-            f"{row['minutes']:.1f} min |"
+            f"{row['minutes']:.1f} min | {seed_cell} |"
         )
     table = "\n".join(lines)
-    commands = sorted({row["command"] for row in previous.values() if "command" in row})
-    listed = "\n".join(f"- `{command}`" for command in commands)
-    replace_block(
-        "paper-table",
-        f"## The paper's table\n\nMachine: {machine()}.\n\nRows come from:\n\n{listed}\n\n{table}",
+    commands = sorted(
+        {(row["command"], row.get("machine", "")) for row in previous.values() if "command" in row}
     )
+    listed = "\n".join(f"- `{command}` on {where}" for command, where in commands)
+    replace_block("paper-table", f"## The paper's table\n\nRows come from:\n\n{listed}\n\n{table}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", choices=sorted(EXPERIMENTS), help="rows to run")
     parser.add_argument("--epochs", nargs="*", default=[], help="NAME=N: run N epochs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="run every row once per seed; the table gives the mean and each seed's figure",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--mnist-dir", default=None)
     parser.add_argument(
@@ -136,14 +148,26 @@ def main() -> None:
     names = args.only or list(EXPERIMENTS)
     print(f"machine: {machine()}", flush=True)
     command = ("python benchmarks/reproduce_paper.py " + shlex.join(sys.argv[1:])).strip()
-    rows = [
-        {
-            **run(name, epochs.get(name), args.seed, mnist_dir, args.device, args.init),
-            "command": command,
-        }
-        for name in names
-    ]
+    rows = []
+    for name in names:
+        runs = [
+            run(name, epochs.get(name), seed, mnist_dir, args.device, args.init)
+            for seed in args.seeds
+        ]
+        rows.append({**combine_seeds(runs), "command": command, "machine": machine()})
     write_docs(rows)
+
+
+def combine_seeds(runs: list[dict]) -> dict:
+    """One table row from the runs of one experiment with different seeds: the means."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+    for key in ("test_accuracy", "best_epoch_accuracy", "nll", "ece", "minutes"):
+        row[key] = sum(r[key] for r in runs) / len(runs)
+    row["seed"] = [r["seed"] for r in runs]
+    row["per_seed_accuracy"] = [round(r["test_accuracy"], 2) for r in runs]
+    return row
 
 
 if __name__ == "__main__":
