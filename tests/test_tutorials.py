@@ -29,7 +29,8 @@ def test_tutorial_runs_in_fast_mode(path, monkeypatch):
     # The kernel inherits this environment: fast mode, this checkout's package first on the
     # path (whatever is installed), a non-interactive matplotlib and one thread per kernel.
     monkeypatch.setenv("UGMM_PROB_FAST", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    path_entries = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path_entries))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     client = nbclient.NotebookClient(
