@@ -77,7 +77,9 @@ class CorruptDatasetError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 IRIS_CLASSES = ("setosa", "versicolor", "virginica")
+"""Iris species, in label order: label ``c`` is ``IRIS_CLASSES[c]``."""
 IRIS_FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
+"""Iris feature names, in column order (centimetres)."""
 _IRIS_RESOURCE = "data/iris.csv"
 _IRIS_ROWS = 150
 
@@ -204,6 +206,7 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
 # --------------------------------------------------------------------------------------------
 
 MNIST_ENV = "UGMM_PROB_MNIST_DIR"
+"""Environment variable naming a folder with the MNIST IDX files (see :func:`find_mnist`)."""
 
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

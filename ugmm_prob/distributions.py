@@ -62,9 +62,11 @@ class FlooredLogNormal(dist.TransformedDistribution):
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self):
+        """``greater_than(floor)``."""
         return constraints.greater_than(self.floor)
 
     def expand(self, batch_shape, _instance=None):
+        """The same distribution with ``loc`` and ``scale`` expanded to ``batch_shape``."""
         batch_shape = torch.Size(batch_shape)
         return FlooredLogNormal(
             self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.floor

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 INITIALISATIONS = ("paper", "data")
+"""Initialisations an experiment can use: the paper's ``N(0, 1)`` means, or prototypes."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
     ]
 }
+"""The paper's experiments by name (the names of ``docs/results.json``)."""
 
 
 def train_experiment(

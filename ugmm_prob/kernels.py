@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 Backend = Literal["auto", "eager", "compiled"]
+"""Kernel backends: ``"auto"`` (compiled for large layers when available), eager, compiled."""
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 

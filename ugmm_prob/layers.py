@@ -225,6 +225,7 @@ class UGMMLayer(PyroModule):
         return neuron_mixture(self.loc, self.scale, self.logits)
 
     def extra_repr(self) -> str:
+        """The constructor settings shown by ``print(layer)``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"dropout={self.dropout}, scale_floor={self.scale_floor}, backend={self.backend!r}"

@@ -189,6 +189,7 @@ class UGMMStack(PyroModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's activations, ``(n, sizes[-1])``, of inputs ``(n, sizes[0])``."""
         for index, layer in enumerate(self.layers):
             x = layer(x)
             if index < len(self.norms):
@@ -258,6 +259,7 @@ class UGMMClassifier(Classifier):
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Output-layer activations (log-densities of the class neurons), ``(n, C)``."""
         return self.stack(x.flatten(1))
 
     def init_from_data(self, x, y=None, *, generator=None) -> None:
@@ -287,6 +289,7 @@ class MLPClassifier(Classifier):
         self.net = PyroModule[nn.Sequential](*blocks)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of the flattened inputs, ``(n, C)``."""
         return self.net(x.flatten(1))
 
 
@@ -334,6 +337,7 @@ class CNNClassifier(Classifier):
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of images ``(n, channels, size, size)``, shape ``(n, C)``."""
         return self.head(self.features(x))
 
 
@@ -367,6 +371,7 @@ class ConvUGMMClassifier(Classifier):
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The uGMM head's output activations on the normalised CNN features, ``(n, C)``."""
         return self.head(self.feature_norm(self.features(x)))
 
     @torch.no_grad()
@@ -464,6 +469,7 @@ class JointScoreModel(Classifier):
         return self.predict_proba(x)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``-mean s(x, y)`` for ``objective="score"``, else ``-mean log p(y | x)``."""
         if self.objective == "score":
             return -self.score(x, y).mean()
         return super().training_loss(x, y)

@@ -510,6 +510,7 @@ class CircuitDistribution(TorchDistribution):
         super().__init__(shape, torch.Size([circuit.num_vars]), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):  # type: ignore[override]
+        """The same distribution with its class (if any) expanded to ``batch_shape``."""
         batch_shape = torch.Size(batch_shape)
         c = None if self.c is None else self.c.expand(batch_shape)
         return CircuitDistribution(self.circuit, c, batch_shape=batch_shape)
@@ -527,6 +528,7 @@ class CircuitDistribution(TorchDistribution):
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
     def sample(self, sample_shape=()) -> torch.Tensor:  # type: ignore[override]
+        """Exact draws of shape ``sample_shape + batch_shape + (D,)`` (not reparameterised)."""
         shape = torch.Size(sample_shape) + self.batch_shape
         count = shape.numel()
         classes = None if self.c is None else self.c.expand(shape).reshape(-1)
@@ -535,10 +537,12 @@ class CircuitDistribution(TorchDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
+        """Exact mean of every variable, ``batch_shape + (D,)``."""
         return self._moments()[0]
 
     @property
     def variance(self) -> torch.Tensor:
+        """Exact variance of every variable, ``batch_shape + (D,)``."""
         return self._moments()[1]
 
     def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:

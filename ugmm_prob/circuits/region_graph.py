@@ -38,6 +38,12 @@ class RandomBinaryTrees:
     def build(
         cls, num_vars: int, *, depth: int, repetitions: int, seed: int = 0
     ) -> RandomBinaryTrees:
+        """Draw the ``repetitions`` random trees of ``depth`` splits (seeded by ``seed``).
+
+        Raises:
+            ValueError: non-positive sizes, or more leaf regions (``2**depth``) than
+                variables.
+        """
         if num_vars < 1 or repetitions < 1 or depth < 0:
             raise ValueError(
                 f"RandomBinaryTrees: expected num_vars >= 1, repetitions >= 1, depth >= 0; "
