@@ -30,7 +30,7 @@ import torch
 from _results import REPO, default_mnist_dir, machine, replace_block
 
 from ugmm_prob.datasets import load_mnist, mnist_subset
-from ugmm_prob.distributed import init_distributed
+from ugmm_prob.distributed import init_distributed, loopback_environment
 from ugmm_prob.networks import UGMMClassifier
 from ugmm_prob.training import fit
 
@@ -69,18 +69,13 @@ def _free_port() -> int:
 def launch(args: argparse.Namespace, processes: int, threads: int) -> dict:
     """Run the worker in ``processes`` fresh ranks of ``threads`` threads each."""
     command = [sys.executable, __file__, "--worker", *_shared_flags(args)]
-    port = str(_free_port())
+    port = _free_port()
     running = []
     for rank in range(processes):
         env = {
             **os.environ,
+            **loopback_environment(rank, processes, port),
             "OMP_NUM_THREADS": str(threads),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(processes),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "CUDA_VISIBLE_DEVICES": "",
         }
         running.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
     outputs = [p.communicate()[0] for p in running]

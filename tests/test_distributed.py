@@ -12,7 +12,12 @@ import torch
 import torch.distributed as dist
 
 from ugmm_prob.checkpoints import load_checkpoint
-from ugmm_prob.distributed import DistributedContext, context, init_distributed
+from ugmm_prob.distributed import (
+    DistributedContext,
+    context,
+    init_distributed,
+    loopback_environment,
+)
 from ugmm_prob.training import fit
 
 from .distributed_setup import SETTINGS, iris_data, make_model
@@ -29,19 +34,10 @@ def _free_port() -> int:
 
 def _launch(command: list[str], out: pathlib.Path, world_size: int = 2) -> None:
     """Start ``world_size`` ranks with the environment torchrun would give them."""
-    port = str(_free_port())
+    port = _free_port()
     processes = []
     for rank in range(world_size):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "OMP_NUM_THREADS": "1",
-            "CUDA_VISIBLE_DEVICES": "",
-        }
+        env = {**os.environ, **loopback_environment(rank, world_size, port), "OMP_NUM_THREADS": "1"}
         processes.append(
             subprocess.Popen(
                 command, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

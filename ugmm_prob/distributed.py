@@ -29,6 +29,7 @@ __all__ = [
     "context",
     "init_distributed",
     "launched_by_torchrun",
+    "loopback_environment",
 ]
 
 
@@ -90,6 +91,23 @@ class DistributedContext:
         if self.enabled and dist.get_backend() == "nccl":
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
+
+
+def loopback_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables ``torchrun`` would set for ``rank`` of a one-machine launch.
+
+    For starting ranks by hand (tests, benchmarks): ``subprocess.Popen(cmd, env={**os.environ,
+    **loopback_environment(r, 2, port)})`` for each ``r``. The ranks rendezvous on
+    ``127.0.0.1:port`` and see no GPU, so they choose gloo.
+    """
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
 
 
 def launched_by_torchrun() -> bool:
