@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
-from ugmm_prob import UGMMClassifier
+from ugmm_prob import UGMMClassifier, UGMMLayer
 from ugmm_prob.bayes import fit_svi, make_bayesian, predictive_probs, prior_sites, run_nuts
 from ugmm_prob.datasets import mnist_subset
 from ugmm_prob.experiments import load_data
@@ -228,11 +228,13 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str] | None:
     print(f"mnist MAP: accuracy {accuracy(probs_map, y_test):.4f} ({map_minutes:.1f} min)")
 
     bayesian = make_bayesian(point, prior_scale=args.prior_scale)
-    # The Bayesian copy keeps the point model's Pyro names: its sites are the point's params.
+    # The guide's means start at the point estimate: each site's value from the same path.
     values = {}
-    for layer in point.stack.layers:
-        for kind in ("loc", "scale", "logits"):
-            values[f"{layer._pyro_name}.{kind}"] = getattr(layer, kind).detach().clone()
+    for path, layer in point.named_modules():
+        if isinstance(layer, UGMMLayer):
+            site = bayesian.get_submodule(path)._pyro_name
+            for kind in ("loc", "scale", "logits"):
+                values[f"{site}.{kind}"] = getattr(layer, kind).detach().clone()
     assert set(values) == set(prior_sites(bayesian))
     guide = AutoNormal(
         bayesian.model, init_loc_fn=init_to_value(values=values), init_scale=args.init_scale

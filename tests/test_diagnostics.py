@@ -77,6 +77,20 @@ def test_circuit_priors_are_sample_sites_with_the_default_log_densities():
     assert "leaf_loc" in circuit._pyro_params
 
 
+def test_the_bayesian_copy_never_shares_parameters_with_the_point_model():
+    circuit = _circuit(depth=1)
+    x, y = _toy_data()
+    before = circuit.log_prob(x, y).detach()  # registers the point's names in the store
+    class_logits = circuit.class_logits.detach().clone()
+    bayesian = make_bayesian(circuit)
+    assert bayesian._pyro_name != circuit._pyro_name
+    assert all(name.startswith(bayesian._pyro_name + ".") for name in prior_sites(bayesian))
+    fit_svi(bayesian, x, y, epochs=3, batch_size=12, lr=0.1, progress=False)
+    assert not torch.allclose(bayesian.class_logits, class_logits)  # SVI moved its own copy
+    torch.testing.assert_close(circuit.log_prob(x, y), before)
+    torch.testing.assert_close(circuit.class_logits, class_logits)
+
+
 def test_circuit_prior_choices_and_errors():
     circuit = _circuit()
     only_class = make_bayesian(circuit, parameters=("class_logits",))

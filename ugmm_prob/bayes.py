@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .circuits import UGMMCircuit
 from .datasets import check_classification_data
 from .distributions import FlooredLogNormal
-from .layers import UGMMLayer
+from .layers import UGMMLayer, unique_pyro_name
 from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
 from .networks import Classifier
 from .training import TrainingDivergedError, _MetricsWriter, checked_data, resolve_device
@@ -139,6 +139,19 @@ def _targets(
     return targets
 
 
+def _rename(module: PyroModule, name: str) -> None:
+    """Give a copied model (and its Pyro submodules) a fresh Pyro name.
+
+    PyroModules sync their parameters with Pyro's global store by name, so a copy under
+    the original's names would take over (and overwrite) the point model's remaining
+    parameters (a circuit's class logits, LayerNorm, convolutions) once either is trained.
+    """
+    module._pyro_name = name
+    for key, child in module._modules.items():
+        if isinstance(child, PyroModule):
+            _rename(child, f"{name}.{key}")
+
+
 def make_bayesian(
     model: Classifier,
     *,
@@ -163,13 +176,16 @@ def make_bayesian(
         prior_scale: standard deviation of the default priors on means and logits.
 
     Returns:
-        The Bayesian copy; ``model`` itself is unchanged.
+        The Bayesian copy, under a fresh Pyro name (``UGMMClassifier_7`` etc.) so that it
+        never shares Pyro's parameter store with ``model``, which is left unchanged. Its
+        prior sites are named ``"{copy name}.{path}.{attribute}"``; see :func:`prior_sites`.
     """
     if not isinstance(model, PyroModule):
         raise TypeError(f"make_bayesian needs a model of the library, got {type(model).__name__}")
     if not prior_scale > 0:
         raise ValueError(f"prior_scale must be positive, got {prior_scale}")
     bayesian = copy.deepcopy(model)
+    _rename(bayesian, unique_pyro_name(type(model).__name__))
     targets = _targets(bayesian, parameters)
     if not targets:
         raise ValueError(f"{type(model).__name__} has no UGMMLayer or UGMMCircuit to put priors on")
