@@ -330,3 +330,19 @@ def test_neuron_posterior_band_is_the_quantile_of_the_drawn_densities(tmp_path):
     assert plot_neuron_posterior(bayesian, layer, 0, guide=guide, guide_args=(x, y), num_samples=5)
     with pytest.raises(ValueError, match="neuron must be in"):
         plot_neuron_posterior(bayesian, layer, 7, posterior_samples=samples)
+
+
+def test_nuts_on_a_bayesian_circuit_and_its_inference_data():
+    from ugmm_prob.bayes import run_nuts
+
+    x, y = _toy_data(n=16)
+    bayesian = make_bayesian(_circuit(depth=1), parameters=("loc", "sum_logits"))
+    mcmc = run_nuts(bayesian, x, y, num_samples=8, warmup_steps=8, max_tree_depth=3, progress=False)
+    samples = mcmc.get_samples()
+    assert samples[f"{bayesian._pyro_name}.leaf_loc"].shape == (8, 2, 4, 2, 2)
+    idata = to_inference_data(bayesian, x, y, posterior_samples=samples)
+    assert idata.log_likelihood["x"].shape == (1, 8, 16)
+    reference = posterior_log_likelihood(bayesian, x, y, posterior_samples=samples)
+    np.testing.assert_allclose(
+        idata.log_likelihood["x"].values[0], reference.draws.numpy(), rtol=1e-5, atol=1e-5
+    )

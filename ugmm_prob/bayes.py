@@ -54,6 +54,7 @@ __all__ = [
     "default_prior",
     "fit_svi",
     "make_bayesian",
+    "pointwise_log_likelihood",
     "posterior_log_likelihood",
     "predictive_probs",
     "prior_sites",
@@ -262,6 +263,11 @@ def sample_posterior(
     for name, (owner, attribute) in sites.items():
         value = posterior_samples[name]
         shape = owner._pyro_samples[attribute].event_shape
+        if value.dim() == 0 or value[0].numel() != shape.numel():
+            raise ValueError(
+                f"posterior_samples[{name!r}] must have shape (S, {', '.join(map(str, shape))})"
+                f", got {tuple(value.shape)}"
+            )
         # Predictive pads sites outside plates with singleton batch dimensions.
         out[name] = value.reshape(len(value), *shape)
     return out
