@@ -270,7 +270,7 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str] | None:
             for name, x in shifted.items()
         }
     parts = decompose_uncertainty(draws)
-    # Control: the network at the guide's means, no averaging over draws.
+    # Control: the network at the guide's medians, no averaging over draws.
     with torch.no_grad():
         centre = {name: value[None] for name, value in guide.median().items()}
         probs_centre = torch.cat(
@@ -341,7 +341,7 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str] | None:
         )
     m = metrics["svi-mean"]
     rows.append(
-        f"| control: the network at the guide's means (no averaging) | "
+        f"| control: the network at the guide's medians (no averaging) | "
         f"{m['test_accuracy']:.2f}% | {m['ece']:.4f} | {m['nll']:.4f} |" + " |" * len(shifted)
     )
     ece_better = metrics["svi"]["ece"] < metrics["map"]["ece"]
