@@ -251,8 +251,11 @@ def plot_neuron_posterior(
     loc, scale, logits = (params[kind][:, neuron] for kind in ("loc", "scale", "logits"))
     weight = torch.softmax(logits, -1)
     visible = weight >= 0.01 * weight.amax(-1, keepdim=True)
-    lo = float((loc - 4 * scale)[visible].min())
-    hi = float((loc + 4 * scale)[visible].max())
+    # Frame a typical draw: the median over draws of each draw's +-4 sigma range of its
+    # weighted components (a few draws with huge scales would squash the plot).
+    inf = torch.full_like(loc, float("inf"))
+    lo = float(torch.where(visible, loc - 4 * scale, inf).amin(-1).median())
+    hi = float(torch.where(visible, loc + 4 * scale, -inf).amax(-1).median())
     grid = torch.linspace(lo, hi, points, dtype=loc.dtype, device=loc.device)
     density = neuron_mixture(loc, scale, logits).log_prob(grid[:, None]).exp().cpu()  # (G, S)
     low, high = torch.quantile(density.double(), torch.tensor(band, dtype=torch.float64), dim=1)
