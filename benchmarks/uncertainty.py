@@ -8,7 +8,8 @@ Parts (``--parts``, default both):
   record ``iris-nuts-vs-autonormal`` / ``mean_tv`` is the mean over test flowers of the total
   variation distance ``(1/2) sum_c |p_NUTS(c | x) - p_SVI(c | x)|``. Also the figure of one
   hidden neuron's mixture ``P_j(y)`` with its 5-95% posterior band under both.
-- ``mnist``: a uGMM-NN 784-64-10 on a class-balanced training subset, first a point estimate
+- ``mnist``: a uGMM-NN 784-64-10 on the training images (``--train-size``, default all
+  60,000; fewer take a class-balanced subset), first a point estimate
   (``fit``: maximum likelihood, no prior), then variational (``AutoNormal`` over every
   uGMM parameter, its means initialised at the point estimate) by ``fit_svi``. Test accuracy,
   ECE (15 bins) and NLL of both (the SVI model's predictive is the mean of ``--draws``
