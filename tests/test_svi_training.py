@@ -98,3 +98,20 @@ def test_resuming_from_a_point_estimate_checkpoint_is_refused(iris, tmp_path):
     fit(_point(), x, y, epochs=1, checkpoint_path=path, progress=False)
     with pytest.raises(ValueError, match="not written by fit_svi"):
         fit_svi(make_bayesian(_point()), x, y, epochs=2, checkpoint_path=path, resume=True)
+
+
+def test_circuit_checkpoint_holds_the_circuit_at_the_guide_median(iris, tmp_path):
+    from ugmm_prob.circuits import UGMMCircuit
+
+    x, y = iris
+    torch.manual_seed(0)
+    bayesian = make_bayesian(UGMMCircuit(4, 3, repetitions=2, channels=3))
+    guide, _ = fit_svi(bayesian, x, y, epochs=1, checkpoint_path=tmp_path / "c.pt", **SETTINGS)
+    circuit = load_checkpoint(tmp_path / "c.pt").model
+    assert type(circuit) is UGMMCircuit
+    bayesian.eval()
+    with torch.no_grad():
+        expected = pyro.poutine.condition(bayesian.predict_proba, data=guide.median())(x)
+        log_p = pyro.poutine.condition(bayesian.log_prob, data=guide.median())(x)
+    torch.testing.assert_close(circuit.predict_proba(x), expected)
+    torch.testing.assert_close(circuit.log_prob(x), log_p)

@@ -2,22 +2,34 @@
 
 :func:`make_bayesian` turns the uGMM parameters of any model of the library into random
 variables with priors (``PyroSample``), on a copy, so the point-estimate model is left as it
-was. :func:`fit_svi` then fits a guide (``AutoNormal`` by default) by minibatch SVI whose
-likelihood is scaled to the full data set, and :func:`predictive_probs` draws posterior
-predictive class probabilities.
+was: the uGMM-NN classifiers and the joint-score model (every
+:class:`~ugmm_prob.layers.UGMMLayer`) and the generative
+:class:`~ugmm_prob.circuits.UGMMCircuit`. :func:`fit_svi` then fits a guide (``AutoNormal``
+by default, ``AutoLowRankMultivariateNormal`` or any callable) by minibatch SVI whose
+likelihood is scaled to the full data set, :func:`run_nuts` samples small models exactly,
+:func:`sample_posterior` collects parameter draws from either, :func:`predictive_probs`
+draws posterior predictive class probabilities and :func:`posterior_log_likelihood` the
+posterior-averaged likelihood ``log (1/S) sum_s p(data | theta_s)``.
 
 Default priors, per parameter kind (each element independent):
 
-- means ``loc``: ``Normal(0, prior_scale)``;
+- means ``loc`` (a layer's ``mu``, a circuit's input-unit means): ``Normal(0, prior_scale)``;
 - scales: ``floor + LogNormal(0, 1)`` (so the scale floor holds for every draw);
-- mixing logits: ``Normal(0, prior_scale)``.
+- mixing logits ``logits`` (a layer's, a circuit's input units'): ``Normal(0, prior_scale)``;
+- a circuit's sum-unit and root logits ``sum_logits`` and class logits ``class_logits``:
+  ``Normal(0, prior_scale)``.
+
+A circuit's ``loc`` prior assumes standardised (or unit-range) data; pass ``prior=`` for
+others.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -30,81 +42,320 @@ from pyro.optim import PyroOptim
 
 from . import distributed
 from .checkpoints import Checkpoint
+from .circuits import UGMMCircuit
 from .datasets import check_classification_data
 from .distributions import FlooredLogNormal
-from .layers import UGMMLayer
+from .layers import UGMMLayer, unique_pyro_name
 from .networks import Classifier, build_model
 from .training import check_schedule, checked_data, diverged, resolve_device, train_loop
 
 __all__ = [
+    "PosteriorLogLikelihood",
     "default_prior",
     "fit_svi",
     "make_bayesian",
     "point_model",
+    "pointwise_log_likelihood",
+    "posterior_log_likelihood",
     "predictive_probs",
+    "prior_sites",
     "run_nuts",
+    "sample_posterior",
 ]
 
-PriorFactory = Callable[[str, torch.Tensor, UGMMLayer], dist.Distribution]
+PriorFactory = Callable[[str, torch.Tensor, torch.nn.Module], dist.Distribution]
+
+# Parameter kinds and the attributes that hold them, per owner type.
+LAYER_KINDS = ("loc", "scale", "logits")
+CIRCUIT_KINDS = ("loc", "scale", "logits", "sum_logits", "class_logits")
+CIRCUIT_DEFAULT_KINDS = ("loc", "scale", "logits", "sum_logits")
 
 
-def default_prior(kind: str, value: torch.Tensor, layer: UGMMLayer, *, prior_scale: float = 1.0):
-    """The default prior of one parameter tensor of a layer (see the module docstring)."""
+def _circuit_attributes(circuit: UGMMCircuit, kind: str) -> list[str]:
+    if kind in ("loc", "scale", "logits"):
+        return [f"leaf_{kind}"]
+    if kind == "sum_logits":
+        return [f"sum_logits_{level}" for level in range(circuit.num_sum_layers)] + ["root_logits"]
+    return ["class_logits"]
+
+
+def _scale_floor(owner: torch.nn.Module) -> float:
+    if isinstance(owner, UGMMLayer):
+        return owner.scale_floor
+    if isinstance(owner, UGMMCircuit):
+        return float(owner.config["scale_floor"])
+    raise TypeError(f"no scale floor for {type(owner).__name__}")
+
+
+def default_prior(
+    kind: str, value: torch.Tensor, owner: torch.nn.Module, *, prior_scale: float = 1.0
+) -> dist.Distribution:
+    """The default prior of one parameter tensor (see the module docstring).
+
+    Args:
+        kind: ``"loc"``, ``"scale"``, ``"logits"``, ``"sum_logits"`` or ``"class_logits"``.
+        value: the parameter's current value (its shape is the prior's event shape).
+        owner: the :class:`~ugmm_prob.layers.UGMMLayer` or
+            :class:`~ugmm_prob.circuits.UGMMCircuit` the parameter belongs to (for scales:
+            its scale floor).
+        prior_scale: standard deviation of the Normal priors.
+
+    Returns:
+        ``Normal(0, prior_scale)`` for means and logits, ``floor + LogNormal(0, 1)`` for
+        scales, with every element an event dimension.
+    """
     zeros = torch.zeros_like(value)
-    if kind == "loc" or kind == "logits":
+    if kind in ("loc", "logits", "sum_logits", "class_logits"):
         base: dist.Distribution = dist.Normal(zeros, prior_scale * torch.ones_like(value))
     elif kind == "scale":
-        base = FlooredLogNormal(zeros, torch.ones_like(value), layer.scale_floor)
+        base = FlooredLogNormal(zeros, torch.ones_like(value), _scale_floor(owner))
     else:
         raise ValueError(f"no default prior for parameter kind {kind!r}")
     return base.to_event(value.dim())
 
 
+def _targets(
+    model: torch.nn.Module, parameters: Iterable[str] | None
+) -> list[tuple[torch.nn.Module, str, str]]:
+    """``(owner, attribute, kind)`` of every parameter that gets a prior."""
+    requested = None if parameters is None else tuple(parameters)
+    targets = []
+    for owner in model.modules():
+        if isinstance(owner, UGMMLayer):
+            allowed, kinds = LAYER_KINDS, requested or LAYER_KINDS
+        elif isinstance(owner, UGMMCircuit):
+            allowed, kinds = CIRCUIT_KINDS, requested or CIRCUIT_DEFAULT_KINDS
+        else:
+            continue
+        unknown = [kind for kind in kinds if kind not in allowed]
+        if unknown:
+            raise ValueError(
+                f"parameters must be among {', '.join(map(repr, allowed))} for "
+                f"{type(owner).__name__}, got {unknown}"
+            )
+        for kind in kinds:
+            attributes = (
+                [kind] if isinstance(owner, UGMMLayer) else _circuit_attributes(owner, kind)
+            )
+            targets += [(owner, attribute, kind) for attribute in attributes]
+    return targets
+
+
+def _rename(module: PyroModule, name: str) -> None:
+    """Give a copied model (and its Pyro submodules) a fresh Pyro name.
+
+    PyroModules sync their parameters with Pyro's global store by name, so a copy under
+    the original's names would take over (and overwrite) the point model's remaining
+    parameters (a circuit's class logits, LayerNorm, convolutions) once either is trained.
+    """
+    module._pyro_name = name
+    for key, child in module._modules.items():
+        if isinstance(child, PyroModule):
+            _rename(child, f"{name}.{key}")
+
+
 def make_bayesian(
     model: Classifier,
     *,
-    parameters: Iterable[str] = ("loc", "scale", "logits"),
+    parameters: Iterable[str] | None = None,
     prior: PriorFactory | None = None,
     prior_scale: float = 1.0,
 ) -> Classifier:
     """A copy of ``model`` whose uGMM parameters are random variables with priors.
 
     Args:
-        model: any model of the library built from :class:`~ugmm_prob.layers.UGMMLayer`\\ s.
-        parameters: which parameter kinds of every uGMM layer get priors; the others, and
-            every non-uGMM parameter (LayerNorm, convolutions), stay point estimates.
-        prior: ``prior(kind, current_value, layer) -> Distribution`` with event shape equal
-            to the parameter's shape; default :func:`default_prior`.
+        model: any model of the library built from :class:`~ugmm_prob.layers.UGMMLayer`\\ s
+            (uGMM-NN classifiers, the joint-score model, convolutional uGMM heads) or a
+            :class:`~ugmm_prob.circuits.UGMMCircuit`.
+        parameters: which parameter kinds get priors. For uGMM layers among ``"loc"``,
+            ``"scale"``, ``"logits"`` (default all three); for a circuit also
+            ``"sum_logits"`` (sum units and roots) and ``"class_logits"`` (default: all but
+            ``"class_logits"``). The others, and every non-uGMM parameter (LayerNorm,
+            convolutions), stay point estimates.
+        prior: ``prior(kind, current_value, owner) -> Distribution`` with event shape equal
+            to the parameter's shape (``owner``: the layer or circuit); default
+            :func:`default_prior`.
         prior_scale: standard deviation of the default priors on means and logits.
 
     Returns:
-        The Bayesian copy; ``model`` itself is unchanged.
+        The Bayesian copy, under a fresh Pyro name (``UGMMClassifier_7`` etc.) so that it
+        never shares Pyro's parameter store with ``model``, which is left unchanged. Its
+        prior sites are named ``"{copy name}.{path}.{attribute}"``; see :func:`prior_sites`.
     """
-    kinds = tuple(parameters)
-    unknown = set(kinds) - {"loc", "scale", "logits"}
-    if unknown:
-        raise ValueError(f"parameters must be among 'loc', 'scale', 'logits', got {unknown}")
+    if not isinstance(model, PyroModule):
+        raise TypeError(f"make_bayesian needs a model of the library, got {type(model).__name__}")
+    if not prior_scale > 0:
+        raise ValueError(f"prior_scale must be positive, got {prior_scale}")
     bayesian = copy.deepcopy(model)
-    layers = [m for m in bayesian.modules() if isinstance(m, UGMMLayer)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no UGMMLayer to put priors on")
-    for layer in layers:
-        for kind in kinds:
-            value = getattr(layer, kind).detach()
-            distribution = (
-                prior(kind, value, layer)
-                if prior is not None
-                else default_prior(kind, value, layer, prior_scale=prior_scale)
+    _rename(bayesian, unique_pyro_name(type(model).__name__))
+    targets = _targets(bayesian, parameters)
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no UGMMLayer or UGMMCircuit to put priors on")
+    for owner, attribute, kind in targets:
+        value = getattr(owner, attribute).detach()
+        distribution = (
+            prior(kind, value, owner)
+            if prior is not None
+            else default_prior(kind, value, owner, prior_scale=prior_scale)
+        )
+        if distribution.event_shape != value.shape:
+            label = getattr(owner, "label", type(owner).__name__)
+            raise ValueError(
+                f"prior for {attribute} of {label} has event shape "
+                f"{tuple(distribution.event_shape)}, expected {tuple(value.shape)}"
             )
-            if distribution.event_shape != value.shape:
-                raise ValueError(
-                    f"prior for {kind} of {layer.label} has event shape "
-                    f"{tuple(distribution.event_shape)}, expected {tuple(value.shape)}"
-                )
-            delattr(layer, kind)
-            setattr(layer, kind, PyroSample(distribution))
-    bayesian.bayesian_parameters = kinds
+        delattr(owner, attribute)
+        setattr(owner, attribute, PyroSample(distribution))
+    bayesian.bayesian_parameters = tuple(dict.fromkeys(kind for _, _, kind in targets))
     return bayesian
+
+
+def prior_sites(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Pyro site name of every parameter with a prior: ``{name: (owner, attribute)}``."""
+    sites = {}
+    for owner in model.modules():
+        for attribute in getattr(owner, "_pyro_samples", {}):
+            prefix = owner._pyro_name
+            sites[f"{prefix}.{attribute}" if prefix else attribute] = (owner, attribute)
+    return sites
+
+
+def _check_bayesian(model: torch.nn.Module, caller: str) -> None:
+    if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
+        raise ValueError(
+            f"{caller} needs a model from make_bayesian(...), got {type(model).__name__}"
+        )
+
+
+def sample_posterior(
+    model: Classifier,
+    *args: Any,
+    guide: Callable | None = None,
+    posterior_samples: dict[str, torch.Tensor] | None = None,
+    num_samples: int = 100,
+) -> dict[str, torch.Tensor]:
+    """Draws ``theta_s`` of every parameter with a prior: ``{site: (S, *shape)}``.
+
+    From a fitted ``guide`` (run ``num_samples`` times with ``*args``, e.g. ``x, y``; any
+    callable guide whose trace samples the model's prior sites), or from
+    ``posterior_samples`` (e.g. ``run_nuts(...).get_samples()``), whose singleton batch
+    dimensions are dropped. Other sites are left out.
+    """
+    _check_bayesian(model, "sample_posterior")
+    if (guide is None) == (posterior_samples is None):
+        raise ValueError("give exactly one of guide= and posterior_samples=")
+    sites = prior_sites(model)
+    if posterior_samples is None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        draws: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+        with torch.no_grad():
+            for _ in range(num_samples):
+                trace = pyro.poutine.trace(guide).get_trace(*args)
+                for name in sites:
+                    if name not in trace.nodes:
+                        raise ValueError(f"the guide has no sample site {name!r}")
+                    draws[name].append(trace.nodes[name]["value"].detach())
+        return {name: torch.stack(values) for name, values in draws.items()}
+    missing = sorted(set(sites) - set(posterior_samples))
+    if missing:
+        raise ValueError(f"posterior_samples lacks the prior sites {missing}")
+    out = {}
+    for name, (owner, attribute) in sites.items():
+        value = posterior_samples[name]
+        shape = owner._pyro_samples[attribute].event_shape
+        if value.dim() == 0 or value[0].numel() != shape.numel():
+            raise ValueError(
+                f"posterior_samples[{name!r}] must have shape (S, {', '.join(map(str, shape))})"
+                f", got {tuple(value.shape)}"
+            )
+        # Predictive pads sites outside plates with singleton batch dimensions.
+        out[name] = value.reshape(len(value), *shape)
+    return out
+
+
+@dataclass(frozen=True)
+class PosteriorLogLikelihood:
+    """Per-example posterior-averaged log-likelihood, its spread and the draws (nats).
+
+    ``log_mean[i] = log (1/S) sum_s p_i(theta_s)`` (log-sum-exp minus ``log S``),
+    ``std[i]`` the standard deviation over ``s`` of ``log p_i(theta_s)``, ``draws`` ``(S, n)``.
+    """
+
+    log_mean: torch.Tensor
+    std: torch.Tensor
+    draws: torch.Tensor
+
+
+def pointwise_log_likelihood(
+    model: Classifier, x: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``log p_i`` of each example under the model's current parameters, shape ``(n,)``.
+
+    A circuit: ``log p(x_i, y_i)``, or ``log p(x_i)`` without ``y``; a classifier
+    ``log p(y_i | x_i)`` (``y`` required). Evaluation mode (no dropout).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(model, UGMMCircuit):
+            return model.log_prob(x, y)
+        if y is None:
+            raise ValueError(f"{type(model).__name__} is a classifier: give the labels y")
+        logits = model.logits(x)
+        return torch.log_softmax(logits, -1).gather(-1, y[:, None]).squeeze(-1)
+    finally:
+        model.train(was_training)
+
+
+def posterior_log_likelihood(
+    model: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    guide: Callable | None = None,
+    posterior_samples: dict[str, torch.Tensor] | None = None,
+    num_samples: int = 100,
+    batch_size: int = 4096,
+) -> PosteriorLogLikelihood:
+    """The posterior predictive log-likelihood of each example and its spread.
+
+    .. math::  \\log \\hat p(d_i) = \\log \\frac1S \\sum_{s=1}^S p(d_i \\mid \\theta_s)
+               = \\operatorname{logsumexp}_s \\log p(d_i \\mid \\theta_s) - \\log S
+
+    with ``theta_s`` drawn from the guide (``num_samples`` draws, the guide run with
+    ``x, y``) or given as ``posterior_samples``; ``d_i`` is ``(x_i, y_i)`` or ``x_i`` for a
+    circuit (a normalised density, so these are exact likelihoods per draw) and ``y_i`` given
+    ``x_i`` for a classifier. Also the standard deviation of ``log p(d_i | theta_s)``
+    across draws, a measure of how much the parameters' uncertainty moves each likelihood.
+    """
+    x = torch.as_tensor(x)
+    args = (x,) if y is None else (x, y)
+    draws = sample_posterior(
+        model, *args, guide=guide, posterior_samples=posterior_samples, num_samples=num_samples
+    )
+    count = len(next(iter(draws.values())))
+    rows = []
+    with torch.no_grad():
+        for s in range(count):
+            fixed = {name: value[s] for name, value in draws.items()}
+            conditioned = pyro.poutine.condition(pointwise_log_likelihood, data=fixed)
+            rows.append(
+                torch.cat(
+                    [
+                        conditioned(
+                            model,
+                            x[i : i + batch_size],
+                            None if y is None else y[i : i + batch_size],
+                        )
+                        for i in range(0, len(x), batch_size)
+                    ]
+                )
+            )
+    values = torch.stack(rows)
+    log_mean = torch.logsumexp(values, 0) - math.log(count)
+    std = values.std(0) if count > 1 else torch.zeros_like(log_mean)
+    return PosteriorLogLikelihood(log_mean, std, values)
 
 
 def _make_guide(guide: str | Callable, model: Callable, init_scale: float) -> Callable:
@@ -132,6 +383,8 @@ def predictive_probs(
     """
     if (guide is None) == (posterior_samples is None):
         raise ValueError("give exactly one of guide= and posterior_samples=")
+    if posterior_samples is not None:
+        posterior_samples = sample_posterior(model, posterior_samples=posterior_samples)
     was_training = model.training
     model.eval()
     try:

@@ -1,12 +1,19 @@
 """ArviZ export: posterior draws of any Bayesian model of the library as ``InferenceData``.
 
 :func:`to_inference_data` takes draws from a fitted guide (SVI) or from MCMC and writes the
-groups ``posterior`` (every prior site, with dimensions naming each layer's neurons and
-inputs), ``posterior_predictive`` (labels drawn from ``p(y | x, theta)``), ``observed_data``
-and ``log_likelihood`` (pointwise ``log p(y_i | x_i, theta_s)``), so that ``az.summary``,
-``az.plot_posterior``, ``az.loo`` and ``az.compare`` work. It builds the object with
-``az.from_dict``, available in every arviz release, rather than ``az.from_pyro``, which
-newer arviz removed.
+groups
+
+- ``posterior``: every prior site, with dimensions naming each layer's neurons and inputs
+  (``"stack.layers.0.neuron"``, ``"stack.layers.0.input"``) or, for a circuit, its
+  repetitions, variables, input channels, components, sum regions, channels and children;
+- ``posterior_predictive``: replicated data drawn under each ``theta_s``;
+- ``observed_data``;
+- ``log_likelihood``: pointwise ``log p(y_i | x_i, theta_s)`` for a classifier,
+  ``log p(x_i, y_i | theta_s)`` (or ``log p(x_i | theta_s)`` without labels) for a circuit,
+
+so that ``az.summary``, ``az.plot_posterior``, ``az.loo`` and ``az.compare`` work. It builds
+the object with ``az.from_dict``, available in every arviz release, rather than
+``az.from_pyro``, which newer arviz removed.
 """
 
 from __future__ import annotations
@@ -17,33 +24,48 @@ import arviz as az
 import numpy as np
 import pyro
 import torch
-from pyro.infer import Predictive
 
+from .bayes import prior_sites, sample_posterior
+from .circuits import UGMMCircuit
 from .layers import UGMMLayer
 from .networks import Classifier
 
 __all__ = ["to_inference_data"]
 
 
+def _circuit_dims(attribute: str) -> list[str]:
+    if attribute.startswith("leaf_"):
+        return ["repetition", "variable", "input_channel", "component"]
+    if attribute.startswith("sum_logits_"):
+        return ["repetition", *(f"{attribute}.{part}" for part in ("region", "channel", "child"))]
+    if attribute == "root_logits":
+        return ["class", "root_logits.child"]
+    return ["class"]  # class_logits
+
+
 def _site_dims(model: Classifier) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
-    """ArviZ ``dims`` of every prior site and ``coords`` numbering neurons and inputs."""
-    dims, coords = {}, {}
-    for layer in model.modules():
-        if not isinstance(layer, UGMMLayer):
+    """ArviZ ``dims`` of every prior site and ``coords`` numbering them."""
+    dims: dict[str, list[str]] = {}
+    coords: dict[str, np.ndarray] = {}
+    for name, (owner, attribute) in prior_sites(model).items():
+        shape = owner._pyro_samples[attribute].event_shape
+        if isinstance(owner, UGMMLayer):
+            short = owner._pyro_name.split(".", 1)[-1]
+            names = [f"{short}.neuron", f"{short}.input"]
+        elif isinstance(owner, UGMMCircuit):
+            names = _circuit_dims(attribute)
+        else:  # a user's own PyroSample: ArviZ numbers its dimensions itself
             continue
-        short = layer._pyro_name.split(".", 1)[-1]
-        neuron, source = f"{short}.neuron", f"{short}.input"
-        coords[neuron] = np.arange(layer.out_features)
-        coords[source] = np.arange(layer.in_features)
-        for kind in getattr(model, "bayesian_parameters", ()):
-            dims[f"{layer._pyro_name}.{kind}"] = [neuron, source]
+        dims[name] = names
+        for dim, size in zip(names, shape, strict=True):
+            coords[dim] = np.arange(size)
     return dims, coords
 
 
 def to_inference_data(
     model: Classifier,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None = None,
     *,
     guide: Callable | None = None,
     posterior_samples: dict[str, torch.Tensor] | None = None,
@@ -51,55 +73,67 @@ def to_inference_data(
 ) -> az.InferenceData:
     """Posterior draws, posterior predictive, observations and pointwise log-likelihood.
 
+    For draws ``theta_s`` (``s = 1..S``, one chain) the ``log_likelihood`` group holds
+    ``log p(y_i | x_i, theta_s)`` (variable ``"y"``) for a classifier, and
+    ``log p(x_i, y_i | theta_s)`` (or ``log p(x_i | theta_s)`` when ``y`` is None; variable
+    ``"x"``) for a :class:`~ugmm_prob.circuits.UGMMCircuit`. ``posterior_predictive`` holds
+    labels ``y ~ p(y | x_i, theta_s)`` and, for a circuit, replicated inputs
+    ``x ~ p(x | y_i, theta_s)`` (``p(x | theta_s)`` without labels).
+
     Args:
         model: a model from :func:`ugmm_prob.bayes.make_bayesian`.
-        x, y: the data the log-likelihood and predictive are computed on.
-        guide: a fitted guide (``num_samples`` draws are taken), or
+        x, y: the data the log-likelihood and predictive are computed on (``y`` may be
+            omitted for a circuit only).
+        guide: a fitted guide (run ``num_samples`` times with ``x, y``), or
         posterior_samples: draws from MCMC (``mcmc.get_samples()``), one chain.
+        num_samples: draws taken from the guide.
     """
-    if (guide is None) == (posterior_samples is None):
-        raise ValueError("give exactly one of guide= and posterior_samples=")
-    if posterior_samples is None:
-        with torch.no_grad():
-            posterior_samples = {
-                name: value
-                for name, value in Predictive(model.model, guide=guide, num_samples=num_samples)(
-                    x
-                ).items()
-                if name != "y"
-            }
+    circuit = isinstance(model, UGMMCircuit)
+    if y is None and not circuit:
+        raise ValueError(f"{type(model).__name__} is a classifier: to_inference_data needs y")
+    args = (x,) if y is None else (x, y)
+    draws = sample_posterior(
+        model, *args, guide=guide, posterior_samples=posterior_samples, num_samples=num_samples
+    )
+    count = len(next(iter(draws.values())))
     dims, coords = _site_dims(model)
-    # Predictive pads sites outside plates with singleton batch dimensions: drop them.
-    posterior_samples = {
-        name: value.reshape(len(value), *value.shape[value.dim() - len(dims[name]) :])
-        if name in dims
-        else value
-        for name, value in posterior_samples.items()
-    }
-    draws = len(next(iter(posterior_samples.values())))
+    log_lik, predicted_y, predicted_x = [], [], []
     was_training = model.training
     model.eval()
-    log_lik, predicted = [], []
     try:
         with torch.no_grad():
-            for s in range(draws):
-                fixed = {name: value[s] for name, value in posterior_samples.items()}
-                logits = pyro.poutine.condition(model.logits, data=fixed)(x)
-                log_p = torch.log_softmax(logits, dim=-1)
-                log_lik.append(log_p.gather(-1, y[:, None]).squeeze(-1))
-                predicted.append(torch.distributions.Categorical(logits=logits).sample())
+            for s in range(count):
+                fixed = {name: value[s] for name, value in draws.items()}
+                with pyro.poutine.condition(data=fixed):
+                    logits = model.logits(x)  # a circuit's: log p(x, c)
+                    if circuit:
+                        if y is None:
+                            log_lik.append(torch.logsumexp(logits, -1))
+                        else:
+                            log_lik.append(logits.gather(-1, y[:, None]).squeeze(-1))
+                        predicted_x.append(model.sample(len(x), y)[0])
+                    else:
+                        log_p = torch.log_softmax(logits, dim=-1)
+                        log_lik.append(log_p.gather(-1, y[:, None]).squeeze(-1))
+                predicted_y.append(torch.distributions.Categorical(logits=logits).sample())
     finally:
         model.train(was_training)
+    coords["example"] = np.arange(len(x))
+    observed, predictive = {}, {"y": torch.stack(predicted_y).cpu().numpy()[None]}
     dims["y"] = ["example"]
-    coords["example"] = np.arange(len(y))
-    posterior = {
-        name: value.detach().cpu().numpy()[None] for name, value in posterior_samples.items()
-    }
+    if y is not None:
+        observed["y"] = y.cpu().numpy()
+    if circuit:
+        dims["x"] = ["example", "variable"]
+        coords["variable"] = np.arange(model.num_vars)
+        observed["x"] = x.cpu().numpy()
+        predictive["x"] = torch.stack(predicted_x).cpu().numpy()[None]
+    posterior = {name: value.detach().cpu().numpy()[None] for name, value in draws.items()}
     return az.from_dict(
         posterior=posterior,
-        posterior_predictive={"y": torch.stack(predicted).cpu().numpy()[None]},
-        observed_data={"y": y.cpu().numpy()},
-        log_likelihood={"y": torch.stack(log_lik).cpu().numpy()[None]},
+        posterior_predictive=predictive,
+        observed_data=observed,
+        log_likelihood={"x" if circuit else "y": torch.stack(log_lik).cpu().numpy()[None]},
         coords=coords,
         dims=dims,
     )

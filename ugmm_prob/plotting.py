@@ -6,12 +6,13 @@ Nothing here changes global matplotlib state, so the functions work with any bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 
+from .distributions import neuron_mixture
 from .layers import UGMMLayer
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "plot_entropy_histograms",
     "plot_history",
     "plot_neuron_mixtures",
+    "plot_neuron_posterior",
     "plot_posteriors",
     "plot_reliability",
 ]
@@ -174,5 +176,101 @@ def plot_accuracy_coverage(
         ax.plot(coverage.cpu().numpy(), acc.cpu().numpy(), label=name)
     ax.set_xlabel("coverage (fraction predicted)")
     ax.set_ylabel("accuracy")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _layer_draws(
+    model: Any, layer: UGMMLayer, draws: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``loc``, ``scale``, ``logits`` of ``layer`` per draw, ``(S, J, N)`` each."""
+    from .bayes import prior_sites
+
+    count = len(next(iter(draws.values())))
+    names = {(owner, attribute): name for name, (owner, attribute) in prior_sites(model).items()}
+    out = {}
+    for kind in ("loc", "scale", "logits"):
+        name = names.get((layer, kind))
+        if name is None:  # a point estimate: the same value in every draw
+            value = getattr(layer, kind).detach()
+            out[kind] = value.expand(count, *value.shape)
+        else:
+            out[kind] = draws[name].detach()
+    return out
+
+
+@torch.no_grad()
+def plot_neuron_posterior(
+    model: Any,
+    layer: UGMMLayer | str,
+    neuron: int,
+    *,
+    guide: Callable | None = None,
+    posterior_samples: dict[str, torch.Tensor] | None = None,
+    guide_args: tuple = (),
+    num_samples: int = 200,
+    band: tuple[float, float] = (0.05, 0.95),
+    points: int = 400,
+    ax: Any = None,
+) -> Figure:
+    """A neuron's mixture density ``P_j(y)`` under the posterior, with a credible band.
+
+    For draws ``theta_s`` (from a fitted ``guide``, run with ``guide_args``, or MCMC
+    ``posterior_samples``) the density
+    ``P_j(y | theta_s) = sum_k softmax(l_j^s)_k N(y | mu_jk^s, sigma_jk^s)`` is evaluated on
+    a grid; the figure shows the posterior mean density ``(1/S) sum_s P_j(y | theta_s)``
+    (the posterior predictive density of ``y``) and the pointwise ``band`` quantiles across
+    draws (default 5-95%).
+
+    Args:
+        model: a model from :func:`ugmm_prob.bayes.make_bayesian`.
+        layer: one of its :class:`~ugmm_prob.layers.UGMMLayer`\\ s, or its attribute path
+            (e.g. ``"stack.layers.0"``).
+        neuron: the neuron ``j`` of that layer.
+    """
+    from .bayes import sample_posterior
+
+    if isinstance(layer, str):
+        layer = model.get_submodule(layer)
+    if not isinstance(layer, UGMMLayer):
+        raise TypeError(f"layer must be a UGMMLayer or its path, got {type(layer).__name__}")
+    if not 0 <= neuron < layer.out_features:
+        raise ValueError(
+            f"neuron must be in [0, {layer.out_features - 1}] for {layer.label}, got {neuron}"
+        )
+    if not 0.0 <= band[0] < band[1] <= 1.0:
+        raise ValueError(f"band must be two quantiles 0 <= low < high <= 1, got {band}")
+    draws = sample_posterior(
+        model,
+        *guide_args,
+        guide=guide,
+        posterior_samples=posterior_samples,
+        num_samples=num_samples,
+    )
+    params = _layer_draws(model, layer, draws)
+    loc, scale, logits = (params[kind][:, neuron] for kind in ("loc", "scale", "logits"))
+    weight = torch.softmax(logits, -1)
+    visible = weight >= 0.01 * weight.amax(-1, keepdim=True)
+    # Frame a typical draw: the median over draws of each draw's +-4 sigma range of its
+    # weighted components (a few draws with huge scales would squash the plot).
+    inf = torch.full_like(loc, float("inf"))
+    lo = float(torch.where(visible, loc - 4 * scale, inf).amin(-1).median())
+    hi = float(torch.where(visible, loc + 4 * scale, -inf).amax(-1).median())
+    grid = torch.linspace(lo, hi, points, dtype=loc.dtype, device=loc.device)
+    density = neuron_mixture(loc, scale, logits).log_prob(grid[:, None]).exp().cpu()  # (G, S)
+    low, high = torch.quantile(density.double(), torch.tensor(band, dtype=torch.float64), dim=1)
+    fig, ax = _axes(ax, (6, 4))
+    xs = grid.cpu().numpy()
+    ax.fill_between(
+        xs,
+        low.numpy(),
+        high.numpy(),
+        alpha=0.3,
+        label=f"{100 * band[0]:g}-{100 * band[1]:g}% band",
+    )
+    ax.plot(xs, density.mean(1).numpy(), color="tab:blue", label="posterior mean density")
+    ax.set_xlabel("y")
+    ax.set_ylabel("P_j(y)")
+    ax.set_title(f"neuron {neuron} of {layer.label}, {density.shape[1]} draws")
     ax.legend(fontsize="small")
     return fig

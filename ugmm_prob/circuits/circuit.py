@@ -30,7 +30,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.nn import PyroParam
+from pyro.nn import PyroParam, pyro_method
 
 from ..distributions import neuron_mixture
 from ..kernels import tied_mixture_log_density
@@ -142,7 +142,8 @@ class UGMMCircuit(Classifier):
     @property
     def leaves(self) -> dist.MixtureSameFamily:
         """All input units as one mixture with batch shape ``(R, D, I)``."""
-        return neuron_mixture(self.leaf_loc, self.leaf_scale, self.leaf_logits)
+        with self._pyro_context:  # one draw of each parameter when they have priors
+            return neuron_mixture(self.leaf_loc, self.leaf_scale, self.leaf_logits)
 
     def init_leaves_from_data(self, x: torch.Tensor, *, generator=None) -> None:
         """Place the input components at random data values and scale them to the data.
@@ -256,10 +257,12 @@ class UGMMCircuit(Classifier):
         batch_shape = x.shape[:-1]
         return x.reshape(-1, self.num_vars), mask.reshape(-1, self.num_vars), batch_shape
 
+    @pyro_method
     def class_log_prior(self) -> torch.Tensor:
         """``log p(c)``, shape ``(C,)``."""
         return torch.log_softmax(self.class_logits, dim=-1)
 
+    @pyro_method
     def joint_log_prob(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(x_obs, c)`` for every class, shape ``(..., C)``.
 
@@ -274,6 +277,7 @@ class UGMMCircuit(Classifier):
         """``log p(x, c)``: its softmax over ``c`` is the exact ``p(c | x)``."""
         return self.joint_log_prob(x)
 
+    @pyro_method
     def log_prob(  # type: ignore[override]
         self,
         x: torch.Tensor,
@@ -288,6 +292,7 @@ class UGMMCircuit(Classifier):
         y = torch.as_tensor(y, device=joint.device).long()
         return joint.gather(-1, y.expand(joint.shape[:-1])[..., None]).squeeze(-1)
 
+    @pyro_method
     def conditional_log_prob(
         self, x: torch.Tensor, target: torch.Tensor, evidence: torch.Tensor
     ) -> torch.Tensor:
@@ -302,6 +307,7 @@ class UGMMCircuit(Classifier):
         """The distribution of ``x``: ``p(x | c)`` for class ``c`` (any shape), else ``p(x)``."""
         return CircuitDistribution(self, c)
 
+    @pyro_method
     def model(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None
     ) -> torch.Tensor:
@@ -311,14 +317,18 @@ class UGMMCircuit(Classifier):
         its exact marginal over classes is ``p(c | x)``.
         """
         size = len(x) if num_data is None else num_data
+        class_logits = self.class_logits
+        # log p(x | c) for every class, evaluated now, while the parameters' draws (when
+        # they have priors, see ugmm_prob.bayes.make_bayesian) are those of this trace.
+        conditional = self.joint_log_prob(x) - torch.log_softmax(class_logits, dim=-1)
         with pyro.plate("data", size=size, subsample=torch.arange(len(x), device=x.device)):
             c = pyro.sample(
                 "y",
-                dist.Categorical(logits=self.class_logits),
+                dist.Categorical(logits=class_logits),
                 obs=y,
                 infer={"enumerate": "parallel"} if y is None else {},
             )
-            pyro.sample("x", self(c), obs=x)
+            pyro.sample("x", _ObservedCircuit(self, c, x, conditional), obs=x)
         return c
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -388,6 +398,7 @@ class UGMMCircuit(Classifier):
         return torch.where(mask, x, value)
 
     @torch.no_grad()
+    @pyro_method
     def sample(
         self, num_samples: int, c: torch.Tensor | int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,6 +420,7 @@ class UGMMCircuit(Classifier):
         return self._downward(up, c, x, mask, _sample_categorical)
 
     @torch.no_grad()
+    @pyro_method
     def impute(
         self, x: torch.Tensor, mask: torch.Tensor, *, c: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -425,6 +437,7 @@ class UGMMCircuit(Classifier):
         return self._sample_given(flat, flat_mask, c).reshape(*batch_shape, self.num_vars)
 
     @torch.no_grad()
+    @pyro_method
     def mpe(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -466,6 +479,7 @@ class UGMMCircuit(Classifier):
             (grad,) = torch.autograd.grad(target, leaf)
         return grad[0, :, : self.num_vars]
 
+    @pyro_method
     def moments(self, c: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact mean and variance of every variable under ``p(x)`` or ``p(x | c)``."""
         selection = self._leaf_selection(c)
@@ -517,14 +531,20 @@ class CircuitDistribution(TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """``log p(value | c)`` (class-conditional), or ``log p(value)`` without a class."""
-        joint = self.circuit.joint_log_prob(value)  # (..., C) = log p(x, c)
-        if self.c is None:
-            out = torch.logsumexp(joint, dim=-1)
-        else:
-            conditional = joint - self.circuit.class_log_prior()
-            shape = torch.broadcast_shapes(conditional.shape[:-1], self.c.shape)
-            index = self.c.to(joint.device).expand(shape)[..., None]
-            out = conditional.expand(*shape, conditional.shape[-1]).gather(-1, index)[..., 0]
+        with self.circuit._pyro_context:  # one parameter draw for both terms
+            joint = self.circuit.joint_log_prob(value)  # (..., C) = log p(x, c)
+            if self.c is None:
+                return self._broadcast(torch.logsumexp(joint, dim=-1))
+            return self._pick(joint - self.circuit.class_log_prior())
+
+    def _pick(self, conditional: torch.Tensor) -> torch.Tensor:
+        """``conditional[..., c]`` for the classes ``c``, broadcast to the batch shape."""
+        shape = torch.broadcast_shapes(conditional.shape[:-1], self.c.shape)
+        index = self.c.to(conditional.device).expand(shape)[..., None]
+        out = conditional.expand(*shape, conditional.shape[-1]).gather(-1, index)[..., 0]
+        return self._broadcast(out)
+
+    def _broadcast(self, out: torch.Tensor) -> torch.Tensor:
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
     def sample(self, sample_shape=()) -> torch.Tensor:  # type: ignore[override]
@@ -556,3 +576,38 @@ class CircuitDistribution(TorchDistribution):
         means = torch.stack([m for m, _ in pairs]).reshape(*self.batch_shape, -1)
         variances = torch.stack([v for _, v in pairs]).reshape(*self.batch_shape, -1)
         return means, variances
+
+
+class _ObservedCircuit(CircuitDistribution):
+    """``p(x | c)`` at the observed ``x`` of :meth:`UGMMCircuit.model`, with its values fixed.
+
+    ``conditional[b, c] = log p(x_b | c)`` is computed inside the model, so a Bayesian
+    circuit's likelihood uses the parameters drawn in that trace; Pyro evaluates
+    ``log_prob`` later, outside it. Any other value falls back to a fresh evaluation.
+    """
+
+    def __init__(
+        self,
+        circuit: UGMMCircuit,
+        c: torch.Tensor,
+        observed: torch.Tensor,
+        conditional: torch.Tensor,
+        *,
+        batch_shape: torch.Size | tuple | None = None,
+    ) -> None:
+        super().__init__(
+            circuit, c if batch_shape is None else torch.as_tensor(c).expand(batch_shape)
+        )
+        self.observed, self.conditional = observed, conditional
+
+    def expand(self, batch_shape, _instance=None):  # type: ignore[override]
+        return _ObservedCircuit(
+            self.circuit, self.c, self.observed, self.conditional, batch_shape=batch_shape
+        )
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if value is self.observed or (
+            value.shape == self.observed.shape and torch.equal(value, self.observed)
+        ):
+            return self._pick(self.conditional)
+        return super().log_prob(value)
