@@ -97,6 +97,8 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
         epochs=args.iris_svi_epochs,
         batch_size=len(data.x_train),
         lr=args.iris_lr,
+        milestones=args.iris_milestones,
+        gamma=0.1,
         num_particles=args.iris_particles,
         init_scale=args.iris_init_scale,
         predictive_samples=5,
@@ -154,7 +156,8 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
             f"NUTS: one chain, {args.nuts_warmup} warm-up and {args.nuts_samples} kept draws, "
             f"trees of depth at most {args.nuts_max_tree_depth} ({divergences} divergent "
             f"transitions, mean acceptance {accept:.2f}), {nuts_minutes:.1f} min. AutoNormal: "
-            f"`fit_svi` full batch, {args.iris_svi_epochs} steps, lr {args.iris_lr}, "
+            f"`fit_svi` full batch, {args.iris_svi_epochs} steps, lr {args.iris_lr} "
+            f"(divided by 10 at steps {args.iris_milestones}), "
             f"{args.iris_particles} ELBO particles, `init_scale={args.iris_init_scale}`, "
             f"{svi_minutes:.1f} min; predictive from {args.draws_iris} guide draws.",
             "",
@@ -402,6 +405,13 @@ def main() -> None:
     parser.add_argument("--iris-prior-scale", type=float, default=0.5)
     parser.add_argument("--iris-svi-epochs", type=int, default=3000)
     parser.add_argument("--iris-lr", type=float, default=1e-2)
+    parser.add_argument(
+        "--iris-milestones",
+        type=int,
+        nargs="*",
+        default=[2000, 2600],
+        help="SVI steps where lr drops 10x (the guide settles instead of jittering)",
+    )
     parser.add_argument("--iris-particles", type=int, default=4)
     parser.add_argument("--iris-init-scale", type=float, default=0.05)
     parser.add_argument("--draws-iris", type=int, default=1000)
@@ -428,7 +438,7 @@ def main() -> None:
         args.nuts_samples, args.nuts_warmup, args.iris_svi_epochs = 20, 20, 50
         args.draws_iris, args.train_size, args.test_size = 50, 500, 500
         args.ood_size, args.map_epochs, args.svi_epochs, args.draws = 200, 1, 1, 3
-        args.map_milestones = []
+        args.map_milestones, args.iris_milestones = [], []
     args.mnist_dir = args.mnist_dir or default_mnist_dir()
     print(f"machine: {machine()}", flush=True)
     pyro.set_rng_seed(args.seed)

@@ -115,3 +115,21 @@ def test_circuit_checkpoint_holds_the_circuit_at_the_guide_median(iris, tmp_path
         log_p = pyro.poutine.condition(bayesian.log_prob, data=guide.median())(x)
     torch.testing.assert_close(circuit.predict_proba(x), expected)
     torch.testing.assert_close(circuit.log_prob(x), log_p)
+
+
+def test_learning_rate_milestones(iris, tmp_path):
+    x, y = iris
+    kwargs = {**SETTINGS, "milestones": (2, 3), "gamma": 0.5}
+    _, history = fit_svi(make_bayesian(_point()), x, y, epochs=4, **kwargs)
+    assert [row["lr"] for row in history] == pytest.approx([2e-2, 1e-2, 5e-3, 5e-3])
+    # Resuming past a milestone continues at the decayed rate, as the straight run did.
+    path = tmp_path / "svi.pt"
+    straight = make_bayesian(_point())
+    fit_svi(straight, x, y, epochs=4, **kwargs)
+    expected = _guide_values(straight)
+    fit_svi(make_bayesian(_point()), x, y, epochs=2, checkpoint_path=path, **kwargs)
+    again = make_bayesian(_point())
+    _, resumed = fit_svi(again, x, y, epochs=4, checkpoint_path=path, resume=True, **kwargs)
+    assert [row["lr"] for row in resumed] == [row["lr"] for row in history]
+    for name, value in _guide_values(again).items():
+        assert torch.equal(value, expected[name]), name

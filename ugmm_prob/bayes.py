@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -512,8 +512,11 @@ class _VariationalTrainer:
         num_particles: int,
         predictive_samples: int,
         example: tuple[torch.Tensor, torch.Tensor, int],
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
     ) -> None:
         self.model, self.guide, self.lr = model, guide, lr
+        self.milestones, self.gamma, self.epoch = sorted(milestones), gamma, 0
         self.predictive_samples = predictive_samples
         self.ctx = distributed.context()
         self.svi = SVI(model.model, guide, self._optimizer(), Trace_ELBO(num_particles))
@@ -543,8 +546,18 @@ class _VariationalTrainer:
         summed = self.ctx.sum(torch.tensor(float(loss), dtype=torch.float64))
         return float(summed) / self.ctx.world_size / num_data
 
+    def _set_lr(self) -> float:
+        # MultiStepLR by hand: Pyro keeps one torch optimiser per parameter.
+        lr = self.lr * self.gamma ** sum(m <= self.epoch for m in self.milestones)
+        for optimizer in self.svi.optim.optim_objs.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        self.svi.optim.pt_optim_args["lr"] = lr  # for parameters created later
+        return lr
+
     def end_epoch(self) -> dict[str, Any]:
-        return {}
+        self.epoch += 1
+        return {"lr": self._set_lr()}
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         probs = predictive_probs(
@@ -605,6 +618,10 @@ class _VariationalTrainer:
         self._load_parameters({key: value.to(device) for key, value in values.items()})
         self.svi.optim = self._optimizer()
         self.svi.optim.set_state(_relative(state["optimizer"], self._MODEL, name))
+        self.epoch = checkpoint.epoch
+        self.svi.optim.pt_optim_args["lr"] = self.lr * self.gamma ** sum(
+            m <= self.epoch for m in self.milestones
+        )
 
 
 def fit_svi(
@@ -618,6 +635,8 @@ def fit_svi(
     epochs: int = 10,
     batch_size: int = 128,
     lr: float = 1e-2,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
     num_particles: int = 1,
     init_scale: float = 0.05,
     predictive_samples: int = 20,
@@ -637,6 +656,11 @@ def fit_svi(
     posterior predictive's accuracy, NLL and ECE on the validation data, the training data
     when omitted), checkpoints, resumption, the NaN guard and ``torchrun`` (each rank fits
     its share of every global minibatch; gradients are averaged over ranks).
+
+    Adam's learning rate ``lr`` is multiplied by ``gamma`` at each epoch in ``milestones``
+    (as ``MultiStepLR`` does for :func:`~ugmm_prob.training.fit`); ending with a small step
+    lets the guide settle instead of jittering around the optimum at the Monte-Carlo noise
+    of a large step.
 
     Checkpoints hold the guide's parameters and the optimiser state for resuming, and, as
     their model, the point-estimate network at the guide's median (see :func:`point_model`),
@@ -666,6 +690,8 @@ def fit_svi(
         num_particles,
         predictive_samples,
         example=(x[:batch_size].to(device), y[:batch_size].to(device), len(x)),
+        milestones=milestones,
+        gamma=gamma,
     )
     history = train_loop(
         trainer,
