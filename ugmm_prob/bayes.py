@@ -527,7 +527,10 @@ class _VariationalTrainer:
         guide(x, y, num_data=num_data)
         if self.ctx.enabled:
             for _, param in sorted(pyro.get_param_store().named_parameters()):
-                torch.distributed.broadcast(param.data, src=0)
+                # through the collective device: NCCL broadcasts only GPU tensors
+                shared = param.detach().to(self.ctx.device(), copy=True)
+                torch.distributed.broadcast(shared, src=0)
+                param.data.copy_(shared)
 
     def _optimizer(self) -> PyroOptim:
         if self.ctx.enabled:

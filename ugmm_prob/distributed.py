@@ -59,9 +59,10 @@ class DistributedContext:
         """Elementwise sum of ``values`` over all ranks (a copy; ``values`` is untouched)."""
         if not self.enabled:
             return values.clone()
-        reduced = values.detach().clone()
+        # NCCL reduces only GPU tensors, gloo any: move to this rank's collective device.
+        reduced = values.detach().to(self.device(), copy=True)
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-        return reduced
+        return reduced.to(values.device)
 
     def gather_rows(self, rows: torch.Tensor, total: int) -> torch.Tensor:
         """Reassemble a tensor whose rows were sharded with :meth:`shard`.
@@ -73,13 +74,13 @@ class DistributedContext:
             return rows
         # all_gather needs equal sizes: pad every shard to the largest one.
         longest = -(-total // self.world_size)
-        padded = rows.new_zeros((longest, *rows.shape[1:]))
+        padded = rows.new_zeros((longest, *rows.shape[1:]), device=self.device())
         padded[: len(rows)] = rows
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(pieces, padded)
         # stacked[i, r] is row i * W + r of the original tensor.
         stacked = torch.stack(pieces, dim=1).reshape(longest * self.world_size, *rows.shape[1:])
-        return stacked[:total]
+        return stacked[:total].to(rows.device)
 
     def barrier(self) -> None:
         """Wait until every rank has arrived (nothing to wait for in one process)."""
@@ -87,7 +88,8 @@ class DistributedContext:
             dist.barrier()
 
     def device(self) -> torch.device:
-        """The device of this rank when none was asked for: its own GPU under NCCL."""
+        """This rank's own GPU under NCCL, else the CPU: the default training device and
+        where collectives run."""
         if self.enabled and dist.get_backend() == "nccl":
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
