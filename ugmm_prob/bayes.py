@@ -53,6 +53,7 @@ __all__ = [
     "PosteriorLogLikelihood",
     "default_prior",
     "fit_svi",
+    "log_likelihood_from_logits",
     "make_bayesian",
     "point_model",
     "pointwise_log_likelihood",
@@ -302,10 +303,25 @@ def pointwise_log_likelihood(
             return model.log_prob(x, y)
         if y is None:
             raise ValueError(f"{type(model).__name__} is a classifier: give the labels y")
-        logits = model.logits(x)
-        return torch.log_softmax(logits, -1).gather(-1, y[:, None]).squeeze(-1)
+        return log_likelihood_from_logits(model, model.logits(x), y)
     finally:
         model.train(was_training)
+
+
+def log_likelihood_from_logits(
+    model: Classifier, logits: torch.Tensor, y: torch.Tensor | None
+) -> torch.Tensor:
+    """``log p_i`` from ``model.logits(x)``, for callers that need the logits anyway.
+
+    A circuit's logits are ``log p(x_i, c)``: ``log p(x_i, y_i)`` is the entry of ``y_i`` and
+    ``log p(x_i)`` their log-sum-exp over ``c``. A classifier's give
+    ``log p(y_i | x_i) = log_softmax(logits)[y_i]``.
+    """
+    if isinstance(model, UGMMCircuit):
+        if y is None:
+            return torch.logsumexp(logits, -1)
+        return logits.gather(-1, y[:, None]).squeeze(-1)
+    return torch.log_softmax(logits, -1).gather(-1, y[:, None]).squeeze(-1)
 
 
 def posterior_log_likelihood(
@@ -622,9 +638,7 @@ class _VariationalTrainer:
         self.svi.optim = self._optimizer()
         self.svi.optim.set_state(_relative(state["optimizer"], self._MODEL, name))
         self.epoch = checkpoint.epoch
-        self.svi.optim.pt_optim_args["lr"] = self.lr * self.gamma ** sum(
-            m <= self.epoch for m in self.milestones
-        )
+        self._set_lr()
 
 
 def fit_svi(

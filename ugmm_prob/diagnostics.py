@@ -25,7 +25,7 @@ import numpy as np
 import pyro
 import torch
 
-from .bayes import prior_sites, sample_posterior
+from .bayes import log_likelihood_from_logits, prior_sites, sample_posterior
 from .circuits import UGMMCircuit
 from .layers import UGMMLayer
 from .networks import Classifier
@@ -106,15 +106,9 @@ def to_inference_data(
                 fixed = {name: value[s] for name, value in draws.items()}
                 with pyro.poutine.condition(data=fixed):
                     logits = model.logits(x)  # a circuit's: log p(x, c)
+                    log_lik.append(log_likelihood_from_logits(model, logits, y))
                     if circuit:
-                        if y is None:
-                            log_lik.append(torch.logsumexp(logits, -1))
-                        else:
-                            log_lik.append(logits.gather(-1, y[:, None]).squeeze(-1))
                         predicted_x.append(model.sample(len(x), y)[0])
-                    else:
-                        log_p = torch.log_softmax(logits, dim=-1)
-                        log_lik.append(log_p.gather(-1, y[:, None]).squeeze(-1))
                 predicted_y.append(torch.distributions.Categorical(logits=logits).sample())
     finally:
         model.train(was_training)
