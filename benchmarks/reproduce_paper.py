@@ -25,6 +25,7 @@ import time
 from _results import REPO, default_mnist_dir, machine, replace_block, update_results
 
 from ugmm_prob.experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
+from ugmm_prob.training import evaluate
 
 
 def _parse_epochs(pairs: list[str]) -> dict[str, int]:
@@ -43,7 +44,7 @@ def run(
     experiment = EXPERIMENTS[name]
     data = load_data(experiment.data, mnist_root=mnist_dir)
     started = time.perf_counter()
-    _, history, settings = train_experiment(
+    model, history, settings = train_experiment(
         experiment,
         data,
         seed=seed,
@@ -54,10 +55,13 @@ def run(
         progress=sys.stderr.isatty(),
     )
     seconds = time.perf_counter() - started
-    final = history[-1]
+    final = evaluate(model, data.x_test, data.y_test)
+    # With a held-out validation part the history holds validation metrics and the model is
+    # that of the selected epoch; otherwise the history is on the test split.
+    selected = history[-1].get("best_epoch", settings["epochs"])
     print(
-        f"{name}: {100 * final['accuracy']:.2f}% after {settings['epochs']} epochs "
-        f"({seconds / 60:.1f} min); paper {experiment.paper}%",
+        f"{name}: {100 * final['accuracy']:.2f}% after {settings['epochs']} epochs, model of "
+        f"epoch {selected} ({seconds / 60:.1f} min); paper {experiment.paper}%",
         flush=True,
     )
     return {
@@ -70,8 +74,12 @@ def run(
         "batch_size": settings["batch_size"],
         "seed": seed,
         "init": settings["init"],
+        "validation": settings.get("validation", 0.0),
+        "selected_epoch": selected,
         "test_accuracy": 100 * final["accuracy"],
-        "best_epoch_accuracy": 100 * max(row["accuracy"] for row in history),
+        "best_epoch_accuracy": None
+        if "keep_best" in settings
+        else 100 * max(row["accuracy"] for row in history),
         "nll": final["nll"],
         "ece": final["ece"],
         "paper": experiment.paper,
@@ -104,6 +112,7 @@ def write_docs(rows: list[dict]) -> None:
         "| best epoch % | NLL | ECE | wall time | seeds |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    notes = []
     for row in previous.values():
         seeds = row["seed"] if isinstance(row["seed"], list) else [row["seed"]]
         per_seed = row.get("per_seed_accuracy")
@@ -111,14 +120,22 @@ def write_docs(rows: list[dict]) -> None:
         if per_seed:
             pairs = zip(seeds, per_seed, strict=True)
             seed_cell = f"mean of {len(seeds)}: " + ", ".join(f"{s}: {a:.2f}" for s, a in pairs)
+        best = row["best_epoch_accuracy"]
+        best_cell = "–" if best is None else f"{best:.2f}"
+        if row.get("validation"):
+            notes.append(
+                f"`{row['experiment']}` holds out {100 * row['validation']:.0f}% of each class of "
+                "the training data and keeps the epoch with the lowest NLL on it (epochs "
+                f"{row['selected_epoch']}); the test split is only used for the final figure."
+            )
         lines.append(
             f"| `{row['experiment']}` | {row['description']} | {row.get('init', 'paper')} | "
             f"{row['epochs']} "
             f"({row['paper_epochs']}) | **{row['test_accuracy']:.2f}** | {row['paper']} | "
-            f"{row['best_epoch_accuracy']:.2f} | {row['nll']:.4f} | {row['ece']:.4f} | "
+            f"{best_cell} | {row['nll']:.4f} | {row['ece']:.4f} | "
             f"{row['minutes']:.1f} min | {seed_cell} |"
         )
-    table = "\n".join(lines)
+    table = "\n".join(lines + (["", *notes] if notes else []))
     commands = sorted(
         {(row["command"], row.get("machine", "")) for row in previous.values() if "command" in row}
     )
@@ -164,8 +181,10 @@ def combine_seeds(runs: list[dict]) -> dict:
         return runs[0]
     row = dict(runs[0])
     for key in ("test_accuracy", "best_epoch_accuracy", "nll", "ece", "minutes"):
-        row[key] = sum(r[key] for r in runs) / len(runs)
+        values = [r[key] for r in runs]
+        row[key] = None if None in values else sum(values) / len(values)
     row["seed"] = [r["seed"] for r in runs]
+    row["selected_epoch"] = [r["selected_epoch"] for r in runs]
     row["per_seed_accuracy"] = [round(r["test_accuracy"], 2) for r in runs]
     return row
 

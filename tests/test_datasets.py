@@ -29,6 +29,7 @@ from ugmm_prob.datasets import (
     Split,
     check_classification_data,
     find_mnist,
+    holdout_split,
     iris_split,
     load_iris,
     load_mnist,
@@ -485,3 +486,20 @@ def test_check_classification_data_errors(x, y, error, pattern):
     with pytest.raises(error, match=pattern) as info:
         check_classification_data(x, y, 3, name="iris train")
     assert str(info.value).startswith("iris train: ")
+
+
+def test_holdout_split_keeps_every_class_and_loses_no_row():
+    x = torch.arange(103, dtype=torch.float32)[:, None]
+    y = torch.cat([torch.zeros(50), torch.ones(40), torch.full((13,), 2)]).long()
+    x_fit, y_fit, x_held, y_held = holdout_split(x, y, fraction=0.2, seed=3)
+    assert torch.bincount(y_held).tolist() == [10, 8, 3]  # round(0.2 * n_c) per class
+    rows = torch.cat([x_fit, x_held]).squeeze(1).long()
+    assert sorted(rows.tolist()) == list(range(103))
+    assert torch.equal(y[rows[: len(x_fit)]], y_fit) and torch.equal(y[rows[len(x_fit) :]], y_held)
+    again = holdout_split(x, y, fraction=0.2, seed=3)
+    assert torch.equal(again.x_test, x_held)
+    assert not torch.equal(holdout_split(x, y, fraction=0.2, seed=4).x_test, x_held)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+        holdout_split(x, y, fraction=1.0)
+    with pytest.raises(ValueError, match="103 rows but y has 5"):
+        holdout_split(x, y[:5], fraction=0.2)

@@ -212,3 +212,44 @@ def test_diverged_weights_are_caught_like_a_nan_loss(iris):
     model.training_loss = diverging
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 1, step 1"):
         fit(model, x, y, epochs=1, batch_size=32, progress=False)
+
+
+def _keep_best_run(x, y, x_val, y_val, **kwargs):
+    torch.manual_seed(0)
+    model = UGMMClassifier(4, (8,), 3, layer_norm=False, backend="eager")
+    options = dict(batch_size=16, lr=5e-2, seed=1, progress=False)
+    history = fit(model, x, y, x_val=x_val, y_val=y_val, **{**options, **kwargs})
+    return model, history
+
+
+def test_keep_best_returns_the_epoch_with_the_lowest_validation_nll(iris, tmp_path):
+    x, y, _, _ = iris
+    x_fit, y_fit, x_val, y_val = x[:60], y[:60], x[60:], y[60:]  # few rows: it overfits
+    model, history = _keep_best_run(x_fit, y_fit, x_val, y_val, epochs=25, keep_best="nll")
+    nlls = [row["nll"] for row in history]
+    best = min(range(len(nlls)), key=nlls.__getitem__) + 1
+    assert history[-1]["best_epoch"] == best < 25, "the set-up should overfit before epoch 25"
+    assert evaluate(model, x_val, y_val)["nll"] == pytest.approx(nlls[best - 1], abs=1e-6)
+    # The same run stopped after `best` epochs is the model returned (CPU is deterministic).
+    reference, _ = _keep_best_run(x_fit, y_fit, x_val, y_val, epochs=best)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    # Interrupted and resumed, the selection is the same; the checkpoint keeps the last epoch.
+    path = tmp_path / "run.pt"
+    _keep_best_run(x_fit, y_fit, x_val, y_val, epochs=10, keep_best="nll", checkpoint_path=path)
+    resumed, history_resumed = _keep_best_run(
+        x_fit, y_fit, x_val, y_val, epochs=25, keep_best="nll", checkpoint_path=path, resume=True
+    )
+    assert history_resumed[-1]["best_epoch"] == best
+    assert load_checkpoint(path).epoch == 25
+    for key, value in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_keep_best_needs_a_metric_and_held_out_data(iris):
+    x, y, x_test, y_test = iris
+    with pytest.raises(ValueError, match="keep_best must be one of"):
+        fit(_small_model(), x, y, x_val=x_test, y_val=y_test, keep_best="loss", progress=False)
+    with pytest.raises(ValueError, match="give x_val and y_val"):
+        fit(_small_model(), x, y, keep_best="nll", progress=False)

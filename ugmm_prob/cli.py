@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from . import distributed
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
 from .experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
 from .networks import JointScoreModel
@@ -115,16 +115,31 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
     )
     if ctx is not None and not ctx.is_main:
         return 0
-    final = history[-1] if history else evaluate(model, data.x_test, data.y_test)
+    final = evaluate(model, data.x_test, data.y_test)
+    selected = _selected_model_note(model, history, out)
     processes = f" ({ctx.world_size} processes)" if ctx is not None else ""
     print(
         f"{experiment.name}: test accuracy {100 * final['accuracy']:.2f}% "
         f"(paper {experiment.paper}%), NLL {final['nll']:.4f}, ECE {final['ece']:.4f}; "
-        f"checkpoint {checkpoint}{processes}"
+        f"checkpoint {checkpoint}{processes}{selected}"
     )
     if history:
         print(f"training curve saved to {_save(plot_history(history), out / 'history.png')}")
     return 0
+
+
+def _selected_model_note(model: torch.nn.Module, history: list[dict], out: pathlib.Path) -> str:
+    """Save the model of the selected epoch when training kept the best one (not the last).
+
+    The training checkpoint holds the last epoch so that training can resume; the model
+    reported on is written beside it as ``best.pt``.
+    """
+    if not history or "best_epoch" not in history[-1]:
+        return ""
+    epoch = history[-1]["best_epoch"]
+    path = out / "best.pt"
+    save_checkpoint(path, model, epoch=epoch, history=history[:epoch])
+    return f"; model of epoch {epoch} (best validation NLL) saved to {path}"
 
 
 def _evaluate(args: argparse.Namespace) -> int:

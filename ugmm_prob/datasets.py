@@ -46,6 +46,7 @@ __all__ = [
     "Split",
     "check_classification_data",
     "find_mnist",
+    "holdout_split",
     "iris_split",
     "load_iris",
     "load_mnist",
@@ -167,6 +168,34 @@ def iris_split(
     test = torch.from_numpy(perm[:n_test].astype(np.int64))
     train = torch.from_numpy(perm[n_test : n_test + n_train].astype(np.int64))
     return Split(x[train], y[train], x[test], y[test])
+
+
+def holdout_split(x: torch.Tensor, y: torch.Tensor, *, fraction: float, seed: int = 0) -> Split:
+    """Hold out ``fraction`` of every class of ``(x, y)``, at random rows (seeded).
+
+    For selecting an epoch or a setting on data the model does not train on, while the test
+    set stays untouched: each class contributes ``round(fraction * n_c)`` rows (at least one
+    when it has two or more), so small data sets keep their class balance.
+
+    Returns:
+        ``Split(x_fit, y_fit, x_held_out, y_held_out)``, rows in random order.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout_split: fraction must be in (0, 1), got {fraction}")
+    if len(x) != len(y):
+        raise ValueError(f"holdout_split: x has {len(x)} rows but y has {len(y)}")
+    generator = torch.Generator().manual_seed(seed)
+    held, kept = [], []
+    for label in torch.unique(y):
+        rows = (y == label).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        count = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0
+        held.append(rows[:count])
+        kept.append(rows[count:])
+    held_rows, kept_rows = torch.cat(held), torch.cat(kept)
+    held_rows = held_rows[torch.randperm(len(held_rows), generator=generator)]
+    kept_rows = kept_rows[torch.randperm(len(kept_rows), generator=generator)]
+    return Split(x[kept_rows], y[kept_rows], x[held_rows], y[held_rows])
 
 
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:

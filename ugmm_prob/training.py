@@ -173,6 +173,42 @@ def check_schedule(epochs: int, batch_size: int, resume: bool, checkpoint_path: 
         raise ValueError("resume=True needs a checkpoint_path")
 
 
+SELECTION_METRICS = ("nll", "accuracy", "ece")
+"""Validation metrics ``keep_best`` can select the returned epoch by."""
+
+
+def check_keep_best(keep_best: str | None, x_val: torch.Tensor | None) -> None:
+    """``keep_best`` must name a validation metric and come with held-out data."""
+    if keep_best is None:
+        return
+    if keep_best not in SELECTION_METRICS:
+        raise ValueError(f"keep_best must be one of {SELECTION_METRICS} or None, got {keep_best!r}")
+    if x_val is None:
+        raise ValueError(
+            "keep_best selects an epoch on held-out data: give x_val and y_val (selecting on "
+            "the training data would pick the most overfitted epoch)"
+        )
+
+
+class _BestEpoch:
+    """The epoch with the best validation metric so far, and the trainer's state after it."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric, self.sign = metric, -1.0 if metric == "accuracy" else 1.0
+        self.epoch, self.value, self.snapshot = 0, math.inf, None
+
+    def update(self, row: dict[str, Any], trainer: Trainer) -> None:
+        value = self.sign * row[self.metric]
+        if value < self.value:  # ties keep the earlier epoch
+            self.epoch, self.value, self.snapshot = row["epoch"], value, trainer.snapshot()
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "value": self.value, "snapshot": self.snapshot}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.epoch, self.value, self.snapshot = state["epoch"], state["value"], state["snapshot"]
+
+
 class Trainer(Protocol):
     """One kind of training, as :func:`train_loop` drives it.
 
@@ -239,6 +275,7 @@ def train_loop(
     metrics_path: str | os.PathLike | None,
     checkpoint_path: str | os.PathLike | None,
     resume: bool,
+    keep_best: str | None = None,
 ) -> list[dict[str, Any]]:
     """The epoch loop shared by every kind of training (see :class:`Trainer`).
 
@@ -246,6 +283,11 @@ def train_loop(
     global minibatches of ``batch_size``; under ``torchrun`` each of the ``W`` ranks takes
     every ``W``-th example of each global minibatch, so the updates equal those of one
     process with the same global batch. Only rank 0 shows progress and writes files.
+
+    With ``keep_best`` (a validation metric: ``"nll"``, ``"accuracy"`` or ``"ece"``) the
+    trainer ends in its state after the epoch with the best value (the earliest on ties);
+    each history row then has ``best_epoch``. Checkpoints still hold the last epoch, so
+    training can resume, with the best state so far inside them.
     """
     ctx = distributed.context()
     start_epoch, history = 0, []
@@ -261,6 +303,9 @@ def train_loop(
         start_epoch, history = state.epoch, state.history
     else:
         torch.manual_seed(seed + ctx.rank)
+    best = None if keep_best is None else _BestEpoch(keep_best)
+    if best is not None and resuming and "best" in state.training_state:
+        best.load(state.training_state["best"])
     writer = _MetricsWriter(metrics_path if ctx.is_main else None, append=resuming)
     show = progress and ctx.is_main
 
@@ -312,6 +357,9 @@ def train_loop(
             **extra,
             "seconds": time.perf_counter() - started,
         }
+        if best is not None:
+            best.update(row, trainer)
+            row["best_epoch"] = best.epoch
         history.append(row)
         writer.write(row)
         epoch_bar.set_postfix(loss=f"{row[trainer.loss_name]:.4f}", acc=f"{row['accuracy']:.4f}")
@@ -328,9 +376,12 @@ def train_loop(
                         "rng_state": torch.get_rng_state(),
                         "seed": seed,
                         "world_size": ctx.world_size,
+                        **({} if best is None else {"best": best.state()}),
                     },
                 )
             ctx.barrier()
+    if best is not None and best.snapshot is not None:
+        trainer.restore(best.snapshot)
     return history
 
 
@@ -448,6 +499,7 @@ def fit(
     metrics_path: str | os.PathLike | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
+    keep_best: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` by minibatch gradient descent on ``model.training_loss``.
 
@@ -472,16 +524,21 @@ def fit(
         metrics_path: ``.csv`` or ``.jsonl`` file receiving one row per epoch.
         checkpoint_path: checkpoint written atomically after every epoch.
         resume: continue from ``checkpoint_path`` if it exists.
+        keep_best: ``"nll"``, ``"accuracy"`` or ``"ece"``: end with the parameters of the
+            epoch with the best value of that metric on ``(x_val, y_val)`` (early stopping
+            without stopping; needs held-out validation data). The checkpoint file keeps
+            the last epoch so that training can resume.
 
     Returns:
         The per-epoch history: dicts with ``epoch``, ``loss``, ``accuracy``, ``nll``,
-        ``ece``, ``lr`` and ``seconds``.
+        ``ece``, ``lr`` and ``seconds`` (and ``best_epoch`` with ``keep_best``).
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf. The model (and optimiser) are
             restored to the end of the last completed epoch, which is also what the
             checkpoint file holds.
     """
+    check_keep_best(keep_best, x_val)
     x_val, y_val = checked_data(model, x, y, x_val, y_val)
     check_schedule(epochs, batch_size, resume, checkpoint_path)
     device = resolve_device(device, model)
@@ -503,4 +560,5 @@ def fit(
         metrics_path=metrics_path,
         checkpoint_path=checkpoint_path,
         resume=resume,
+        keep_best=keep_best,
     )
