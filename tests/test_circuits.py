@@ -295,3 +295,31 @@ def test_layer_operations_equal_their_straightforward_definitions():
         circuit._sum_layer(values, log_w),
         torch.logsumexp(values[:, :, None, :] + log_w, dim=-1),
     )
+
+
+def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
+    torch.manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 4) * 0.5 + 3.0 * y[:, None]  # class c sits near 3c
+    circuit = UGMMCircuit(4, 3, depth=1, repetitions=6, channels=2, components=2)
+    before = circuit.root_logits.detach().clone()
+    circuit.init_from_data(x, y, generator=torch.Generator().manual_seed(1), class_bias=5.0)
+    loc = circuit.leaf_loc.detach()  # (R, D, I, K)
+    rows = {tuple(row.tolist()): int(label) for row, label in zip(x, y, strict=True)}
+    for r in range(6):
+        for i in range(2):
+            for k in range(2):
+                # one whole training example of class r mod 3 per channel and component
+                assert rows[tuple(loc[r, :, i, k].tolist())] == r % 3
+    within = (x - torch.stack([x[y == c].mean(0) for c in range(3)])[y]).pow(2).mean(0).sqrt()
+    torch.testing.assert_close(circuit.leaf_scale.detach(), within.median().expand(loc.shape))
+    shift = (circuit.root_logits.detach() - before).reshape(3, 6, -1)
+    for c in range(3):
+        for r in range(6):
+            assert torch.all(shift[c, r] == (5.0 if r % 3 == c else 0.0))
+    # the prototypes already classify the well-separated classes
+    assert (circuit.predict(x) == y).double().mean() > 0.95
+    with pytest.raises(ValueError, match="labels"):
+        circuit.init_from_data(x, y + 3)
+    with pytest.raises(ValueError, match=r"expected x of shape \(\.\.\., 4\)"):
+        circuit.init_from_data(x[:, :3], y)

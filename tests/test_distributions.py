@@ -1,9 +1,12 @@
 """The neuron mixture ``P_j(y)`` against closed forms, quadrature and a KS test."""
 
+import math
+
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
-from scipy import stats
+from scipy import integrate, stats
 
 from tests.distribution_properties import (
     check_expand,
@@ -13,6 +16,7 @@ from tests.distribution_properties import (
     check_shapes,
 )
 from ugmm_prob import neuron_mixture
+from ugmm_prob.distributions import logit_pixels, pixel_logit_transform
 
 
 def _parameters(neurons=3, components=4):
@@ -75,3 +79,31 @@ def test_rejects_mismatched_shapes():
     loc, scale, logits = _parameters()
     with pytest.raises(ValueError, match="one shape"):
         neuron_mixture(loc, scale[:, :2], logits)
+
+
+def test_logit_pixels_is_the_change_of_variables_density():
+    alpha = 1e-3
+    base = dist.Normal(torch.tensor(-1.0, dtype=torch.float64), torch.tensor(2.0).double())
+    pixels = logit_pixels(base, alpha)
+    # integrates to 1 over its support (slightly wider than [0, 1] because of alpha)
+    edge = alpha / (1 - 2 * alpha)
+    mass, _ = integrate.quad(
+        lambda u: float(pixels.log_prob(torch.tensor(u, dtype=torch.float64)).exp()),
+        -edge,
+        1 + edge,
+        limit=400,
+        points=[0.0, 1.0],
+    )
+    assert mass == pytest.approx(1.0, abs=1e-6)
+    # event shape (D,): the plain formula log p(z) + sum_d log dz/dx
+    base = dist.Normal(torch.zeros(3), 1.0).to_event(1)
+    x = torch.rand(5, 3)
+    y = alpha + (1 - 2 * alpha) * x
+    z = torch.log(y) - torch.log1p(-y)
+    jacobian = (math.log(1 - 2 * alpha) - torch.log(y) - torch.log1p(-y)).sum(-1)
+    torch.testing.assert_close(logit_pixels(base, alpha).log_prob(x), base.log_prob(z) + jacobian)
+    torch.testing.assert_close(pixel_logit_transform(alpha).inv(x), z)
+    draws = logit_pixels(base, alpha).sample((1000,))
+    assert draws.shape == (1000, 3) and bool(((draws > -edge) & (draws < 1 + edge)).all())
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 0.5\)"):
+        pixel_logit_transform(0.5)

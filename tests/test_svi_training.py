@@ -133,3 +133,24 @@ def test_learning_rate_milestones(iris, tmp_path):
     assert [row["lr"] for row in resumed] == [row["lr"] for row in history]
     for name, value in _guide_values(again).items():
         assert torch.equal(value, expected[name]), name
+
+
+def test_keep_best_ends_with_the_guide_of_the_best_validation_epoch(iris):
+    x, y = iris
+    x_fit, y_fit, x_val, y_val = x[:40], y[:40], x[40:], y[40:]
+    settings = {**SETTINGS, "lr": 0.1}  # large steps: the validation NLL rises again
+    kept = make_bayesian(_point())
+    _, history = fit_svi(
+        kept, x_fit, y_fit, x_val=x_val, y_val=y_val, epochs=12, keep_best="nll", **settings
+    )
+    nlls = [row["nll"] for row in history]
+    best = min(range(len(nlls)), key=nlls.__getitem__) + 1
+    assert history[-1]["best_epoch"] == best < 12, "the set-up should pass its best epoch"
+    expected = _guide_values(kept)
+    # the same run stopped after `best` epochs has the guide that was kept
+    stopped = make_bayesian(_point())
+    fit_svi(stopped, x_fit, y_fit, x_val=x_val, y_val=y_val, epochs=best, **settings)
+    got = _guide_values(stopped)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name

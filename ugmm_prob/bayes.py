@@ -35,7 +35,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from pyro.nn import PyroModule, PyroParam, PyroSample
 from pyro.optim import PyroOptim
@@ -521,11 +521,6 @@ def _relative(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     return {key.replace(old, new, 1): value for key, value in state.items()}
 
 
-ELBO_ESTIMATORS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
-"""ELBO estimators of :func:`fit_svi`: Monte Carlo throughout, or analytic KL terms where the
-guide and prior pair has one (lower-variance gradients for mean-field guides)."""
-
-
 class _VariationalTrainer:
     """:class:`~ugmm_prob.training.Trainer` for SVI on a Bayesian model (:func:`fit_svi`)."""
 
@@ -542,14 +537,12 @@ class _VariationalTrainer:
         example: tuple[torch.Tensor, torch.Tensor, int],
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
-        elbo: str = "trace",
     ) -> None:
         self.model, self.guide, self.lr = model, guide, lr
         self.milestones, self.gamma, self.epoch = sorted(milestones), gamma, 0
         self.predictive_samples = predictive_samples
         self.ctx = distributed.context()
-        estimator = ELBO_ESTIMATORS[elbo](num_particles=num_particles)
-        self.svi = SVI(model.model, guide, self._optimizer(), estimator)
+        self.svi = SVI(model.model, guide, self._optimizer(), Trace_ELBO(num_particles))
         # Create the guide's parameters now (guides create them lazily), so that they can be
         # broadcast from rank 0 and overwritten when resuming.
         x, y, num_data = example
@@ -669,7 +662,6 @@ def fit_svi(
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
     num_particles: int = 1,
-    elbo: str = "trace",
     init_scale: float = 0.05,
     predictive_samples: int = 20,
     device: str | torch.device | None = None,
@@ -700,10 +692,8 @@ def fit_svi(
     so ``load_checkpoint`` gives a usable network. To resume, rebuild the same Bayesian model
     and call ``fit_svi(..., checkpoint_path=..., resume=True)`` with the same guide.
 
-    ``elbo="meanfield"`` uses ``TraceMeanField_ELBO``: the KL terms between guide and prior
-    are exact where Pyro knows them (e.g. Normal against Normal) and Monte Carlo elsewhere,
-    which lowers the gradient noise of mean-field guides. ``keep_best`` ends with the guide
-    of the epoch with the best validation metric, as in :func:`~ugmm_prob.training.fit`.
+    ``keep_best`` ends with the guide of the epoch with the best validation metric, as in
+    :func:`~ugmm_prob.training.fit` (needs held-out ``x_val``, ``y_val``).
 
     Returns:
         The fitted guide and the per-epoch history.
@@ -714,8 +704,6 @@ def fit_svi(
     """
     if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
         raise ValueError("fit_svi needs a model from make_bayesian(...)")
-    if elbo not in ELBO_ESTIMATORS:
-        raise ValueError(f"elbo must be one of {sorted(ELBO_ESTIMATORS)}, got {elbo!r}")
     check_keep_best(keep_best, x_val)
     x_val, y_val = checked_data(model, x, y, x_val, y_val)
     check_schedule(epochs, batch_size, resume, checkpoint_path)
@@ -733,7 +721,6 @@ def fit_svi(
         example=(x[:batch_size].to(device), y[:batch_size].to(device), len(x)),
         milestones=milestones,
         gamma=gamma,
-        elbo=elbo,
     )
     history = train_loop(
         trainer,

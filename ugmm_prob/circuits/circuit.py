@@ -32,6 +32,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.nn import PyroParam, pyro_method
 
+from ..datasets import check_classification_data
 from ..distributions import neuron_mixture
 from ..kernels import tied_mixture_log_density
 from ..networks import Classifier, constructor_config
@@ -161,6 +162,67 @@ class UGMMCircuit(Classifier):
         floor = constraints.greater_than(self.config["scale_floor"])
         self.leaf_loc = PyroParam(loc.to(self.leaf_loc.dtype))
         self.leaf_scale = PyroParam(scale.to(self.leaf_loc.dtype), constraint=floor)
+
+    @torch.no_grad()
+    def init_from_data(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        class_bias: float = 8.0,
+    ) -> None:
+        """Prototype initialisation: every input channel starts as one training example.
+
+        Repetition ``r`` is given to class ``r mod C``: each of its input channels ``i``
+        and components ``k`` takes the values of a random training example of that class
+        (all variables of one channel from the same example, so the products over a leaf
+        region start as patches of real data), and the roots of class ``c`` start with
+        ``class_bias`` more log-weight on the products of the repetitions given to ``c``.
+        The structure stays shared: training may move any root's weight anywhere. Every
+        scale starts at the median over variables of the pooled within-class standard
+        deviation (at least twice the scale floor). Without ``y`` (or with one class) the
+        examples are drawn from all rows and the roots are left alone.
+
+        Args:
+            x: training inputs ``(n, D)``, finite.
+            y: their classes ``(n,)`` in ``0..C-1``, or None.
+            generator: random generator for the choice of examples.
+            class_bias: extra root log-weight of a class's own repetitions.
+        """
+        x = self._check_x(x).detach()
+        if x.dim() != 2 or len(x) == 0 or not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"UGMMCircuit.init_from_data: expected finite x of shape (n >= 1, "
+                f"{self.num_vars}), got {tuple(x.shape)}"
+            )
+        reps, _, channels, components = self.leaf_loc.shape
+        if y is None or self.num_classes == 1:
+            labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            owner = torch.zeros(reps, dtype=torch.long)
+        else:
+            check_classification_data(x, y, self.num_classes, name="init_from_data data")
+            labels = y.to(x.device)
+            owner = torch.arange(reps) % self.num_classes
+        rows = torch.empty(reps, channels, components, dtype=torch.long)
+        for r in range(reps):
+            pool = (labels == int(owner[r])).nonzero().squeeze(1).cpu()
+            if len(pool) == 0:  # a class without examples: draw from all rows
+                pool = torch.arange(len(x))
+            picks = torch.randint(0, len(pool), (channels, components), generator=generator)
+            rows[r] = pool[picks]
+        loc = x[rows.to(x.device)].permute(0, 3, 1, 2)  # (R, I, K, D) -> (R, D, I, K)
+        centred = x - _class_means(x, labels)[labels]
+        spread = centred.pow(2).mean(0).sqrt().median().clamp_min(2 * self.config["scale_floor"])
+        floor = constraints.greater_than(self.config["scale_floor"])
+        dtype = self.leaf_loc.dtype
+        self.leaf_loc = PyroParam(loc.to(dtype).contiguous())
+        self.leaf_scale = PyroParam(torch.full_like(self.leaf_loc, float(spread)), constraint=floor)
+        self.leaf_logits = PyroParam(torch.zeros_like(self.leaf_loc))
+        if y is not None and self.num_classes > 1:
+            bias = torch.zeros_like(self.root_logits).reshape(self.num_classes, reps, -1)
+            bias[owner.to(bias.device), torch.arange(reps, device=bias.device)] = class_bias
+            self.root_logits = PyroParam(self.root_logits + bias.reshape(self.num_classes, -1))
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -489,6 +551,13 @@ class UGMMCircuit(Classifier):
         mean = (selection * first).sum(dim=(0, 2))
         raw_second = (selection * second).sum(dim=(0, 2))
         return mean, raw_second - mean**2
+
+
+def _class_means(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the rows of each label, shape ``(max label + 1, D)``."""
+    count = torch.bincount(labels).clamp_min(1).to(x.dtype)
+    sums = torch.zeros(len(count), x.shape[1], dtype=x.dtype, device=x.device)
+    return sums.index_add_(0, labels, x) / count[:, None]
 
 
 def _sample_categorical(logits: torch.Tensor) -> torch.Tensor:
