@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from ugmm_prob.checkpoints import load_checkpoint
 from ugmm_prob.cli import main
 from ugmm_prob.datasets import MNIST_ENV
 
@@ -46,10 +47,14 @@ def test_console_script_entry_point_runs(tmp_path):
 def test_train_then_evaluate_iris(tmp_path, capsys):
     args = ["train", "iris-joint", "--epochs", "5", "--quiet", "--out", str(tmp_path)]
     assert main(args) == 0
-    assert "iris-joint: test accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "iris-joint: test accuracy" in out and "(best validation NLL) saved to" in out
     assert (tmp_path / "metrics.csv").exists() and (tmp_path / "history.png").exists()
     assert main(["evaluate", str(tmp_path / "checkpoint.pt")]) == 0
     assert "after 5 epochs on the iris test split" in capsys.readouterr().out
+    # the reported model, of the epoch kept on the held-out training flowers
+    kept = load_checkpoint(tmp_path / "best.pt")
+    assert 1 <= kept.epoch <= 5 and kept.epoch == int(out.split("model of epoch ")[1].split()[0])
     # resuming to more epochs continues from epoch 5
     assert main([*args[:3], "8", *args[4:], "--resume"]) == 0
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
