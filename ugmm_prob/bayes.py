@@ -47,14 +47,7 @@ from .datasets import check_classification_data
 from .distributions import FlooredLogNormal
 from .layers import UGMMLayer, unique_pyro_name
 from .networks import Classifier, build_model
-from .training import (
-    check_keep_best,
-    check_schedule,
-    checked_data,
-    diverged,
-    resolve_device,
-    train_loop,
-)
+from .training import diverged, prepare_training, train_loop
 
 __all__ = [
     "PosteriorLogLikelihood",
@@ -704,11 +697,19 @@ def fit_svi(
     """
     if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
         raise ValueError("fit_svi needs a model from make_bayesian(...)")
-    check_keep_best(keep_best, x_val)
-    x_val, y_val = checked_data(model, x, y, x_val, y_val)
-    check_schedule(epochs, batch_size, resume, checkpoint_path)
-    device = resolve_device(device, model)
-    model.to(device)
+    x_val, y_val, device = prepare_training(
+        model,
+        x,
+        y,
+        x_val,
+        y_val,
+        epochs=epochs,
+        batch_size=batch_size,
+        resume=resume,
+        checkpoint_path=checkpoint_path,
+        keep_best=keep_best,
+        device=device,
+    )
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide_fn = _make_guide(guide, model.model, init_scale)

@@ -44,6 +44,7 @@ __all__ = [
     "classification_metrics",
     "evaluate",
     "fit",
+    "prepare_training",
     "resolve_device",
     "train_loop",
 ]
@@ -188,6 +189,34 @@ def check_keep_best(keep_best: str | None, x_val: torch.Tensor | None) -> None:
             "keep_best selects an epoch on held-out data: give x_val and y_val (selecting on "
             "the training data would pick the most overfitted epoch)"
         )
+
+
+def prepare_training(
+    model: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor | None,
+    y_val: torch.Tensor | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    resume: bool,
+    checkpoint_path: Any,
+    keep_best: str | None,
+    device: str | torch.device | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """What every training routine does before its loop: check the data and the settings,
+    then move ``model`` to its device.
+
+    Returns:
+        The validation pair (the training data if none was given) and the device.
+    """
+    check_keep_best(keep_best, x_val)
+    x_val, y_val = checked_data(model, x, y, x_val, y_val)
+    check_schedule(epochs, batch_size, resume, checkpoint_path)
+    device = resolve_device(device, model)
+    model.to(device)
+    return x_val, y_val, device
 
 
 class _BestEpoch:
@@ -538,11 +567,19 @@ def fit(
             restored to the end of the last completed epoch, which is also what the
             checkpoint file holds.
     """
-    check_keep_best(keep_best, x_val)
-    x_val, y_val = checked_data(model, x, y, x_val, y_val)
-    check_schedule(epochs, batch_size, resume, checkpoint_path)
-    device = resolve_device(device, model)
-    model.to(device)
+    x_val, y_val, device = prepare_training(
+        model,
+        x,
+        y,
+        x_val,
+        y_val,
+        epochs=epochs,
+        batch_size=batch_size,
+        resume=resume,
+        checkpoint_path=checkpoint_path,
+        keep_best=keep_best,
+        device=device,
+    )
     opt = _make_optimizer(optimizer, list(model.parameters()), lr, weight_decay, momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
     trainer = _PointEstimateTrainer(model, opt, scheduler, device)
