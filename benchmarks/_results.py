@@ -21,15 +21,16 @@ def default_mnist_dir() -> pathlib.Path:
 
 
 def machine() -> str:
-    """CPU model, cores, torch version and threads, Python version."""
+    """CPU model, cores, the GPU if there is one, torch version and threads, Python version."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:
             name = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
     except (OSError, StopIteration):
         pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
-        f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+        f"{name}, {os.cpu_count()} logical cores{gpu}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
     )
 

@@ -20,6 +20,7 @@ Records go to docs/results.json, tables to docs/results.md (between generative m
     pip install -e ".[bench]"           # scikit-learn for the baselines
     python benchmarks/generative.py --parts iris speed
     python benchmarks/generative.py --parts mnist --epochs 3
+    python benchmarks/generative.py --parts mnist --epochs 16 --milestones 12 --device cuda
 """
 
 from __future__ import annotations
@@ -349,9 +350,11 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str]:
             lr=args.lr,
             milestones=args.milestones,
             seed=args.seed,
+            device=args.device,
             progress=sys.stderr.isatty(),
         )
         minutes = (time.perf_counter() - started) / 60
+        circuit.cpu()  # evaluation, baselines and grids run on the CPU whatever trained
         density = logit_pixels(circuit(), args.alpha)
         log_px = _chunked(density.log_prob, pixels_test)
         accuracy = float((circuit.predict(z_test) == data.y_test).double().mean())
@@ -431,7 +434,8 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str]:
             "",
             f"Command: `python benchmarks/generative.py --parts mnist --epochs {args.epochs} "
             f"--milestones {' '.join(map(str, args.milestones))} --hybrid-weight "
-            f"{args.hybrid_weight}`; seed {args.seed}; lr {args.lr}, divided by 10 at the "
+            f"{args.hybrid_weight}{f' --device {args.device}' if args.device else ''}`; "
+            f"seed {args.seed}; lr {args.lr}, divided by 10 at the "
             f"milestones; circuits fitted to "
             f"logit-space pixels (alpha = {args.alpha:g}), every bits/dim on the 8-bit pixels "
             "(the logit Jacobian included).",
@@ -473,6 +477,7 @@ def main() -> None:
     parser.add_argument("--gmm-rows", type=int, default=20_000)
     parser.add_argument("--mnist-dir", default=None)
     parser.add_argument("--train-rows", type=int, default=None, help="MNIST: first N images")
+    parser.add_argument("--device", default=None, help="MNIST training device, e.g. cuda")
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     parser.add_argument("--measure-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

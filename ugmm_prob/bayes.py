@@ -47,7 +47,7 @@ from .datasets import check_classification_data
 from .distributions import FlooredLogNormal
 from .layers import UGMMLayer, unique_pyro_name
 from .networks import Classifier, build_model
-from .training import diverged, prepare_training, train_loop
+from .training import LoopSettings, diverged, prepare_training, train_loop
 
 __all__ = [
     "PosteriorLogLikelihood",
@@ -697,19 +697,17 @@ def fit_svi(
     """
     if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
         raise ValueError("fit_svi needs a model from make_bayesian(...)")
-    x_val, y_val, device = prepare_training(
-        model,
-        x,
-        y,
-        x_val,
-        y_val,
+    settings = LoopSettings(
         epochs=epochs,
         batch_size=batch_size,
-        resume=resume,
+        seed=seed,
+        progress=progress,
+        metrics_path=metrics_path,
         checkpoint_path=checkpoint_path,
+        resume=resume,
         keep_best=keep_best,
-        device=device,
     )
+    x_val, y_val, device = prepare_training(model, x, y, x_val, y_val, settings, device)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide_fn = _make_guide(guide, model.model, init_scale)
@@ -723,20 +721,5 @@ def fit_svi(
         milestones=milestones,
         gamma=gamma,
     )
-    history = train_loop(
-        trainer,
-        x,
-        y,
-        x_val,
-        y_val,
-        epochs=epochs,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        progress=progress,
-        metrics_path=metrics_path,
-        checkpoint_path=checkpoint_path,
-        resume=resume,
-        keep_best=keep_best,
-    )
+    history = train_loop(trainer, x, y, x_val, y_val, settings, device)
     return guide_fn, history

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from .networks import Classifier
 
 __all__ = [
     "DeviceUnavailableError",
+    "LoopSettings",
     "Trainer",
     "TrainingDivergedError",
     "checked_data",
@@ -166,29 +168,45 @@ def _make_optimizer(
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
-def check_schedule(epochs: int, batch_size: int, resume: bool, checkpoint_path: Any) -> None:
-    """Reject settings no training loop can run with, naming what was expected."""
-    if epochs < 0 or batch_size < 1:
-        raise ValueError(f"expected epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
-    if resume and checkpoint_path is None:
-        raise ValueError("resume=True needs a checkpoint_path")
-
-
 SELECTION_METRICS = ("nll", "accuracy", "ece")
 """Validation metrics ``keep_best`` can select the returned epoch by."""
 
 
-def check_keep_best(keep_best: str | None, x_val: torch.Tensor | None) -> None:
-    """``keep_best`` must name a validation metric and come with held-out data."""
-    if keep_best is None:
-        return
-    if keep_best not in SELECTION_METRICS:
-        raise ValueError(f"keep_best must be one of {SELECTION_METRICS} or None, got {keep_best!r}")
-    if x_val is None:
-        raise ValueError(
-            "keep_best selects an epoch on held-out data: give x_val and y_val (selecting on "
-            "the training data would pick the most overfitted epoch)"
-        )
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """How :func:`train_loop` runs, whatever the trainer: schedule, files and selection.
+
+    The arguments of the same names of :func:`fit` and :func:`ugmm_prob.bayes.fit_svi`.
+    """
+
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    progress: bool = True
+    metrics_path: str | os.PathLike | None = None
+    checkpoint_path: str | os.PathLike | None = None
+    resume: bool = False
+    keep_best: str | None = None
+
+    def check(self, x_val: torch.Tensor | None) -> None:
+        """Reject settings no training loop can run with, naming what was expected."""
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"expected epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if self.resume and self.checkpoint_path is None:
+            raise ValueError("resume=True needs a checkpoint_path")
+        if self.keep_best is None:
+            return
+        if self.keep_best not in SELECTION_METRICS:
+            raise ValueError(
+                f"keep_best must be one of {SELECTION_METRICS} or None, got {self.keep_best!r}"
+            )
+        if x_val is None:
+            raise ValueError(
+                "keep_best selects an epoch on held-out data: give x_val and y_val (selecting "
+                "on the training data would pick the most overfitted epoch)"
+            )
 
 
 def prepare_training(
@@ -197,12 +215,7 @@ def prepare_training(
     y: torch.Tensor,
     x_val: torch.Tensor | None,
     y_val: torch.Tensor | None,
-    *,
-    epochs: int,
-    batch_size: int,
-    resume: bool,
-    checkpoint_path: Any,
-    keep_best: str | None,
+    settings: LoopSettings,
     device: str | torch.device | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
     """What every training routine does before its loop: check the data and the settings,
@@ -211,9 +224,8 @@ def prepare_training(
     Returns:
         The validation pair (the training data if none was given) and the device.
     """
-    check_keep_best(keep_best, x_val)
+    settings.check(x_val)
     x_val, y_val = checked_data(model, x, y, x_val, y_val)
-    check_schedule(epochs, batch_size, resume, checkpoint_path)
     device = resolve_device(device, model)
     model.to(device)
     return x_val, y_val, device
@@ -295,16 +307,8 @@ def train_loop(
     y: torch.Tensor,
     x_val: torch.Tensor,
     y_val: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
+    settings: LoopSettings,
     device: torch.device,
-    seed: int,
-    progress: bool,
-    metrics_path: str | os.PathLike | None,
-    checkpoint_path: str | os.PathLike | None,
-    resume: bool,
-    keep_best: str | None = None,
 ) -> list[dict[str, Any]]:
     """The epoch loop shared by every kind of training (see :class:`Trainer`).
 
@@ -318,9 +322,11 @@ def train_loop(
     each history row then has ``best_epoch``. Checkpoints still hold the last epoch, so
     training can resume, with the best state so far inside them.
     """
+    epochs, batch_size, seed = settings.epochs, settings.batch_size, settings.seed
+    checkpoint_path, keep_best = settings.checkpoint_path, settings.keep_best
     ctx = distributed.context()
     start_epoch, history = 0, []
-    resuming = resume and pathlib.Path(checkpoint_path).exists()
+    resuming = settings.resume and pathlib.Path(checkpoint_path).exists()
     if resuming:
         state = load_checkpoint(checkpoint_path)
         _check_resumable(state, trainer.model, checkpoint_path)
@@ -335,8 +341,8 @@ def train_loop(
     best = None if keep_best is None else _BestEpoch(keep_best)
     if best is not None and resuming and "best" in state.training_state:
         best.load(state.training_state["best"])
-    writer = _MetricsWriter(metrics_path if ctx.is_main else None, append=resuming)
-    show = progress and ctx.is_main
+    writer = _MetricsWriter(settings.metrics_path if ctx.is_main else None, append=resuming)
+    show = settings.progress and ctx.is_main
 
     n = len(x)
     last_good = trainer.snapshot()
@@ -567,31 +573,9 @@ def fit(
             restored to the end of the last completed epoch, which is also what the
             checkpoint file holds.
     """
-    x_val, y_val, device = prepare_training(
-        model,
-        x,
-        y,
-        x_val,
-        y_val,
+    settings = LoopSettings(
         epochs=epochs,
         batch_size=batch_size,
-        resume=resume,
-        checkpoint_path=checkpoint_path,
-        keep_best=keep_best,
-        device=device,
-    )
-    opt = _make_optimizer(optimizer, list(model.parameters()), lr, weight_decay, momentum)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-    trainer = _PointEstimateTrainer(model, opt, scheduler, device)
-    return train_loop(
-        trainer,
-        x,
-        y,
-        x_val,
-        y_val,
-        epochs=epochs,
-        batch_size=batch_size,
-        device=device,
         seed=seed,
         progress=progress,
         metrics_path=metrics_path,
@@ -599,3 +583,8 @@ def fit(
         resume=resume,
         keep_best=keep_best,
     )
+    x_val, y_val, device = prepare_training(model, x, y, x_val, y_val, settings, device)
+    opt = _make_optimizer(optimizer, list(model.parameters()), lr, weight_decay, momentum)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
+    trainer = _PointEstimateTrainer(model, opt, scheduler, device)
+    return train_loop(trainer, x, y, x_val, y_val, settings, device)
