@@ -70,6 +70,11 @@ def _save(fig: Figure, name: str, write: bool) -> str:
 # ------------------------------------------------------------------------------------------
 # Iris: NUTS against AutoNormal
 # ------------------------------------------------------------------------------------------
+def _total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``(1/2) sum_c |p(c) - q(c)|`` for each row of two ``(n, C)`` probability tables."""
+    return 0.5 * (p - q).abs().sum(-1)
+
+
 def _svi_predictive(args: argparse.Namespace, bayesian, data, guide: str):
     """Fit ``guide`` by full-batch SVI; (guide, history, minutes, predictive on the test set)."""
     started = time.perf_counter()
@@ -117,7 +122,7 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
     samples = mcmc.get_samples()
     p_nuts = predictive_probs(bayesian, data.x_test, posterior_samples=samples).mean(0)
     guide, history, svi_minutes, p_svi = _svi_predictive(args, bayesian, data, "normal")
-    tv = 0.5 * (p_nuts - p_svi).abs().sum(-1)
+    tv = _total_variation(p_nuts, p_svi)
     mean_tv, max_tv = float(tv.mean()), float(tv.max())
     acc_nuts, acc_svi = accuracy(p_nuts, data.y_test), accuracy(p_svi, data.y_test)
     diagnostics = mcmc.diagnostics()
@@ -140,7 +145,7 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
     # A richer guide beside it, fitted last: fit_svi clears the parameter store, which holds
     # the AutoNormal guide the figure needed.
     *_, lowrank_minutes, p_lowrank = _svi_predictive(args, bayesian, data, "lowrank")
-    tv_lowrank = float((0.5 * (p_nuts - p_lowrank).abs().sum(-1)).mean())
+    tv_lowrank = float(_total_variation(p_nuts, p_lowrank).mean())
     print(f"iris: mean TV NUTS vs low-rank guide {tv_lowrank:.4f}", flush=True)
     records = [
         {

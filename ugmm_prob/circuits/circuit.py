@@ -158,10 +158,14 @@ class UGMMCircuit(Classifier):
         rows = torch.randint(0, len(x), shape, generator=generator).to(x.device)
         loc = x[rows, torch.arange(self.num_vars, device=x.device)[None, :, None, None]]
         spread = x.std(0).clamp_min(2 * self.config["scale_floor"])
-        scale = spread[None, :, None, None].expand(shape).clone()
+        self._set_leaves(loc, spread[None, :, None, None].expand(shape))
+
+    def _set_leaves(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """New input-unit means and scales (scales kept above the floor), in the leaves' dtype."""
+        dtype = self.leaf_loc.dtype
         floor = constraints.greater_than(self.config["scale_floor"])
-        self.leaf_loc = PyroParam(loc.to(self.leaf_loc.dtype))
-        self.leaf_scale = PyroParam(scale.to(self.leaf_loc.dtype), constraint=floor)
+        self.leaf_loc = PyroParam(loc.to(dtype).contiguous())
+        self.leaf_scale = PyroParam(scale.to(dtype).contiguous(), constraint=floor)
 
     @torch.no_grad()
     def init_from_data(
@@ -214,10 +218,7 @@ class UGMMCircuit(Classifier):
         loc = x[rows.to(x.device)].permute(0, 3, 1, 2)  # (R, I, K, D) -> (R, D, I, K)
         centred = x - _class_means(x, labels)[labels]
         spread = centred.pow(2).mean(0).sqrt().median().clamp_min(2 * self.config["scale_floor"])
-        floor = constraints.greater_than(self.config["scale_floor"])
-        dtype = self.leaf_loc.dtype
-        self.leaf_loc = PyroParam(loc.to(dtype).contiguous())
-        self.leaf_scale = PyroParam(torch.full_like(self.leaf_loc, float(spread)), constraint=floor)
+        self._set_leaves(loc, torch.full_like(loc, float(spread)))
         self.leaf_logits = PyroParam(torch.zeros_like(self.leaf_loc))
         if y is not None and self.num_classes > 1:
             bias = torch.zeros_like(self.root_logits).reshape(self.num_classes, reps, -1)
