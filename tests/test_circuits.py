@@ -10,7 +10,8 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from scipy import stats
 
-from ugmm_prob.circuits import CircuitDistribution, RandomBinaryTrees, UGMMCircuit
+from ugmm_prob.circuits import CircuitDistribution, UGMMCircuit, random_binary_trees
+from ugmm_prob.circuits.layers import weighted_logsumexp
 from ugmm_prob.training import fit
 
 
@@ -19,11 +20,11 @@ def make(num_vars, num_classes=2, *, seed=0, **kwargs):
     options = {"repetitions": 2, "channels": 3, "components": 2, **kwargs}
     circuit = UGMMCircuit(num_vars, num_classes, **options).double()
     with torch.no_grad():  # spread the parameters away from their symmetric start
-        circuit.leaf_loc_unconstrained.normal_(0, 1.5)
-        circuit.leaf_scale_unconstrained.uniform_(-0.5, 0.3)
-        circuit.leaf_logits_unconstrained.normal_(0, 1)
+        circuit.inputs.loc_unconstrained.normal_(0, 1.5)
+        circuit.inputs.scale_unconstrained.uniform_(-0.5, 0.3)
+        circuit.inputs.logits_unconstrained.normal_(0, 1)
         for name, param in circuit.named_parameters():
-            if "sum_logits" in name or "root_logits" in name or "class_logits" in name:
+            if not name.startswith("inputs."):  # sum, root and class logits
                 param.normal_(0, 1)
     return circuit
 
@@ -33,14 +34,15 @@ def grid(lo=-9.0, hi=9.0, points=1201):
 
 
 def test_region_graph_splits_disjointly_and_covers():
-    graph = RandomBinaryTrees.build(11, depth=2, repetitions=3, seed=1)
+    graph = random_binary_trees(11, depth=2, repetitions=3, seed=1)
     for r in range(3):
-        real = graph.leaf_vars[r][graph.leaf_vars[r] < 11]
-        assert sorted(real.tolist()) == list(range(11))  # each variable in exactly one region
+        members = graph.leaf_regions[r]  # (4, 11)
+        assert (members.sum(0) == 1).all()  # each variable in exactly one region
+        assert sorted(members.sum(1).tolist()) == [2, 3, 3, 3]  # balanced halves
         for d in range(11):
-            assert d in graph.leaf_vars[r, graph.var_region[r, d]].tolist()
+            assert members[graph.var_region[r, d], d]
     with pytest.raises(ValueError, match="more than the 3 variables"):
-        RandomBinaryTrees.build(3, depth=2, repetitions=1)
+        random_binary_trees(3, depth=2, repetitions=1)
 
 
 def test_integrates_to_one_in_one_dimension():
@@ -166,20 +168,17 @@ def test_conditional_samples_respect_evidence_and_follow_the_conditional():
 def _induced_tree_values(circuit, x, mask):
     """Brute force for depth-1 circuits: every class, root child, leaf channel, component."""
     log_prior = circuit.class_log_prior()
-    root = torch.log_softmax(circuit.root_logits, -1)
-    w = torch.log_softmax(circuit.leaf_logits, -1)
-    loc, scale = circuit.leaf_loc, circuit.leaf_scale
-    width = circuit.channel_widths[-1]
-    leaf_vars = circuit.leaf_vars
+    root = torch.log_softmax(circuit.root.logits[0, 0], -1)  # (C, R * I * I)
+    w = torch.log_softmax(circuit.inputs.logits, -1)
+    loc, scale = circuit.inputs.loc, circuit.inputs.scale
+    width = circuit.inputs.channels
     best = -math.inf
     for c, j in itertools.product(range(circuit.num_classes), range(root.shape[1])):
         r, q = divmod(j, circuit.top_width)
         channels = (q // width, q % width)
         value = float(log_prior[c] + root[c, j])
         for region in range(2):
-            for d in leaf_vars[r, region].tolist():
-                if d == circuit.num_vars:
-                    continue
+            for d in circuit.graph.leaf_regions[r, region].nonzero()[:, 0].tolist():
                 i = channels[region]
                 options = []
                 for k in range(loc.shape[-1]):
@@ -255,7 +254,7 @@ def test_maximum_likelihood_and_hybrid_training_with_fit():
         after = float(-circuit.log_prob(x, y).mean().detach())
         assert after < before - 1.0
         assert (circuit.predict(x) == y).double().mean() > 0.95
-        assert (circuit.leaf_scale >= circuit.config["scale_floor"]).all()
+        assert (circuit.inputs.scale >= circuit.config["scale_floor"]).all()
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -273,26 +272,32 @@ def test_init_leaves_from_data_uses_data_values_and_spread():
     x = torch.randn(500, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([0.0, 10.0, -2.0])
     circuit = UGMMCircuit(3, 1, repetitions=2, channels=2, components=3)
     circuit.init_leaves_from_data(x, generator=torch.Generator().manual_seed(0))
-    loc = circuit.leaf_loc.detach()
+    loc = circuit.inputs.loc.detach()
     for d in range(3):
         assert set(loc[:, d].flatten().tolist()) <= set(x[:, d].tolist())
-    torch.testing.assert_close(circuit.leaf_scale.detach()[0, :, 0, 0], x.std(0))
+    torch.testing.assert_close(circuit.inputs.scale.detach()[0, :, 0, 0], x.std(0))
 
 
 def test_layer_operations_equal_their_straightforward_definitions():
     """The fused input layer and the matrix-product region layer against plain versions."""
     circuit = make(7, 2, depth=2)
     x = torch.randn(6, 7, dtype=torch.float64)
-    plain_leaves = circuit.leaves.log_prob(x[:, None, :, None])
-    torch.testing.assert_close(circuit._input_layer(x), plain_leaves)
-    leaf = torch.randn(6, 2, 8, 3, dtype=torch.float64)
-    leaf[:, :, -1] = 0  # the padding variable
-    gathered = torch.stack([leaf[:, r, circuit.leaf_vars[r]] for r in range(2)], 1).sum(3)
+    plain_leaves = circuit.inputs.mixture.log_prob(x[:, None, :, None])
+    torch.testing.assert_close(circuit.inputs.log_density(x), plain_leaves)
+    leaf = torch.randn(6, 2, 7, 3, dtype=torch.float64)
+    members = circuit.graph.leaf_regions  # (R, P, D)
+    gathered = torch.stack(
+        [
+            torch.stack([leaf[:, r, members[r, p]].sum(1) for p in range(members.shape[1])], 1)
+            for r in range(2)
+        ],
+        1,
+    )
     torch.testing.assert_close(circuit._leaf_regions(leaf), gathered)
     values, log_w = torch.randn(6, 4, 9, dtype=torch.float64), torch.randn(4, 3, 9).double()
     log_w = torch.log_softmax(log_w, -1)
     torch.testing.assert_close(
-        circuit._sum_layer(values, log_w),
+        weighted_logsumexp(values, log_w),
         torch.logsumexp(values[:, :, None, :] + log_w, dim=-1),
     )
 
@@ -302,9 +307,9 @@ def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
     y = torch.arange(60) % 3
     x = torch.randn(60, 4) * 0.5 + 3.0 * y[:, None]  # class c sits near 3c
     circuit = UGMMCircuit(4, 3, depth=1, repetitions=6, channels=2, components=2)
-    before = circuit.root_logits.detach().clone()
+    before = circuit.root.logits.detach().clone()
     circuit.init_from_data(x, y, generator=torch.Generator().manual_seed(1), class_bias=5.0)
-    loc = circuit.leaf_loc.detach()  # (R, D, I, K)
+    loc = circuit.inputs.loc.detach()  # (R, D, I, K)
     rows = {tuple(row.tolist()): int(label) for row, label in zip(x, y, strict=True)}
     for r in range(6):
         for i in range(2):
@@ -312,8 +317,8 @@ def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
                 # one whole training example of class r mod 3 per channel and component
                 assert rows[tuple(loc[r, :, i, k].tolist())] == r % 3
     within = (x - torch.stack([x[y == c].mean(0) for c in range(3)])[y]).pow(2).mean(0).sqrt()
-    torch.testing.assert_close(circuit.leaf_scale.detach(), within.median().expand(loc.shape))
-    shift = (circuit.root_logits.detach() - before).reshape(3, 6, -1)
+    torch.testing.assert_close(circuit.inputs.scale.detach(), within.median().expand(loc.shape))
+    shift = (circuit.root.logits.detach() - before).reshape(3, 6, -1)
     for c in range(3):
         for r in range(6):
             assert torch.all(shift[c, r] == (5.0 if r % 3 == c else 0.0))

@@ -42,11 +42,10 @@ from pyro.optim import PyroOptim
 
 from . import distributed
 from .checkpoints import Checkpoint
-from .circuits import UGMMCircuit
 from .datasets import check_classification_data
 from .distributions import FlooredLogNormal
-from .layers import UGMMLayer, unique_pyro_name
-from .networks import Classifier, build_model
+from .layers import unique_pyro_name
+from .roles import Model
 from .training import LoopSettings, diverged, prepare_training, train_loop
 
 __all__ = [
@@ -58,6 +57,7 @@ __all__ = [
     "point_model",
     "pointwise_log_likelihood",
     "posterior_log_likelihood",
+    "predictive_logits",
     "predictive_probs",
     "prior_sites",
     "run_nuts",
@@ -66,26 +66,8 @@ __all__ = [
 
 PriorFactory = Callable[[str, torch.Tensor, torch.nn.Module], dist.Distribution]
 
-# Parameter kinds and the attributes that hold them, per owner type.
-LAYER_KINDS = ("loc", "scale", "logits")
-CIRCUIT_KINDS = ("loc", "scale", "logits", "sum_logits", "class_logits")
-CIRCUIT_DEFAULT_KINDS = ("loc", "scale", "logits", "sum_logits")
-
-
-def _circuit_attributes(circuit: UGMMCircuit, kind: str) -> list[str]:
-    if kind in ("loc", "scale", "logits"):
-        return [f"leaf_{kind}"]
-    if kind == "sum_logits":
-        return [f"sum_logits_{level}" for level in range(circuit.num_sum_layers)] + ["root_logits"]
-    return ["class_logits"]
-
-
-def _scale_floor(owner: torch.nn.Module) -> float:
-    if isinstance(owner, UGMMLayer):
-        return owner.scale_floor
-    if isinstance(owner, UGMMCircuit):
-        return float(owner.config["scale_floor"])
-    raise TypeError(f"no scale floor for {type(owner).__name__}")
+PARAMETER_KINDS = ("loc", "scale", "logits", "sum_logits", "class_logits")
+"""Kinds of parameters that take priors; modules name theirs in ``prior_parameters``."""
 
 
 def default_prior(
@@ -96,9 +78,8 @@ def default_prior(
     Args:
         kind: ``"loc"``, ``"scale"``, ``"logits"``, ``"sum_logits"`` or ``"class_logits"``.
         value: the parameter's current value (its shape is the prior's event shape).
-        owner: the :class:`~ugmm_prob.layers.UGMMLayer` or
-            :class:`~ugmm_prob.circuits.UGMMCircuit` the parameter belongs to (for scales:
-            its scale floor).
+        owner: the module the parameter belongs to (a :class:`~ugmm_prob.layers.UGMMLayer`,
+            a circuit's input or sum layer; for scales: its ``scale_floor``).
         prior_scale: standard deviation of the Normal priors.
 
     Returns:
@@ -109,7 +90,7 @@ def default_prior(
     if kind in ("loc", "logits", "sum_logits", "class_logits"):
         base: dist.Distribution = dist.Normal(zeros, prior_scale * torch.ones_like(value))
     elif kind == "scale":
-        base = FlooredLogNormal(zeros, torch.ones_like(value), _scale_floor(owner))
+        base = FlooredLogNormal(zeros, torch.ones_like(value), float(owner.scale_floor))
     else:
         raise ValueError(f"no default prior for parameter kind {kind!r}")
     return base.to_event(value.dim())
@@ -118,28 +99,33 @@ def default_prior(
 def _targets(
     model: torch.nn.Module, parameters: Iterable[str] | None
 ) -> list[tuple[torch.nn.Module, str, str]]:
-    """``(owner, attribute, kind)`` of every parameter that gets a prior."""
-    requested = None if parameters is None else tuple(parameters)
-    targets = []
-    for owner in model.modules():
-        if isinstance(owner, UGMMLayer):
-            allowed, kinds = LAYER_KINDS, requested or LAYER_KINDS
-        elif isinstance(owner, UGMMCircuit):
-            allowed, kinds = CIRCUIT_KINDS, requested or CIRCUIT_DEFAULT_KINDS
-        else:
-            continue
-        unknown = [kind for kind in kinds if kind not in allowed]
-        if unknown:
-            raise ValueError(
-                f"parameters must be among {', '.join(map(repr, allowed))} for "
-                f"{type(owner).__name__}, got {unknown}"
-            )
-        for kind in kinds:
-            attributes = (
-                [kind] if isinstance(owner, UGMMLayer) else _circuit_attributes(owner, kind)
-            )
-            targets += [(owner, attribute, kind) for attribute in attributes]
-    return targets
+    """``(owner, attribute, kind)`` of every parameter that gets a prior.
+
+    Every module that can carry priors says which of its attributes are of which kind in a
+    ``prior_parameters`` table (uGMM layers, a circuit's input and sum layers, the circuit's
+    class logits); the default is every kind but ``"class_logits"``.
+    """
+    owners = [
+        (owner, owner.prior_parameters)
+        for owner in model.modules()
+        if isinstance(getattr(type(owner), "prior_parameters", None), dict)
+    ]
+    allowed = tuple(k for k in PARAMETER_KINDS if any(k in t.values() for _, t in owners))
+    kinds = tuple(parameters) if parameters is not None else allowed
+    if parameters is None:
+        kinds = tuple(kind for kind in kinds if kind != "class_logits")
+    unknown = [kind for kind in kinds if kind not in allowed]
+    if unknown:
+        raise ValueError(
+            f"parameters must be among {', '.join(map(repr, allowed))} for "
+            f"{type(model).__name__}, got {unknown}"
+        )
+    return [
+        (owner, attribute, kind)
+        for owner, table in owners
+        for attribute, kind in table.items()
+        if kind in kinds
+    ]
 
 
 def _rename(module: PyroModule, name: str) -> None:
@@ -156,12 +142,12 @@ def _rename(module: PyroModule, name: str) -> None:
 
 
 def make_bayesian(
-    model: Classifier,
+    model: Model,
     *,
     parameters: Iterable[str] | None = None,
     prior: PriorFactory | None = None,
     prior_scale: float = 1.0,
-) -> Classifier:
+) -> Model:
     """A copy of ``model`` whose uGMM parameters are random variables with priors.
 
     Args:
@@ -191,7 +177,7 @@ def make_bayesian(
     _rename(bayesian, unique_pyro_name(type(model).__name__))
     targets = _targets(bayesian, parameters)
     if not targets:
-        raise ValueError(f"{type(model).__name__} has no UGMMLayer or UGMMCircuit to put priors on")
+        raise ValueError(f"{type(model).__name__} has no uGMM parameters to put priors on")
     for owner, attribute, kind in targets:
         value = getattr(owner, attribute).detach()
         distribution = (
@@ -229,7 +215,7 @@ def _check_bayesian(model: torch.nn.Module, caller: str) -> None:
 
 
 def sample_posterior(
-    model: Classifier,
+    model: Model,
     *args: Any,
     guide: Callable | None = None,
     posterior_samples: dict[str, torch.Tensor] | None = None,
@@ -289,7 +275,7 @@ class PosteriorLogLikelihood:
 
 
 def pointwise_log_likelihood(
-    model: Classifier, x: torch.Tensor, y: torch.Tensor | None = None
+    model: Model, x: torch.Tensor, y: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``log p_i`` of each example under the model's current parameters, shape ``(n,)``.
 
@@ -299,17 +285,13 @@ def pointwise_log_likelihood(
     was_training = model.training
     model.eval()
     try:
-        if isinstance(model, UGMMCircuit):
-            return model.log_prob(x, y)
-        if y is None:
-            raise ValueError(f"{type(model).__name__} is a classifier: give the labels y")
-        return log_likelihood_from_logits(model, model.logits(x), y)
+        return model.log_likelihood(x, y)
     finally:
         model.train(was_training)
 
 
 def log_likelihood_from_logits(
-    model: Classifier, logits: torch.Tensor, y: torch.Tensor | None
+    model: Model, logits: torch.Tensor, y: torch.Tensor | None
 ) -> torch.Tensor:
     """``log p_i`` from ``model.logits(x)``, for callers that need the logits anyway.
 
@@ -317,15 +299,11 @@ def log_likelihood_from_logits(
     ``log p(x_i)`` their log-sum-exp over ``c``. A classifier's give
     ``log p(y_i | x_i) = log_softmax(logits)[y_i]``.
     """
-    if isinstance(model, UGMMCircuit):
-        if y is None:
-            return torch.logsumexp(logits, -1)
-        return logits.gather(-1, y[:, None]).squeeze(-1)
-    return torch.log_softmax(logits, -1).gather(-1, y[:, None]).squeeze(-1)
+    return model.log_likelihood_from_logits(logits, y)
 
 
 def posterior_log_likelihood(
-    model: Classifier,
+    model: Model,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     *,
@@ -384,15 +362,15 @@ def _make_guide(guide: str | Callable, model: Callable, init_scale: float) -> Ca
     raise ValueError(f"guide must be 'normal', 'lowrank' or a Pyro guide, got {guide!r}")
 
 
-def predictive_probs(
-    model: Classifier,
+def predictive_logits(
+    model: Model,
     x: torch.Tensor,
     *,
     guide: Callable | None = None,
     posterior_samples: dict[str, torch.Tensor] | None = None,
     num_samples: int = 50,
 ) -> torch.Tensor:
-    """Class probabilities under posterior draws: ``(S, n, C)``.
+    """``model.logits(x)`` under posterior draws: ``(S, n, C)`` (evaluation mode).
 
     Draws come from a fitted ``guide`` (``num_samples`` of them) or from
     ``posterior_samples`` (e.g. ``run_nuts(...).get_samples()``).
@@ -412,14 +390,32 @@ def predictive_probs(
                 num_samples=None if posterior_samples is not None else num_samples,
                 return_sites=("_RETURN",),
             )
-            logits = predictive(x)["_RETURN"]
+            return predictive(x)["_RETURN"]
     finally:
         model.train(was_training)
+
+
+def predictive_probs(
+    model: Model,
+    x: torch.Tensor,
+    *,
+    guide: Callable | None = None,
+    posterior_samples: dict[str, torch.Tensor] | None = None,
+    num_samples: int = 50,
+) -> torch.Tensor:
+    """Class probabilities under posterior draws: ``(S, n, C)``.
+
+    Draws come from a fitted ``guide`` (``num_samples`` of them) or from
+    ``posterior_samples`` (e.g. ``run_nuts(...).get_samples()``).
+    """
+    logits = predictive_logits(
+        model, x, guide=guide, posterior_samples=posterior_samples, num_samples=num_samples
+    )
     return torch.softmax(logits, dim=-1)
 
 
 def run_nuts(
-    model: Classifier,
+    model: Model,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -448,7 +444,7 @@ def run_nuts(
     return mcmc
 
 
-def point_model(model: Classifier, values: dict[str, torch.Tensor]) -> Classifier:
+def point_model(model: Model, values: dict[str, torch.Tensor]) -> Model:
     """A point-estimate model with every random parameter of ``model`` fixed to ``values``.
 
     Args:
@@ -463,7 +459,7 @@ def point_model(model: Classifier, values: dict[str, torch.Tensor]) -> Classifie
     # Building draws initial values from the global RNG; keep it where training left it, so a
     # run that writes checkpoints follows the same random path as one that does not.
     with torch.random.fork_rng(devices=[]):
-        point = build_model(type(model).__name__, model.config)
+        point = type(model)(**model.config)
     point.load_state_dict(model.state_dict(), strict=False)
     prefix = model._pyro_name + "."
     for name, value in values.items():
@@ -522,7 +518,7 @@ class _VariationalTrainer:
 
     def __init__(
         self,
-        model: Classifier,
+        model: Model,
         guide: Callable,
         lr: float,
         num_particles: int,
@@ -578,11 +574,11 @@ class _VariationalTrainer:
         self.epoch += 1
         return {"lr": self._set_lr()}
 
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        probs = predictive_probs(
+    def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = predictive_logits(
             self.model, x, guide=self.guide, num_samples=self.predictive_samples
         )
-        return probs.mean(0)
+        return self.model.outputs_from_logit_draws(logits)
 
     def _parameters(self) -> dict[str, torch.Tensor]:
         return {
@@ -607,7 +603,7 @@ class _VariationalTrainer:
         self.svi.optim = self._optimizer()
         self.svi.optim.set_state(snapshot[1])
 
-    def checkpoint_model(self) -> Classifier:
+    def checkpoint_model(self) -> Model:
         if hasattr(self.guide, "median"):
             values = self.guide.median()
         else:
@@ -642,7 +638,7 @@ class _VariationalTrainer:
 
 
 def fit_svi(
-    model: Classifier,
+    model: Model,
     x: torch.Tensor,
     y: torch.Tensor,
     *,

@@ -25,37 +25,21 @@ import numpy as np
 import pyro
 import torch
 
-from .bayes import log_likelihood_from_logits, prior_sites, sample_posterior
-from .circuits import UGMMCircuit
-from .layers import UGMMLayer
-from .networks import Classifier
+from .bayes import prior_sites, sample_posterior
+from .roles import Model
 
 __all__ = ["to_inference_data"]
 
 
-def _circuit_dims(attribute: str) -> list[str]:
-    if attribute.startswith("leaf_"):
-        return ["repetition", "variable", "input_channel", "component"]
-    if attribute.startswith("sum_logits_"):
-        return ["repetition", *(f"{attribute}.{part}" for part in ("region", "channel", "child"))]
-    if attribute == "root_logits":
-        return ["class", "root_logits.child"]
-    return ["class"]  # class_logits
-
-
-def _site_dims(model: Classifier) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
-    """ArviZ ``dims`` of every prior site and ``coords`` numbering them."""
+def _site_dims(model: Model) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """ArviZ ``dims`` of every prior site (each owner module names its own) and ``coords``."""
     dims: dict[str, list[str]] = {}
     coords: dict[str, np.ndarray] = {}
     for name, (owner, attribute) in prior_sites(model).items():
-        shape = owner._pyro_samples[attribute].event_shape
-        if isinstance(owner, UGMMLayer):
-            short = owner._pyro_name.split(".", 1)[-1]
-            names = [f"{short}.neuron", f"{short}.input"]
-        elif isinstance(owner, UGMMCircuit):
-            names = _circuit_dims(attribute)
-        else:  # a user's own PyroSample: ArviZ numbers its dimensions itself
+        if not hasattr(owner, "prior_dims"):  # a user's own PyroSample: ArviZ numbers it
             continue
+        shape = owner._pyro_samples[attribute].event_shape
+        names = owner.prior_dims(attribute)
         dims[name] = names
         for dim, size in zip(names, shape, strict=True):
             coords[dim] = np.arange(size)
@@ -63,7 +47,7 @@ def _site_dims(model: Classifier) -> tuple[dict[str, list[str]], dict[str, np.nd
 
 
 def to_inference_data(
-    model: Classifier,
+    model: Model,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     *,
@@ -76,8 +60,9 @@ def to_inference_data(
     For draws ``theta_s`` (``s = 1..S``, one chain) the ``log_likelihood`` group holds
     ``log p(y_i | x_i, theta_s)`` (variable ``"y"``) for a classifier, and
     ``log p(x_i, y_i | theta_s)`` (or ``log p(x_i | theta_s)`` when ``y`` is None; variable
-    ``"x"``) for a :class:`~ugmm_prob.circuits.UGMMCircuit`. ``posterior_predictive`` holds
-    labels ``y ~ p(y | x_i, theta_s)`` and, for a circuit, replicated inputs
+    ``"x"``) for a density model such as :class:`~ugmm_prob.circuits.UGMMCircuit` (the
+    model's ``likelihood_site``). ``posterior_predictive`` holds labels
+    ``y ~ p(y | x_i, theta_s)`` and, for a density model, replicated inputs
     ``x ~ p(x | y_i, theta_s)`` (``p(x | theta_s)`` without labels).
 
     Args:
@@ -88,8 +73,8 @@ def to_inference_data(
         posterior_samples: draws from MCMC (``mcmc.get_samples()``), one chain.
         num_samples: draws taken from the guide.
     """
-    circuit = isinstance(model, UGMMCircuit)
-    if y is None and not circuit:
+    density = model.likelihood_site == "x"  # the model generates x: replicate it too
+    if y is None and model.requires_labels:
         raise ValueError(f"{type(model).__name__} is a classifier: to_inference_data needs y")
     args = (x,) if y is None else (x, y)
     draws = sample_posterior(
@@ -105,9 +90,9 @@ def to_inference_data(
             for s in range(count):
                 fixed = {name: value[s] for name, value in draws.items()}
                 with pyro.poutine.condition(data=fixed):
-                    logits = model.logits(x)  # a circuit's: log p(x, c)
-                    log_lik.append(log_likelihood_from_logits(model, logits, y))
-                    if circuit:
+                    logits = model.logits(x)  # a density model's: log p(x, c)
+                    log_lik.append(model.log_likelihood_from_logits(logits, y))
+                    if density:
                         predicted_x.append(model.sample(len(x), y)[0])
                 predicted_y.append(torch.distributions.Categorical(logits=logits).sample())
     finally:
@@ -117,7 +102,7 @@ def to_inference_data(
     dims["y"] = ["example"]
     if y is not None:
         observed["y"] = y.cpu().numpy()
-    if circuit:
+    if density:
         dims["x"] = ["example", "variable"]
         coords["variable"] = np.arange(model.num_vars)
         observed["x"] = x.cpu().numpy()
@@ -127,7 +112,7 @@ def to_inference_data(
         posterior=posterior,
         posterior_predictive=predictive,
         observed_data=observed,
-        log_likelihood={"x" if circuit else "y": torch.stack(log_lik).cpu().numpy()[None]},
+        log_likelihood={model.likelihood_site: torch.stack(log_lik).cpu().numpy()[None]},
         coords=coords,
         dims=dims,
     )

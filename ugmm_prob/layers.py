@@ -99,6 +99,14 @@ class UGMMLayer(PyroModule):
         torch.Size([3])
     """
 
+    prior_parameters = {"loc": "loc", "scale": "scale", "logits": "logits"}  # noqa: RUF012
+    """Attribute -> parameter kind for priors (:mod:`ugmm_prob.bayes`)."""
+
+    def prior_dims(self, attribute: str) -> list[str]:
+        """ArviZ dimension names of a parameter: ``{layer}.neuron``, ``{layer}.input``."""
+        short = self._pyro_name.split(".", 1)[-1]
+        return [f"{short}.neuron", f"{short}.input"]
+
     def __init__(
         self,
         in_features: int,

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accuracy", "expected_calibration_error", "negative_log_likelihood", "reliability"]
+__all__ = [
+    "accuracy",
+    "classification_metrics",
+    "expected_calibration_error",
+    "negative_log_likelihood",
+    "reliability",
+]
 
 
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
@@ -45,3 +51,12 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, *, bins: in
     """``ECE = sum_i (n_i / n) |acc_i - conf_i|`` over equal-width confidence bins."""
     confidence, acc, count = reliability(probs, y, bins=bins)
     return float((count / count.sum() * (acc - confidence).abs()).sum())
+
+
+def classification_metrics(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy, NLL (nats) and ECE of predicted class probabilities ``probs`` ``(n, C)``."""
+    return {
+        "accuracy": accuracy(probs, y),
+        "nll": negative_log_likelihood(probs, y),
+        "ece": expected_calibration_error(probs, y),
+    }

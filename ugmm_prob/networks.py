@@ -26,7 +26,9 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from .kernels import Backend
-from .layers import UGMMLayer, unique_pyro_name
+from .layers import UGMMLayer
+from .metrics import classification_metrics
+from .roles import MODEL_CLASSES, Model
 
 __all__ = [
     "CNNClassifier",
@@ -39,30 +41,13 @@ __all__ = [
     "build_model",
 ]
 
-MODEL_CLASSES: dict[str, type[Classifier]] = {}
 
-
-class Classifier(PyroModule):
-    """Base class: a network mapping inputs ``x`` to class logits.
+class Classifier(Model):
+    """Base class: a network mapping inputs ``x`` to class logits (the classifier role).
 
     Subclasses implement :meth:`logits` and record their constructor arguments in
     ``self.config`` (plain Python values), which is what checkpoints store to rebuild them.
     """
-
-    num_classes: int
-    config: dict[str, Any]
-
-    def __init__(self, name: str | None = None) -> None:
-        # A distinct Pyro name per instance: see ugmm_prob.layers.unique_pyro_name.
-        super().__init__(name=name or unique_pyro_name(type(self).__name__))
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        MODEL_CLASSES[cls.__name__] = cls
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalised class log-probabilities, shape ``(n, num_classes)``."""
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> dist.Categorical:
         """The predictive distribution ``p(y | x)``: ``Categorical(logits=self.logits(x))``."""
@@ -97,9 +82,39 @@ class Classifier(PyroModule):
         :meth:`UGMMStack.init_from_data`. Models without uGMM layers raise."""
         raise NotImplementedError(f"{type(self).__name__} has no data-dependent initialisation")
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The objective minimised by :func:`ugmm_prob.training.fit`: mean ``-log p(y | x)``."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} is a classifier: training needs labels y")
         return -self.log_prob(x, y).mean()
+
+    def log_likelihood_from_logits(
+        self, logits: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``log p(y_i | x_i) = log_softmax(logits)[y_i]``; ``y`` is required."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} is a classifier: give the labels y")
+        return torch.log_softmax(logits, -1).gather(-1, y[:, None]).squeeze(-1)
+
+    def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"probs": p(y | x)}`` ``(n, C)``."""
+        return {"probs": self.predict_proba(x)}
+
+    def outputs_from_logit_draws(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The posterior predictive ``(1/S) sum_s softmax(logits_s)``."""
+        return {"probs": torch.softmax(logits, -1).mean(0)}
+
+    def validation_metrics(
+        self, outputs: dict[str, torch.Tensor], y: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Accuracy, NLL and ECE of the predicted probabilities."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} is a classifier: metrics need labels y")
+        return classification_metrics(outputs["probs"], y)
+
+    def metric_names(self, labelled: bool) -> tuple[str, ...]:
+        """``accuracy``, ``nll`` and ``ece``."""
+        return ("accuracy", "nll", "ece")
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:

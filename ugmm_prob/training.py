@@ -3,9 +3,10 @@
 :func:`train_loop` is the one loop every kind of training runs through (a :class:`Trainer`
 supplies the update step): data order, minibatches split across ``torchrun`` ranks,
 progress bars, per-epoch metrics files, atomic checkpoints, resumption and the NaN guard.
-:func:`fit` trains point estimates of any model of the library through one small
-interface: the model's ``training_loss(x, y)`` (a scalar to minimise), ``predict_proba(x)``
-for the per-epoch metrics, ``num_classes`` and ``config`` (for checkpoints);
+:func:`fit` trains point estimates of any model of the library through its role
+(:mod:`ugmm_prob.roles`): ``training_loss(x, y)`` (a scalar to minimise; ``y`` is None for a
+density model fitted without labels), ``validation_outputs`` and ``validation_metrics`` for
+the per-epoch metrics, ``config`` (for checkpoints);
 :func:`ugmm_prob.bayes.fit_svi` runs variational inference through the same loop.
 
 Determinism: the data order of epoch ``e`` is a permutation drawn from ``seed + e``, and
@@ -34,8 +35,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .datasets import check_classification_data
-from .metrics import accuracy, expected_calibration_error, negative_log_likelihood
-from .networks import Classifier
+from .metrics import classification_metrics
+from .roles import Model
 
 __all__ = [
     "DeviceUnavailableError",
@@ -81,19 +82,24 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module) ->
 
 
 @torch.no_grad()
-def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Accuracy, negative log-likelihood (nats) and expected calibration error on ``(x, y)``."""
+def evaluate(model: Model, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+    """The model's validation metrics on ``(x, y)`` in evaluation mode.
+
+    A classifier: accuracy, negative log-likelihood of ``y`` (nats) and expected calibration
+    error. A density model: ``nll`` (nats per example of ``-log p(x, y)``, or ``-log p(x)``
+    without labels) and ``bits_per_dim``, plus the class posterior's ``accuracy``,
+    ``class_nll`` and ``ece`` with labels.
+    """
     device = resolve_device(None, model)
-    return classification_metrics(model.predict_proba(x.to(device)).cpu(), y.cpu())
-
-
-def classification_metrics(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Accuracy, NLL (nats) and ECE of predicted class probabilities ``probs`` ``(n, C)``."""
-    return {
-        "accuracy": accuracy(probs, y),
-        "nll": negative_log_likelihood(probs, y),
-        "ece": expected_calibration_error(probs, y),
-    }
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model.validation_outputs(x.to(device))
+    finally:
+        model.train(was_training)
+    return model.validation_metrics(
+        {k: v.cpu() for k, v in outputs.items()}, None if y is None else y.cpu()
+    )
 
 
 class _MetricsWriter:
@@ -141,20 +147,51 @@ def _load_scheduler_state(
     scheduler.load_state_dict(state)
 
 
+def check_unlabelled_data(x: torch.Tensor, *, name: str = "data") -> None:
+    """Check inputs without labels: a floating tensor ``(n >= 1, ...)`` of finite values."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{name}: x must be a floating tensor, got {found}")
+    if x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"{name}: x must have shape (n >= 1, features...), got {tuple(x.shape)}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{name}: x has {int(x.numel() - finite.sum())} non-finite value(s) out of {x.numel()}"
+        )
+
+
+def _check_pair(model: Model, x: torch.Tensor, y: torch.Tensor | None, name: str) -> None:
+    if y is not None:
+        check_classification_data(x, y, model.num_classes, name=name)
+    elif model.requires_labels:
+        raise ValueError(f"{name}: {type(model).__name__} needs labels y to train")
+    else:
+        check_unlabelled_data(x, name=name)
+
+
 def checked_data(
-    model: Classifier,
+    model: Model,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     x_val: torch.Tensor | None,
     y_val: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check training and validation data; the validation pair (training data if omitted)."""
-    check_classification_data(x, y, model.num_classes, name="training data")
-    if (x_val is None) != (y_val is None):
-        raise ValueError("give both x_val and y_val, or neither")
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check training and validation data; the validation pair (training data if omitted).
+
+    Labels are optional for density models (``model.requires_labels`` False); when the
+    training data have labels, so must the validation data, and the other way round.
+    """
+    _check_pair(model, x, y, "training data")
     if x_val is None:
+        if y_val is not None:
+            raise ValueError("y_val was given without x_val")
         return x, y
-    check_classification_data(x_val, y_val, model.num_classes, name="validation data")
+    if (y is None) != (y_val is None):
+        raise ValueError(
+            "give labels for both the training and the validation data, or for neither"
+        )
+    _check_pair(model, x_val, y_val, "validation data")
     return x_val, y_val
 
 
@@ -168,8 +205,8 @@ def _make_optimizer(
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
-SELECTION_METRICS = ("nll", "accuracy", "ece")
-"""Validation metrics ``keep_best`` can select the returned epoch by."""
+MAXIMISED_METRICS = ("accuracy",)
+"""Validation metrics where larger is better (``keep_best`` minimises all others)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,8 +225,11 @@ class LoopSettings:
     resume: bool = False
     keep_best: str | None = None
 
-    def check(self, x_val: torch.Tensor | None) -> None:
-        """Reject settings no training loop can run with, naming what was expected."""
+    def check(self, x_val: torch.Tensor | None, metrics: Sequence[str]) -> None:
+        """Reject settings no training loop can run with, naming what was expected.
+
+        ``metrics`` are the validation metrics the model reports (``keep_best`` must be one).
+        """
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError(
                 f"expected epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}"
@@ -198,33 +238,34 @@ class LoopSettings:
             raise ValueError("resume=True needs a checkpoint_path")
         if self.keep_best is None:
             return
-        if self.keep_best not in SELECTION_METRICS:
+        if self.keep_best not in metrics:
             raise ValueError(
-                f"keep_best must be one of {SELECTION_METRICS} or None, got {self.keep_best!r}"
+                f"keep_best must be one of {tuple(metrics)} or None, got {self.keep_best!r}"
             )
         if x_val is None:
             raise ValueError(
-                "keep_best selects an epoch on held-out data: give x_val and y_val (selecting "
-                "on the training data would pick the most overfitted epoch)"
+                "keep_best selects an epoch on held-out data: give x_val and y_val (x_val "
+                "alone for a density model fitted without labels; selecting on the training "
+                "data would pick the most overfitted epoch)"
             )
 
 
 def prepare_training(
-    model: Classifier,
+    model: Model,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     x_val: torch.Tensor | None,
     y_val: torch.Tensor | None,
     settings: LoopSettings,
     device: str | torch.device | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.device]:
     """What every training routine does before its loop: check the data and the settings,
     then move ``model`` to its device.
 
     Returns:
         The validation pair (the training data if none was given) and the device.
     """
-    settings.check(x_val)
+    settings.check(x_val, model.metric_names(labelled=y is not None))
     x_val, y_val = checked_data(model, x, y, x_val, y_val)
     device = resolve_device(device, model)
     model.to(device)
@@ -235,7 +276,7 @@ class _BestEpoch:
     """The epoch with the best validation metric so far, and the trainer's state after it."""
 
     def __init__(self, metric: str) -> None:
-        self.metric, self.sign = metric, -1.0 if metric == "accuracy" else 1.0
+        self.metric, self.sign = metric, -1.0 if metric in MAXIMISED_METRICS else 1.0
         self.epoch, self.value, self.snapshot = 0, math.inf, None
 
     def update(self, row: dict[str, Any], trainer: Trainer) -> None:
@@ -259,10 +300,12 @@ class Trainer(Protocol):
     across processes.
     """
 
-    model: Classifier
+    model: Model
     loss_name: str
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, *, weight: float, num_data: int) -> float:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor | None, *, weight: float, num_data: int
+    ) -> float:
         """One update on this rank's share ``(x, y)`` of a global minibatch.
 
         ``weight`` is ``len(x) * world_size / global_batch``: the factor that makes the
@@ -274,8 +317,8 @@ class Trainer(Protocol):
     def end_epoch(self) -> dict[str, Any]:
         """Called after each epoch's steps; returns extra fields of the history row."""
 
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for the per-epoch metrics."""
+    def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example outputs for the model's ``validation_metrics``."""
 
     def snapshot(self) -> Any:
         """A copy of everything an update changes, for :meth:`restore`."""
@@ -283,7 +326,7 @@ class Trainer(Protocol):
     def restore(self, snapshot: Any) -> None:
         """Return to a :meth:`snapshot`."""
 
-    def checkpoint_model(self) -> Classifier:
+    def checkpoint_model(self) -> Model:
         """The point-estimate model written into checkpoints."""
 
     def training_state(self) -> dict[str, Any]:
@@ -293,7 +336,7 @@ class Trainer(Protocol):
         """Continue from a checkpoint written by this kind of training."""
 
 
-def _check_resumable(checkpoint: Checkpoint, model: Classifier, path: Any) -> None:
+def _check_resumable(checkpoint: Checkpoint, model: Model, path: Any) -> None:
     if type(checkpoint.model) is not type(model) or checkpoint.model.config != model.config:
         raise ValueError(
             f"{path} holds a {type(checkpoint.model).__name__} with config "
@@ -304,9 +347,9 @@ def _check_resumable(checkpoint: Checkpoint, model: Classifier, path: Any) -> No
 def train_loop(
     trainer: Trainer,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     x_val: torch.Tensor,
-    y_val: torch.Tensor,
+    y_val: torch.Tensor | None,
     settings: LoopSettings,
     device: torch.device,
 ) -> list[dict[str, Any]]:
@@ -317,7 +360,7 @@ def train_loop(
     every ``W``-th example of each global minibatch, so the updates equal those of one
     process with the same global batch. Only rank 0 shows progress and writes files.
 
-    With ``keep_best`` (a validation metric: ``"nll"``, ``"accuracy"`` or ``"ece"``) the
+    With ``keep_best`` (a validation metric of the model, e.g. ``"nll"``) the
     trainer ends in its state after the epoch with the best value (the earliest on ties);
     each history row then has ``best_epoch``. Checkpoints still hold the last epoch, so
     training can resume, with the best state so far inside them.
@@ -370,7 +413,8 @@ def train_loop(
                 local, weight = index[:1], 0.0
             else:
                 weight = len(local) * ctx.world_size / len(index)
-            loss = trainer.step(x[local].to(device), y[local].to(device), weight=weight, num_data=n)
+            labels = None if y is None else y[local].to(device)
+            loss = trainer.step(x[local].to(device), labels, weight=weight, num_data=n)
             if not math.isfinite(loss):
                 trainer.restore(last_good)
                 where = f"{checkpoint_path}" if checkpoint_path else "no checkpoint file"
@@ -382,13 +426,14 @@ def train_loop(
             total += loss * len(index)
         extra = trainer.end_epoch()
         local_val = ctx.shard(torch.arange(len(x_val)))
-        probs = ctx.gather_rows(
-            trainer.predict_proba(x_val[local_val].to(device)).cpu(), len(x_val)
-        )
+        outputs = {
+            key: ctx.gather_rows(value.cpu(), len(x_val))
+            for key, value in trainer.validation_outputs(x_val[local_val].to(device)).items()
+        }
         row = {
             "epoch": epoch + 1,
             trainer.loss_name: total / max(n, 1),
-            **classification_metrics(probs, y_val.cpu()),
+            **trainer.model.validation_metrics(outputs, None if y_val is None else y_val.cpu()),
             **extra,
             "seconds": time.perf_counter() - started,
         }
@@ -397,7 +442,8 @@ def train_loop(
             row["best_epoch"] = best.epoch
         history.append(row)
         writer.write(row)
-        epoch_bar.set_postfix(loss=f"{row[trainer.loss_name]:.4f}", acc=f"{row['accuracy']:.4f}")
+        shown = "accuracy" if "accuracy" in row else "nll"
+        epoch_bar.set_postfix(loss=f"{row[trainer.loss_name]:.4f}", **{shown: f"{row[shown]:.4f}"})
         last_good = trainer.snapshot()
         if checkpoint_path is not None:
             if ctx.is_main:
@@ -438,11 +484,11 @@ def diverged(error: ValueError, parameters: Iterable[torch.Tensor] = ()) -> bool
 class _LossModule(torch.nn.Module):
     """``model.training_loss`` as a module's forward, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, model: Classifier) -> None:
+    def __init__(self, model: Model) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return self.model.training_loss(x, y)
 
 
@@ -453,7 +499,7 @@ class _PointEstimateTrainer:
 
     def __init__(
         self,
-        model: Classifier,
+        model: Model,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.MultiStepLR,
         device: torch.device,
@@ -467,7 +513,9 @@ class _PointEstimateTrainer:
                 self.loss, device_ids=[device.index] if device.type == "cuda" else None
             )
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, *, weight: float, num_data: int) -> float:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor | None, *, weight: float, num_data: int
+    ) -> float:
         try:
             loss = self.loss(x, y)
         except ValueError as error:
@@ -488,8 +536,13 @@ class _PointEstimateTrainer:
         self.scheduler.step()
         return {"lr": self.optimizer.param_groups[0]["lr"]}
 
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.predict_proba(x)
+    def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model.validation_outputs(x)
+        finally:
+            self.model.train(was_training)
 
     def snapshot(self) -> Any:
         return copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
@@ -498,7 +551,7 @@ class _PointEstimateTrainer:
         self.model.load_state_dict(snapshot[0])
         self.optimizer.load_state_dict(snapshot[1])
 
-    def checkpoint_model(self) -> Classifier:
+    def checkpoint_model(self) -> Model:
         return self.model
 
     def training_state(self) -> dict[str, Any]:
@@ -514,9 +567,9 @@ class _PointEstimateTrainer:
 
 
 def fit(
-    model: Classifier,
+    model: Model,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None = None,
     *,
     x_val: torch.Tensor | None = None,
     y_val: torch.Tensor | None = None,
@@ -544,10 +597,13 @@ def fit(
     path as in one process; only rank 0 shows progress and writes files.
 
     Args:
-        model: a model of the library (e.g. :class:`~ugmm_prob.networks.UGMMClassifier`).
-        x, y: training inputs ``(n, ...)`` and integer labels ``(n,)``.
-        x_val, y_val: data for the per-epoch metrics (accuracy, NLL, ECE); the training
-            data when omitted.
+        model: a model of the library (e.g. :class:`~ugmm_prob.networks.UGMMClassifier`,
+            :class:`~ugmm_prob.circuits.UGMMCircuit`).
+        x, y: training inputs ``(n, ...)`` and integer labels ``(n,)``; a density model
+            (e.g. a circuit) may be fitted to ``x`` alone.
+        x_val, y_val: data for the per-epoch metrics (a classifier's accuracy, NLL, ECE; a
+            density model's NLL and bits per dimension, with labels also accuracy, class
+            NLL and ECE); the training data when omitted.
         epochs: total number of epochs (including those already done when resuming).
         batch_size: global minibatch size; the last minibatch of an epoch may be smaller.
         optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``); ``lr``, ``weight_decay``.
@@ -559,14 +615,15 @@ def fit(
         metrics_path: ``.csv`` or ``.jsonl`` file receiving one row per epoch.
         checkpoint_path: checkpoint written atomically after every epoch.
         resume: continue from ``checkpoint_path`` if it exists.
-        keep_best: ``"nll"``, ``"accuracy"`` or ``"ece"``: end with the parameters of the
-            epoch with the best value of that metric on ``(x_val, y_val)`` (early stopping
-            without stopping; needs held-out validation data). The checkpoint file keeps
-            the last epoch so that training can resume.
+        keep_best: a validation metric of the model (``"nll"``, ``"accuracy"``, ``"ece"``;
+            a density model's ``"nll"`` is its held-out ``-log p(x[, y])``): end with the
+            parameters of the epoch with the best value of that metric on ``x_val`` (early
+            stopping without stopping; needs held-out validation data). The checkpoint file
+            keeps the last epoch so that training can resume.
 
     Returns:
-        The per-epoch history: dicts with ``epoch``, ``loss``, ``accuracy``, ``nll``,
-        ``ece``, ``lr`` and ``seconds`` (and ``best_epoch`` with ``keep_best``).
+        The per-epoch history: dicts with ``epoch``, ``loss``, the validation metrics,
+        ``lr`` and ``seconds`` (and ``best_epoch`` with ``keep_best``).
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf. The model (and optimiser) are

@@ -1,11 +1,35 @@
-"""Probabilistic circuits with uGMM input units: region graphs, the circuit, its queries.
+"""Probabilistic circuits with uGMM input units, built from layers over a region graph.
 
-:class:`UGMMCircuit` is normalised by construction (smooth and decomposable), so it gives
-exact log-likelihoods, marginals, class posteriors, samples and max-product MPE; calling it
-returns a :class:`CircuitDistribution` (a Pyro distribution over ``x``).
+- :mod:`~ugmm_prob.circuits.region_graphs`: which variables each product splits (random
+  binary trees, quad-trees over images, data-driven trees);
+- :mod:`~ugmm_prob.circuits.inputs`: input layers behind one interface (uGMM Gaussian
+  mixtures with tied inputs; categorical units for discrete data);
+- :mod:`~ugmm_prob.circuits.layers`: product and sum layers (log-einsum-exp);
+- :mod:`~ugmm_prob.circuits.circuit`: :class:`UGMMCircuit`, assembled from a region graph,
+  with one upward and one downward pass over its layers;
+- :mod:`~ugmm_prob.circuits.distribution`: :class:`CircuitDistribution`, what calling a
+  circuit returns.
+
+A circuit is normalised by construction (smooth and decomposable), so it gives exact
+log-likelihoods, marginals, class posteriors, samples and max-product MPE.
 """
 
-from .circuit import CircuitDistribution, UGMMCircuit
-from .region_graph import RandomBinaryTrees
+from .circuit import UGMMCircuit
+from .distribution import CircuitDistribution
+from .inputs import CategoricalInput, GaussianMixtureInput, InputLayer
+from .layers import ProductLayer, SumLayer
+from .region_graphs import RegionGraph, data_driven_tree, quad_tree, random_binary_trees
 
-__all__ = ["CircuitDistribution", "RandomBinaryTrees", "UGMMCircuit"]
+__all__ = [
+    "CategoricalInput",
+    "CircuitDistribution",
+    "GaussianMixtureInput",
+    "InputLayer",
+    "ProductLayer",
+    "RegionGraph",
+    "SumLayer",
+    "UGMMCircuit",
+    "data_driven_tree",
+    "quad_tree",
+    "random_binary_trees",
+]

@@ -1,0 +1,291 @@
+"""Input layers of a circuit: ``R x D x I`` univariate units, behind one interface.
+
+Unit ``(r, d, i)`` is a normalised distribution ``p_{r,d,i}(x_d)`` over variable ``d``,
+used by leaf regions of repetition ``r``. :class:`InputLayer` is what the circuit asks of
+any kind of unit: log-densities at observed values, their max-product twins and modes (for
+MPE), draws of selected units, exact moments, initialisation from training examples, and
+what :mod:`ugmm_prob.bayes` and the ArviZ export need to know (which parameters take priors,
+their dimension names). A new kind of input is one new subclass.
+
+- :class:`GaussianMixtureInput`: uGMM neurons with tied inputs, ``K``-component univariate
+  Gaussian mixtures (the default; continuous data);
+- :class:`CategoricalInput`: a categorical distribution over ``0..V-1`` (e.g. 8-bit pixels
+  with ``V = 256``), for discrete data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+
+from ..distributions import neuron_mixture
+from ..kernels import tied_mixture_log_density
+
+__all__ = ["INPUT_TYPES", "CategoricalInput", "GaussianMixtureInput", "InputLayer"]
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class InputLayer(PyroModule):
+    """``R x D x I`` univariate input units (abstract).
+
+    Subclasses define :meth:`log_density`, :meth:`max_log_density`, :meth:`max_missing`,
+    :meth:`draw`, :meth:`moments`, :meth:`init_from_examples`, :attr:`support` and the
+    Bayesian bookkeeping :attr:`prior_parameters` / :meth:`prior_dims`.
+    """
+
+    support: ClassVar[constraints.Constraint]
+    """The values one variable can take."""
+    prior_parameters: ClassVar[dict[str, str]]
+    """Attribute -> parameter kind (``"loc"``, ``"scale"``, ``"logits"``) for priors."""
+    examples_per_unit: ClassVar[int] = 1
+    """How many training examples :meth:`init_from_examples` reads per unit."""
+
+    def __init__(self, num_vars: int, repetitions: int, channels: int) -> None:
+        super().__init__()
+        if min(num_vars, repetitions, channels) < 1:
+            raise ValueError(
+                f"{type(self).__name__}: expected num_vars, repetitions and channels >= 1, got "
+                f"{num_vars}, {repetitions}, {channels}"
+            )
+        self.num_vars, self.repetitions, self.channels = num_vars, repetitions, channels
+
+    def log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p_{r,d,i}(x_{b,d})`` for ``x`` ``(B, D)`` in the support: ``(B, R, D, I)``."""
+        raise NotImplementedError
+
+    def max_log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """The max-product value of each unit at ``x`` (a mixture's best component)."""
+        return self.log_density(x)
+
+    def max_missing(self) -> torch.Tensor:
+        """``max_v`` of :meth:`max_log_density` over the support, ``(R, D, I)``."""
+        raise NotImplementedError
+
+    def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
+        """One value per variable from unit ``(rep[b], d, channel[b, d])``: ``(B, D)``.
+
+        ``mode=False`` samples it exactly; ``mode=True`` gives the value at which the unit's
+        max-product value peaks (a mixture's most peaked component's mean).
+        """
+        raise NotImplementedError
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact mean and second raw moment ``E[x^2]`` of every unit, each ``(R, D, I)``."""
+        raise NotImplementedError
+
+    def init_from_examples(self, examples: torch.Tensor, spread: torch.Tensor) -> None:
+        """Start every unit near training values.
+
+        Args:
+            examples: ``(R, D, I, M)`` values of variable ``d`` in ``M =``
+                :attr:`examples_per_unit` training rows chosen for unit ``(r, d, i)``.
+            spread: ``(D,)`` typical within-group standard deviation of each variable.
+        """
+        raise NotImplementedError
+
+    def prior_dims(self, attribute: str) -> list[str]:
+        """ArviZ dimension names of a parameter that has a prior."""
+        raise NotImplementedError
+
+    def fill_value(self) -> float:
+        """A value in the support, put where a variable is missing before evaluation."""
+        return 0.0
+
+    def check_values(self, x: torch.Tensor, observed: torch.Tensor | None) -> None:
+        """Raise a clear error when an observed entry of ``x`` lies outside the support."""
+        bad = ~self.support.check(x)
+        if observed is not None:
+            bad &= observed
+        if bool(bad.any()):
+            raise ValueError(
+                f"{type(self).__name__}: {int(bad.sum())} observed value(s) outside the "
+                f"support ({self.describe_support()}), e.g. {float(x[bad][0])}"
+            )
+
+    def describe_support(self) -> str:
+        """The support in words, for error messages."""
+        return "finite real numbers"
+
+
+class GaussianMixtureInput(InputLayer):
+    """uGMM neurons with tied inputs: ``p(x_d) = sum_k pi_k N(x_d | mu_k, sigma_k^2)``.
+
+    Parameters ``loc``, ``scale`` (``>= scale_floor``) and mixing ``logits``, each
+    ``(R, D, I, K)``. Log-densities go through the fused kernel
+    :func:`~ugmm_prob.kernels.tied_mixture_log_density`.
+    """
+
+    support = constraints.real
+    prior_parameters: ClassVar[dict[str, str]] = {
+        "loc": "loc",
+        "scale": "scale",
+        "logits": "logits",
+    }
+
+    def __init__(
+        self,
+        num_vars: int,
+        repetitions: int,
+        channels: int,
+        *,
+        components: int = 2,
+        scale_floor: float = 1e-2,
+    ) -> None:
+        super().__init__(num_vars, repetitions, channels)
+        if components < 1 or not scale_floor > 0:
+            raise ValueError(
+                f"GaussianMixtureInput: expected components >= 1 and scale_floor > 0, got "
+                f"{components}, {scale_floor}"
+            )
+        self.scale_floor = float(scale_floor)
+        shape = (repetitions, num_vars, channels, components)
+        self.loc = PyroParam(torch.randn(shape))
+        self.scale = PyroParam(torch.ones(shape), constraint=self._floor())
+        self.logits = PyroParam(torch.zeros(shape))
+
+    @property
+    def examples_per_unit(self) -> int:  # type: ignore[override]
+        """One training value per mixture component."""
+        return self.loc.shape[-1]
+
+    def _floor(self) -> constraints.Constraint:
+        return constraints.greater_than(self.scale_floor)
+
+    @property
+    def mixture(self) -> dist.MixtureSameFamily:
+        """Every unit as one mixture with batch shape ``(R, D, I)``."""
+        return neuron_mixture(self.loc, self.scale, self.logits)
+
+    def log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """``log sum_k pi_k N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I)``."""
+        return tied_mixture_log_density(x, self.loc, self.scale, self.logits)
+
+    def _component_log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """``log pi_k + log N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I, K)``."""
+        log_w = torch.log_softmax(self.logits, -1)
+        return log_w + dist.Normal(self.loc, self.scale).log_prob(x[:, None, :, None, None])
+
+    def max_log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """The best component: ``max_k (log pi_k + log N(x_d | mu_k, sigma_k^2))``."""
+        return self._component_log_density(x).amax(-1)
+
+    def _peaks(self) -> torch.Tensor:
+        """Each component's weighted density at its mean, ``log pi_k - log sigma_k - ...``."""
+        return torch.log_softmax(self.logits, -1) - torch.log(self.scale) - LOG_SQRT_2PI
+
+    def max_missing(self) -> torch.Tensor:
+        """The highest weighted component peak of each unit."""
+        return self._peaks().amax(-1)
+
+    def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
+        """A draw (or the most peaked component's mean) of the selected units."""
+        variables = torch.arange(self.num_vars, device=channel.device)
+        index = (rep[:, None], variables[None, :], channel)
+        loc, scale = self.loc[index], self.scale[index]  # (B, D, K)
+        if mode:
+            component = self._peaks()[index].argmax(-1, keepdim=True)
+            return loc.gather(-1, component).squeeze(-1)
+        component = dist.Categorical(logits=self.logits[index]).sample()[..., None]
+        mean, sd = loc.gather(-1, component), scale.gather(-1, component)
+        return (mean + sd * torch.randn_like(mean)).squeeze(-1)
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E[x] = sum_k pi_k mu_k`` and ``E[x^2] = sum_k pi_k (sigma_k^2 + mu_k^2)``."""
+        w = torch.softmax(self.logits, -1)
+        return (w * self.loc).sum(-1), (w * (self.scale**2 + self.loc**2)).sum(-1)
+
+    @torch.no_grad()
+    def init_from_examples(self, examples: torch.Tensor, spread: torch.Tensor) -> None:
+        """Component ``k`` of unit ``(r, d, i)`` at the ``k``-th example's value; every scale
+        the variable's ``spread`` (at least twice the floor); equal mixing weights."""
+        dtype = self.loc.dtype
+        scale = spread.to(examples).clamp_min(2 * self.scale_floor)
+        self.loc = PyroParam(examples.to(dtype).contiguous())
+        self.scale = PyroParam(
+            scale[None, :, None, None].expand_as(examples).to(dtype).contiguous(),
+            constraint=self._floor(),
+        )
+        self.logits = PyroParam(torch.zeros_like(self.loc))
+
+    def prior_dims(self, attribute: str) -> list[str]:
+        """``repetition, variable, input_channel, component``."""
+        return ["repetition", "variable", "input_channel", "component"]
+
+
+class CategoricalInput(InputLayer):
+    """A categorical distribution over the integers ``0..V-1``: ``p(x_d = v) = softmax(l)_v``.
+
+    Parameter ``logits`` ``(R, D, I, V)``. Values must be integers in range (stored in a
+    floating tensor like every circuit input, e.g. 8-bit pixels as ``0.0 .. 255.0``).
+    """
+
+    prior_parameters: ClassVar[dict[str, str]] = {"logits": "logits"}
+
+    def __init__(self, num_vars: int, repetitions: int, channels: int, *, num_values: int = 256):
+        super().__init__(num_vars, repetitions, channels)
+        if num_values < 2:
+            raise ValueError(f"CategoricalInput: expected num_values >= 2, got {num_values}")
+        self.num_values = int(num_values)
+        self.logits = PyroParam(0.01 * torch.randn(repetitions, num_vars, channels, num_values))
+
+    @property
+    def support(self) -> constraints.Constraint:  # type: ignore[override]
+        """``integer_interval(0, V - 1)``."""
+        return constraints.integer_interval(0, self.num_values - 1)
+
+    def describe_support(self) -> str:
+        """The support in words."""
+        return f"integers 0..{self.num_values - 1}"
+
+    def _log_probs(self) -> torch.Tensor:
+        return torch.log_softmax(self.logits, -1)
+
+    def log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p_{r,d,i}(x_d)``, gathered from the normalised logits: ``(B, R, D, I)``."""
+        table = self._log_probs().permute(1, 3, 0, 2)  # (D, V, R, I)
+        variables = torch.arange(self.num_vars, device=x.device)
+        values = table[variables, x.long()]  # (B, D, R, I)
+        return values.permute(0, 2, 1, 3)
+
+    def max_missing(self) -> torch.Tensor:
+        """``max_v log p(v)`` of each unit."""
+        return self._log_probs().amax(-1)
+
+    def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
+        """A draw (or the most probable value) of the selected units, as floats."""
+        variables = torch.arange(self.num_vars, device=channel.device)
+        logits = self.logits[rep[:, None], variables[None, :], channel]  # (B, D, V)
+        value = logits.argmax(-1) if mode else dist.Categorical(logits=logits).sample()
+        return value.to(self.logits.dtype)
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E[x] = sum_v v p(v)`` and ``E[x^2] = sum_v v^2 p(v)``."""
+        p = torch.softmax(self.logits, -1)
+        values = torch.arange(self.num_values, dtype=p.dtype, device=p.device)
+        return (p * values).sum(-1), (p * values**2).sum(-1)
+
+    @torch.no_grad()
+    def init_from_examples(self, examples: torch.Tensor, spread: torch.Tensor) -> None:
+        """Each unit a discretised Gaussian around its example's value with the variable's
+        ``spread`` (at least 1), so no value starts with probability 0."""
+        values = torch.arange(self.num_values, dtype=self.logits.dtype, device=examples.device)
+        centre = examples[..., :1].to(values.dtype)  # (R, D, I, 1)
+        width = spread.to(values).clamp_min(1.0)[None, :, None, None]
+        self.logits = PyroParam((-0.5 * ((values - centre) / width) ** 2).contiguous())
+
+    def prior_dims(self, attribute: str) -> list[str]:
+        """``repetition, variable, input_channel, value``."""
+        return ["repetition", "variable", "input_channel", "value"]
+
+
+INPUT_TYPES: dict[str, type[InputLayer]] = {
+    "gaussian": GaussianMixtureInput,
+    "categorical": CategoricalInput,
+}
+"""Input layers by the name :class:`~ugmm_prob.circuits.UGMMCircuit` takes (``inputs=``)."""

@@ -1,0 +1,123 @@
+"""Product and sum layers of a circuit, over values in log space.
+
+Values of one level are a tensor ``(B, R, P, W)``: batch, repetition, region (in heap order,
+see :mod:`~ugmm_prob.circuits.region_graphs`), and the ``W`` units of each region.
+
+- :class:`ProductLayer` multiplies every unit of region ``2q`` with every unit of its
+  sibling ``2q + 1`` (disjoint scopes: decomposable), ``W_out = W_left * W_right``;
+- :class:`SumLayer` gives each region ``S`` normalised mixtures of its ``Q`` inputs (equal
+  scopes: smooth), computed with the max shift (log-einsum-exp) so that the inner work is a
+  batched matrix product, ``log sum_q w_q e^{v_q} = m + log sum_q w_q e^{v_q - m}``; with
+  ``mode="max"`` the max-product value ``max_q (log w_q + v_q)``.
+
+Both also run downwards: :meth:`ProductLayer.child_units` maps a chosen product unit to the
+units of the two children, :meth:`SumLayer.choose` picks one input of each chosen sum unit
+(at random in proportion to ``w_q e^{v_q}`` for sampling, or the best for MPE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pyro.nn import PyroModule, PyroParam
+
+__all__ = ["ProductLayer", "SumLayer", "weighted_logsumexp", "weighted_max"]
+
+Chooser = Callable[[torch.Tensor], torch.Tensor]
+"""Maps unnormalised log-probabilities ``(..., Q)`` to indices ``(...)``."""
+
+
+def weighted_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """``out[b, g, s] = log sum_q exp(log_weights[g, s, q] + values[b, g, q])``.
+
+    ``values`` ``(B, G, Q)``, normalised ``log_weights`` ``(G, S, Q)``. Shifting by
+    ``m = max_q values`` makes the sum a batched matrix product of ``exp(values - m)``
+    (entries <= 1, at least one equal to 1) with the weights.
+    """
+    shift = values.amax(dim=-1, keepdim=True).detach()
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    scaled = torch.einsum("bgq,gsq->bgs", (values - shift).exp(), log_weights.exp())
+    return scaled.log() + shift
+
+
+def weighted_max(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """The max-product twin of :func:`weighted_logsumexp`: ``max_q (log w + v)``."""
+    return (values[:, :, None, :] + log_weights).amax(dim=-1)
+
+
+class ProductLayer(torch.nn.Module):
+    """Products of sibling regions: ``(B, R, 2P, W) -> (B, R, P, W * W)``.
+
+    Unit ``u * W + v`` of region ``q`` is unit ``u`` of region ``2q`` times unit ``v`` of
+    region ``2q + 1`` (a sum of log-values).
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = int(width)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """The log-values of all products of sibling units."""
+        left, right = values[:, :, 0::2], values[:, :, 1::2]
+        return (left[..., :, None] + right[..., None, :]).flatten(-2)
+
+    def child_units(self, unit: torch.Tensor) -> torch.Tensor:
+        """Chosen product units ``(B, P)`` -> the child units they multiply ``(B, 2P)``."""
+        return torch.stack([unit // self.width, unit % self.width], dim=-1).flatten(-2)
+
+
+class SumLayer(PyroModule):
+    """``S`` mixtures per region of the region's ``Q`` input units, for ``R x P`` regions.
+
+    Parameter ``logits`` ``(R, P, S, Q)``; the weights are ``softmax(logits, -1)``.
+    """
+
+    prior_parameters = {"logits": "sum_logits"}  # noqa: RUF012 - read-only table
+    """Attribute -> parameter kind for priors (:mod:`ugmm_prob.bayes`)."""
+
+    def __init__(
+        self, repetitions: int, regions: int, sums: int, inputs: int, *, init_scale: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.logits = PyroParam(init_scale * torch.randn(repetitions, regions, sums, inputs))
+
+    def log_weights(self) -> torch.Tensor:
+        """Normalised log-weights ``(R, P, S, Q)``."""
+        return torch.log_softmax(self.logits, dim=-1)
+
+    def forward(self, values: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+        """``(B, R, P, Q) -> (B, R, P, S)``: log-sums (``"sum"``) or max-products (``"max"``)."""
+        batch, reps, regions, inputs = values.shape
+        log_w = self.log_weights()
+        combine = weighted_logsumexp if mode == "sum" else weighted_max
+        out = combine(
+            values.reshape(batch, reps * regions, inputs),
+            log_w.reshape(reps * regions, *log_w.shape[2:]),
+        )
+        return out.reshape(batch, reps, regions, -1)
+
+    def choose(
+        self, values: torch.Tensor, rep: torch.Tensor, unit: torch.Tensor, chooser: Chooser
+    ) -> torch.Tensor:
+        """One input of each chosen sum unit, weighted by ``w_q e^{v_q}``.
+
+        Args:
+            values: this layer's inputs ``(B, R, P, Q)`` (from evidence, or all 0).
+            rep: repetition of each example ``(B,)``.
+            unit: chosen sum unit of every region ``(B, P)``.
+            chooser: sampling or argmax over the last dimension.
+
+        Returns:
+            The chosen input of every region ``(B, P)``.
+        """
+        batch = torch.arange(len(rep), device=rep.device)
+        regions = torch.arange(unit.shape[1], device=rep.device)[None, :]
+        log_w = self.log_weights()[rep[:, None], regions, unit]  # (B, P, Q)
+        return chooser(log_w + values[batch, rep])
+
+    def prior_dims(self, attribute: str) -> list[str]:
+        """This layer's ``repetition``, ``region``, ``sum`` and ``input`` axes, named after
+        its place in the circuit (``sums.0.region``, ``root.sum``, ...)."""
+        label = self._pyro_name.split(".", 1)[-1] if self._pyro_name else "sum"
+        return [f"{label}.{axis}" for axis in ("repetition", "region", "sum", "input")]

@@ -1,0 +1,214 @@
+"""The roles a model plays, and the small interface every other part of the library uses.
+
+Training (:func:`ugmm_prob.training.fit`, :func:`ugmm_prob.bayes.fit_svi`), the Bayesian
+treatment, the ArviZ export and the command line never ask *which* model they hold; they call
+the methods of its role:
+
+- :class:`Model`, every model: a ``PyroModule`` under a Pyro name of its own, ``config`` (the
+  constructor arguments that rebuild it), ``training_loss(x, y)``, per-example
+  ``validation_outputs`` and the ``validation_metrics`` computed from them,
+  ``log_likelihood(x, y)`` (the likelihood of the data it models, for posterior
+  log-likelihoods and ArviZ) and ``likelihood_site`` (``"y"`` or ``"x"``);
+- a *classifier* (:class:`ugmm_prob.networks.Classifier`) models ``p(y | x)``: it needs labels,
+  its likelihood is ``log p(y | x)`` and its metrics are accuracy, NLL and ECE;
+- a :class:`DensityModel` models ``x`` itself (and, with ``C > 1`` classes, ``p(x, c)``): it
+  trains without labels, its likelihood is ``log p(x)`` or ``log p(x, y)``, its metrics are
+  the negative log-likelihood per example and bits per dimension, plus the class posterior's
+  accuracy, NLL and ECE when there are labels and classes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from .layers import unique_pyro_name
+from .metrics import classification_metrics
+
+__all__ = ["DensityModel", "Model", "density_metrics"]
+
+MODEL_CLASSES: dict[str, type[Model]] = {}
+"""Every model class of the library by name (filled as the classes are defined)."""
+
+
+class Model(PyroModule):
+    """What every model of the library answers (see the module docstring).
+
+    Subclasses record their constructor arguments in ``self.config`` (plain Python values),
+    which is what checkpoints store to rebuild them.
+    """
+
+    config: dict[str, Any]
+    num_classes: int
+    requires_labels: bool = True
+    """Whether :meth:`training_loss` needs labels ``y``."""
+    likelihood_site: str = "y"
+    """The observed Pyro site of :meth:`model`: ``"y"`` (labels) or ``"x"`` (the inputs)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        # A distinct Pyro name per instance: see ugmm_prob.layers.unique_pyro_name.
+        super().__init__(name=name or unique_pyro_name(type(self).__name__))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised class log-probabilities ``(n, C)``: ``softmax`` gives ``p(c | x)``."""
+        raise NotImplementedError
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar :func:`~ugmm_prob.training.fit` minimises on a minibatch."""
+        raise NotImplementedError
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p`` of each example of the data this model describes, shape ``(n,)``."""
+        return self.log_likelihood_from_logits(self.logits(x), y)
+
+    def log_likelihood_from_logits(
+        self, logits: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        """:meth:`log_likelihood` from ``self.logits(x)``, for callers that have them."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example outputs ``{name: (n, ...)}`` from which :meth:`validation_metrics`
+        scores a model (rows can be gathered across ``torchrun`` ranks)."""
+        raise NotImplementedError
+
+    def outputs_from_logit_draws(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`validation_outputs` of the posterior predictive, from ``(S, n, C)`` logits
+        under ``S`` parameter draws."""
+        raise NotImplementedError
+
+    def validation_metrics(
+        self, outputs: dict[str, torch.Tensor], y: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Metrics (plain floats) of :meth:`validation_outputs` against labels ``y``."""
+        raise NotImplementedError
+
+    def metric_names(self, labelled: bool) -> tuple[str, ...]:
+        """The names :meth:`validation_metrics` returns (``keep_best`` picks among them)."""
+        raise NotImplementedError
+
+
+def density_metrics(joint: torch.Tensor, y: torch.Tensor | None, num_vars: int) -> dict[str, float]:
+    """Metrics of a density model from ``joint[i, c] = log p(x_i, c)`` ``(n, C)``.
+
+    ``nll``: mean ``-log p(x_i, y_i)`` (``-log p(x_i)`` without labels) in nats per example;
+    ``bits_per_dim``: the same in bits per variable; with labels and ``C > 1`` also the class
+    posterior's ``accuracy``, ``class_nll`` and ``ece``.
+    """
+    joint = joint.double()
+    if y is None:
+        log_p = torch.logsumexp(joint, -1)
+    else:
+        log_p = joint.gather(-1, y[:, None].to(joint.device)).squeeze(-1)
+    nll = float(-log_p.mean())
+    metrics = {"nll": nll, "bits_per_dim": nll / (num_vars * math.log(2))}
+    if y is not None and joint.shape[-1] > 1:
+        classes = classification_metrics(torch.softmax(joint, -1), y.to(joint.device))
+        metrics |= {
+            "accuracy": classes["accuracy"],
+            "class_nll": classes["nll"],
+            "ece": classes["ece"],
+        }
+    return metrics
+
+
+class DensityModel(Model):
+    """A normalised density ``p(x)`` (and ``p(x, c)`` with ``C`` classes).
+
+    Subclasses implement :meth:`joint_log_prob` (``log p(x, c)`` for every class, with
+    ``mask`` marginalising unobserved variables), ``num_vars``, ``num_classes`` and
+    :meth:`sample`. Labels are optional everywhere: without them the likelihood is
+    ``log p(x)``.
+    """
+
+    requires_labels = False
+    likelihood_site = "x"
+    num_vars: int
+
+    def joint_log_prob(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(x_obs, c)`` for every class, shape ``(..., C)``."""
+        raise NotImplementedError
+
+    def sample(
+        self, num_samples: int, c: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact samples ``(x, c)``."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x, c)``: its softmax over ``c`` is the exact ``p(c | x)``."""
+        return self.joint_log_prob(x)
+
+    def log_prob(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``log p(x)`` (``y`` None) or ``log p(x, y)``; marginal over unobserved variables."""
+        return self.log_likelihood_from_logits(self.joint_log_prob(x, mask), y)
+
+    def log_likelihood_from_logits(
+        self, logits: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``log p(x, y)`` (the entry of ``y``) or ``log p(x)`` (log-sum-exp over ``c``)."""
+        if y is None:
+            return torch.logsumexp(logits, dim=-1)
+        y = torch.as_tensor(y, device=logits.device).long()
+        return logits.gather(-1, y.expand(logits.shape[:-1])[..., None]).squeeze(-1)
+
+    def class_log_prior(self) -> torch.Tensor:
+        """``log p(c)``, shape ``(C,)``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
+        """The exact class posterior ``p(c | x) = softmax_c log p(x, c)``, ``(n, C)``."""
+        return torch.softmax(self._joint_in_batches(x, batch_size), dim=-1)
+
+    def predict(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
+        """The most probable class ``argmax_c p(c | x)`` of each row, ``(n,)``."""
+        return self.predict_proba(x, batch_size=batch_size).argmax(-1)
+
+    def _joint_in_batches(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        parts = [self.joint_log_prob(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        if not parts:
+            return x.new_empty(0, self.num_classes)
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"joint": log p(x_i, c)}`` ``(n, C)``."""
+        return {"joint": self._joint_in_batches(x, 4096)}
+
+    def outputs_from_logit_draws(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The posterior-averaged joint ``log (1/S) sum_s p(x_i, c | theta_s)``."""
+        return {"joint": torch.logsumexp(logits, 0) - math.log(len(logits))}
+
+    def validation_metrics(
+        self, outputs: dict[str, torch.Tensor], y: torch.Tensor | None
+    ) -> dict[str, float]:
+        """:func:`density_metrics` of the joint."""
+        return density_metrics(outputs["joint"], y, self.num_vars)
+
+    def metric_names(self, labelled: bool) -> tuple[str, ...]:
+        """``nll``, ``bits_per_dim``, and with labels and classes ``accuracy``,
+        ``class_nll``, ``ece``."""
+        names = ("nll", "bits_per_dim")
+        if labelled and self.num_classes > 1:
+            names += ("accuracy", "class_nll", "ece")
+        return names
+
+    def forward(self, c: torch.Tensor | None = None) -> dist.Distribution:
+        """The distribution of ``x``: ``p(x | c)``, or ``p(x)`` without ``c``."""
+        raise NotImplementedError
