@@ -64,19 +64,28 @@ class MaterialisedCircuit(UGMMCircuit):
     """The same circuit written straightforwardly: every product tensor materialised.
 
     Input units through ``MixtureSameFamily.log_prob`` (``B x R x D x I x K``), leaf regions
-    by gathering their variables (``B x R x P x V x I``), sum layers by broadcasting
-    (``B x G x S x Q``).
+    by gathering their variables (one ``B x V x I`` tensor per region), sum layers by
+    broadcasting (``B x G x S x Q``).
     """
 
-    def _input_layer(self, x: torch.Tensor) -> torch.Tensor:
-        return self.leaves.log_prob(x[:, None, :, None])
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for layer in [*self.sums, self.root]:
+            layer.sum_kernel = _materialised_logsumexp
+
+    def _leaf_values(self, x, mask, mode):
+        assert mask is None and mode == "sum"
+        return self.inputs.mixture.log_prob(x[:, None, :, None])
 
     def _leaf_regions(self, leaf: torch.Tensor) -> torch.Tensor:
-        reps = leaf.shape[1]
-        return torch.stack([leaf[:, r, self.leaf_vars[r]] for r in range(reps)], dim=1).sum(3)
-
-    def _sum_layer(self, values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
-        return _materialised_logsumexp(values, log_weights)
+        members = self.graph.leaf_regions  # (R, P, D)
+        return torch.stack(
+            [
+                torch.stack([leaf[:, r, region].sum(1) for region in members[r]], dim=1)
+                for r in range(members.shape[0])
+            ],
+            dim=1,
+        )
 
 
 def mnist_circuit(materialised: bool = False, **overrides) -> UGMMCircuit:

@@ -22,7 +22,7 @@ from ugmm_prob.bayes import (
     prior_sites,
     sample_posterior,
 )
-from ugmm_prob.circuits import UGMMCircuit
+from ugmm_prob.circuits import GaussianMixtureInput, UGMMCircuit
 from ugmm_prob.diagnostics import to_inference_data
 from ugmm_prob.plotting import plot_neuron_posterior
 
@@ -32,6 +32,16 @@ def _circuit(num_classes=2, depth=2):
     return UGMMCircuit(
         4, num_classes, depth=depth, repetitions=2, channels=2, components=2, scale_floor=0.05
     )
+
+
+def _set_parameter(model, path, value):
+    """Give ``model`` the point value ``value`` for the parameter at ``path`` (a prior site's
+    name without the model's prefix, e.g. ``inputs.scale``)."""
+    owner_path, _, attribute = path.rpartition(".")
+    owner = model.get_submodule(owner_path)
+    floor = constraints.greater_than(0.05)
+    constraint = floor if path == "inputs.scale" else constraints.real
+    setattr(owner, attribute, PyroParam(value, constraint=constraint))
 
 
 def _toy_data(n=24, classes=2):
@@ -45,8 +55,8 @@ def test_circuit_priors_are_sample_sites_with_the_default_log_densities():
     circuit = _circuit(depth=2)
     bayesian = make_bayesian(circuit)
     name = bayesian._pyro_name
-    expected = {f"{name}.{a}" for a in ("leaf_loc", "leaf_scale", "leaf_logits")}
-    expected |= {f"{name}.sum_logits_0", f"{name}.root_logits"}
+    expected = {f"{name}.inputs.{a}" for a in ("loc", "scale", "logits")}
+    expected |= {f"{name}.sums.0.logits", f"{name}.root.logits"}
     assert set(prior_sites(bayesian)) == expected
     assert bayesian.bayesian_parameters == ("loc", "scale", "logits", "sum_logits")
     x, y = _toy_data()
@@ -54,7 +64,7 @@ def test_circuit_priors_are_sample_sites_with_the_default_log_densities():
     trace.compute_log_prob()
     for site in expected:
         value, log_prob = trace.nodes[site]["value"], trace.nodes[site]["log_prob_sum"]
-        if site.endswith("leaf_scale"):
+        if site.endswith("inputs.scale"):
             assert (value > 0.05).all()
             reference = dist.LogNormal(0.0, 1.0).log_prob(value - 0.05).sum()
         else:
@@ -64,17 +74,12 @@ def test_circuit_priors_are_sample_sites_with_the_default_log_densities():
     pyro.clear_param_store()  # the copy shares Pyro names with the Bayesian model
     point = copy.deepcopy(circuit)
     for site in expected:
-        attribute = site.split(".", 1)[1]
-        value = trace.nodes[site]["value"]
-        constraint = (
-            constraints.greater_than(0.05) if attribute == "leaf_scale" else constraints.real
-        )
-        setattr(point, attribute, PyroParam(value, constraint=constraint))
+        _set_parameter(point, site.split(".", 1)[1], trace.nodes[site]["value"])
     torch.testing.assert_close(
         trace.nodes["x"]["log_prob"] + trace.nodes["y"]["log_prob"], point.log_prob(x, y)
     )
     # the point circuit is untouched and still a point estimate
-    assert "leaf_loc" in circuit._pyro_params
+    assert "loc" in circuit.inputs._pyro_params
 
 
 def test_the_bayesian_copy_never_shares_parameters_with_the_point_model():
@@ -97,24 +102,24 @@ def test_circuit_prior_choices_and_errors():
     assert set(prior_sites(only_class)) == {f"{only_class._pyro_name}.class_logits"}
 
     def prior(kind, value, owner):
-        assert isinstance(owner, UGMMCircuit)
+        assert isinstance(owner, GaussianMixtureInput)
         return dist.Normal(torch.full_like(value, 2.0), 0.1).to_event(value.dim())
 
     custom = make_bayesian(circuit, parameters=("loc",), prior=prior)
     draws = sample_posterior(
         custom,
         posterior_samples={
-            f"{custom._pyro_name}.leaf_loc": torch.zeros(3, *circuit.leaf_loc.shape)
+            f"{custom._pyro_name}.inputs.loc": torch.zeros(3, *circuit.inputs.loc.shape)
         },
     )
-    assert draws[f"{custom._pyro_name}.leaf_loc"].shape == (3, *circuit.leaf_loc.shape)
+    assert draws[f"{custom._pyro_name}.inputs.loc"].shape == (3, *circuit.inputs.loc.shape)
     trace = pyro.poutine.trace(custom.model).get_trace(*_toy_data())
-    assert abs(float(trace.nodes[f"{custom._pyro_name}.leaf_loc"]["value"].mean()) - 2) < 0.1
+    assert abs(float(trace.nodes[f"{custom._pyro_name}.inputs.loc"]["value"].mean()) - 2) < 0.1
     with pytest.raises(ValueError, match="'sum_logits'"):
         make_bayesian(UGMMClassifier(4, (3,), 2), parameters=("sum_logits",))
     with pytest.raises(ValueError, match="event shape"):
         make_bayesian(circuit, prior=lambda kind, value, owner: dist.Normal(0.0, 1.0))
-    with pytest.raises(ValueError, match="no UGMMLayer or UGMMCircuit"):
+    with pytest.raises(ValueError, match="no uGMM parameters"):
         make_bayesian(torch.nn.Linear(2, 2).__class__ and pyro.nn.PyroModule())
     with pytest.raises(ValueError, match="exactly one"):
         sample_posterior(make_bayesian(circuit))
@@ -174,16 +179,14 @@ def test_circuit_posterior_log_likelihood_is_the_monte_carlo_average():
     for name, (owner, attribute) in prior_sites(bayesian).items():
         shape = (6, *owner._pyro_samples[attribute].event_shape)
         draw = torch.randn(shape, generator=generator)
-        samples[name] = 0.05 + draw.exp() if attribute == "leaf_scale" else draw
+        samples[name] = 0.05 + draw.exp() if name.endswith("inputs.scale") else draw
     result = posterior_log_likelihood(bayesian, x, y, posterior_samples=samples)
     reference = []
     for s in range(6):  # plain circuits with the drawn values as their parameters
         pyro.clear_param_store()  # the copies share Pyro names: keep the store out of it
         point = copy.deepcopy(circuit)
-        for name, (_, attribute) in prior_sites(bayesian).items():
-            floor = constraints.greater_than(0.05)
-            constraint = floor if attribute == "leaf_scale" else constraints.real
-            setattr(point, attribute, PyroParam(samples[name][s], constraint=constraint))
+        for name in prior_sites(bayesian):
+            _set_parameter(point, name.split(".", 1)[1], samples[name][s])
         with torch.no_grad():
             reference.append(point.log_prob(x, y).double().numpy())
     reference = np.stack(reference)
@@ -238,7 +241,7 @@ def test_circuit_inference_data_groups_shapes_loo_and_compare():
             idata.groups()
         )
         name = bayesian._pyro_name
-        loc = idata.posterior[f"{name}.leaf_loc"]
+        loc = idata.posterior[f"{name}.inputs.loc"]
         assert loc.dims == ("chain", "draw", "repetition", "variable", "input_channel", "component")
         assert loc.shape == (1, 40, 2, 4, 2, 2)
         assert idata.log_likelihood["x"].shape == (1, 40, 24)
@@ -251,9 +254,10 @@ def test_circuit_inference_data_groups_shapes_loo_and_compare():
         np.testing.assert_allclose(
             idata.log_likelihood["x"].values[0], reference.draws.numpy(), rtol=1e-5, atol=1e-5
         )
-        summary = az.summary(idata, var_names=[f"{name}.root_logits"], kind="stats")
-        assert summary.shape[0] == int(np.prod(idata.posterior[f"{name}.root_logits"].shape[2:]))
-        axes = az.plot_posterior(idata, var_names=[f"{name}.root_logits"], coords={"class": [0]})
+        root = f"{name}.root.logits"
+        summary = az.summary(idata, var_names=[root], kind="stats")
+        assert summary.shape[0] == int(np.prod(idata.posterior[root].shape[2:]))
+        axes = az.plot_posterior(idata, var_names=[root], coords={"root.sum": [0]})
         assert np.size(axes) >= 1
     unlabelled = to_inference_data(bayesian, x, guide=guide, num_samples=5)
     assert "y" not in unlabelled.observed_data and unlabelled.log_likelihood["x"].shape == (
@@ -339,7 +343,7 @@ def test_nuts_on_a_bayesian_circuit_and_its_inference_data():
     bayesian = make_bayesian(_circuit(depth=1), parameters=("loc", "sum_logits"))
     mcmc = run_nuts(bayesian, x, y, num_samples=8, warmup_steps=8, max_tree_depth=3, progress=False)
     samples = mcmc.get_samples()
-    assert samples[f"{bayesian._pyro_name}.leaf_loc"].shape == (8, 2, 4, 2, 2)
+    assert samples[f"{bayesian._pyro_name}.inputs.loc"].shape == (8, 2, 4, 2, 2)
     idata = to_inference_data(bayesian, x, y, posterior_samples=samples)
     assert idata.log_likelihood["x"].shape == (1, 8, 16)
     reference = posterior_log_likelihood(bayesian, x, y, posterior_samples=samples)

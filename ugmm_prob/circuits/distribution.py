@@ -125,11 +125,13 @@ class ObservedCircuit(CircuitDistribution):
         self.observed, self.conditional = observed, conditional
 
     def expand(self, batch_shape, _instance=None):  # type: ignore[override]
+        """The same distribution, with its class expanded to ``batch_shape``."""
         return ObservedCircuit(
             self.circuit, self.c, self.observed, self.conditional, batch_shape=batch_shape
         )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """The precomputed ``log p(x | c)`` at the observed ``x``; a fresh one elsewhere."""
         if value is self.observed or (
             value.shape == self.observed.shape and torch.equal(value, self.observed)
         ):

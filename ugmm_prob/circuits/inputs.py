@@ -98,8 +98,9 @@ class InputLayer(PyroModule):
         return 0.0
 
     def check_values(self, x: torch.Tensor, observed: torch.Tensor | None) -> None:
-        """Raise a clear error when an observed entry of ``x`` lies outside the support."""
-        bad = ~self.support.check(x)
+        """Raise a clear error when an observed entry of ``x`` is not finite or lies outside
+        the support."""
+        bad = ~(self.support.check(x) & torch.isfinite(x))
         if observed is not None:
             bad &= observed
         if bool(bad.any()):

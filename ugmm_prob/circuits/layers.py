@@ -75,6 +75,8 @@ class SumLayer(PyroModule):
 
     prior_parameters = {"logits": "sum_logits"}  # noqa: RUF012 - read-only table
     """Attribute -> parameter kind for priors (:mod:`ugmm_prob.bayes`)."""
+    sum_kernel = staticmethod(weighted_logsumexp)
+    """How ``mode="sum"`` combines values and weights (replaceable, e.g. by benchmarks)."""
 
     def __init__(
         self, repetitions: int, regions: int, sums: int, inputs: int, *, init_scale: float = 0.1
@@ -90,7 +92,7 @@ class SumLayer(PyroModule):
         """``(B, R, P, Q) -> (B, R, P, S)``: log-sums (``"sum"``) or max-products (``"max"``)."""
         batch, reps, regions, inputs = values.shape
         log_w = self.log_weights()
-        combine = weighted_logsumexp if mode == "sum" else weighted_max
+        combine = self.sum_kernel if mode == "sum" else weighted_max
         out = combine(
             values.reshape(batch, reps * regions, inputs),
             log_w.reshape(reps * regions, *log_w.shape[2:]),

@@ -22,6 +22,7 @@ Builders, one per structure:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,8 +182,9 @@ def quad_tree(
 
     Each split cuts a patch across its longer side (rows on ties), so two levels make a
     quad split. Repetition 0 cuts at the middle; the others at a seeded random point within
-    a quarter of the side from the middle, so repetitions see differently placed patch
-    borders. Every patch must keep at least one pixel.
+    an eighth of the side from the middle, so repetitions see differently placed patch
+    borders. Only cuts that leave both parts enough pixels for the remaining levels are
+    used.
     """
     if height < 1 or width < 1:
         raise ValueError(f"quad_tree: expected a positive image size, got {height} x {width}")
@@ -190,21 +192,43 @@ def quad_tree(
     generator = torch.Generator().manual_seed(seed)
     index = torch.arange(height * width).reshape(height, width)
 
+    @functools.cache
+    def feasible(rows: int, cols: int, levels: int) -> bool:
+        """Whether a ``rows x cols`` patch can be cut ``levels`` more times."""
+        return levels == 0 or bool(cuts(rows, cols, levels))
+
+    def cuts(rows: int, cols: int, levels: int) -> list[int]:
+        """Cut positions across the longer side that leave both parts cuttable."""
+        axis = 0 if rows >= cols else 1
+        side = (rows, cols)[axis]
+        sizes = [
+            ((c, cols), (rows - c, cols)) if axis == 0 else ((rows, c), (rows, cols - c))
+            for c in range(1, side)
+        ]
+        return [
+            c
+            for c, (a, b) in zip(range(1, side), sizes, strict=True)
+            if feasible(*a, levels - 1) and feasible(*b, levels - 1)
+        ]
+
     def split(patch: torch.Tensor, levels: int, jitter: bool) -> list[torch.Tensor]:
         if levels == 0:
             return [patch.reshape(-1)]
-        axis = 0 if patch.shape[0] >= patch.shape[1] else 1
-        side = patch.shape[axis]
-        if side < 2:
+        rows, cols = patch.shape
+        options = cuts(rows, cols, levels)
+        if not options:
             raise ValueError(
                 f"quad_tree: a {height} x {width} image cannot be cut {depth} times into "
                 "patches of at least one pixel; lower depth"
             )
-        cut = side // 2
-        if jitter and side >= 4:
-            reach = side // 4
-            cut += int(torch.randint(-reach, reach + 1, (), generator=generator))
-        cut = min(max(cut, 1), side - 1)
+        axis = 0 if rows >= cols else 1
+        side = patch.shape[axis]
+        middle = min(options, key=lambda c: (abs(c - side / 2), c))
+        cut = middle
+        if jitter:
+            reach = max(1, side // 8)
+            near = [c for c in options if abs(c - middle) <= reach]
+            cut = near[int(torch.randint(0, len(near), (), generator=generator))]
         first, second = patch.split([cut, side - cut], dim=axis)
         return split(first, levels - 1, jitter) + split(second, levels - 1, jitter)
 

@@ -1,0 +1,305 @@
+"""One property suite for every circuit: each region graph, depths 1-4, both input types.
+
+Every check compares the circuit with an independent truth:
+
+- a plain recursive evaluation of the circuit's definition (loops over regions, units and
+  classes, no vectorised layers) for ``log p(x, c)``;
+- normalisation: exact enumeration of every configuration (categorical inputs), 2-D
+  quadrature or importance sampling with a broad proposal (Gaussian inputs);
+- marginals: explicit summation over the missing variable's values, or quadrature;
+- ``log_prob`` with every variable missing is ``log 1 = 0``;
+- sample moments against the exact moments; conditional samples (the downward pass, which
+  shares no code with the upward pass's arithmetic) by a Kolmogorov-Smirnov or chi-square
+  test against the conditional computed from ``log_prob``;
+- batch shapes, ``expand`` and ``support`` of :class:`CircuitDistribution`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ugmm_prob.circuits import (
+    CircuitDistribution,
+    UGMMCircuit,
+    data_driven_tree,
+    quad_tree,
+    random_binary_trees,
+)
+
+GRAPHS = ("random", "quad", "data")
+DEPTHS = (1, 2, 3, 4)
+INPUTS = ("gaussian", "categorical")
+IMAGE_SHAPES = {1: (1, 2), 2: (2, 2), 3: (2, 4), 4: (4, 4)}  # 2**depth pixels
+VALUES = {1: 5, 2: 4, 3: 3, 4: 2}  # categories: V**D configurations stay enumerable
+
+
+def build(graph_kind: str, depth: int, inputs: str, *, classes: int = 2, seed: int = 0):
+    """A float64 circuit with ``2**depth`` variables and parameters spread off their start."""
+    num_vars = 2**depth
+    generator = torch.Generator().manual_seed(seed)
+    if graph_kind == "random":
+        graph = random_binary_trees(num_vars, depth=depth, repetitions=2, seed=seed)
+    elif graph_kind == "quad":
+        graph = quad_tree(*IMAGE_SHAPES[depth], depth=depth, repetitions=2, seed=seed)
+    else:
+        mixing = torch.randn(num_vars, num_vars, generator=generator)
+        data = torch.randn(300, num_vars, generator=generator) @ mixing
+        graph = data_driven_tree(data, depth=depth, repetitions=2, seed=seed)
+    torch.manual_seed(seed)
+    circuit = UGMMCircuit(
+        num_vars,
+        classes,
+        graph=graph,
+        channels=2,
+        inputs=inputs,
+        components=2,
+        num_values=VALUES[depth],
+    ).double()
+    with torch.no_grad():
+        for name, param in circuit.named_parameters():
+            if name == "inputs.loc_unconstrained":
+                param.normal_(0, 1.5)
+            elif name == "inputs.scale_unconstrained":
+                param.uniform_(-0.5, 0.3)
+            else:  # mixing, sum, root and class logits
+                param.normal_(0, 1)
+    return circuit
+
+
+CASES = [
+    pytest.param(g, d, i, id=f"{g}-depth{d}-{i}")
+    for g, d, i in itertools.product(GRAPHS, DEPTHS, INPUTS)
+]
+
+
+def _draw(circuit, n, seed=0):
+    torch.manual_seed(seed)
+    return circuit.sample(n)[0]
+
+
+def reference_joint(circuit: UGMMCircuit, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x, c)`` of one example by plain recursion over the circuit's definition."""
+    inputs, graph = circuit.inputs, circuit.graph
+    if inputs.prior_parameters.get("loc"):
+        log_w = torch.log_softmax(inputs.logits, -1)
+        normal = torch.distributions.Normal(inputs.loc, inputs.scale)
+        leaf = torch.logsumexp(log_w + normal.log_prob(x[None, :, None, None]), -1)
+    else:
+        table = torch.log_softmax(inputs.logits, -1)  # (R, D, I, V)
+        leaf = torch.stack(
+            [table[:, d, :, int(x[d])] for d in range(circuit.num_vars)], 1
+        )  # (R, D, I)
+    tops = []
+    for r in range(graph.repetitions):
+        values = [
+            [
+                sum(float(leaf[r, d, i]) for d in region.nonzero()[:, 0])
+                for i in range(leaf.shape[2])
+            ]
+            for region in graph.leaf_regions[r]
+        ]
+        for level in range(graph.depth):
+            merged = []
+            for q in range(len(values) // 2):
+                products = [u + v for u in values[2 * q] for v in values[2 * q + 1]]
+                if level < graph.depth - 1:
+                    logits = torch.log_softmax(circuit.sums[level].logits[r, q], -1)
+                    products = [
+                        float(
+                            torch.logsumexp(
+                                logits[s] + torch.tensor(products, dtype=torch.float64), 0
+                            )
+                        )
+                        for s in range(len(logits))
+                    ]
+                merged.append(products)
+            values = merged
+        tops += values[0]
+    root = torch.log_softmax(circuit.root.logits[0, 0], -1)
+    prior = torch.log_softmax(circuit.class_logits, -1)
+    return torch.stack(
+        [
+            prior[c] + torch.logsumexp(root[c] + torch.tensor(tops, dtype=torch.float64), 0)
+            for c in range(len(root))
+        ]
+    )
+
+
+def _enumerate(circuit: UGMMCircuit) -> torch.Tensor:
+    values = range(circuit.inputs.num_values)
+    return torch.tensor(list(itertools.product(values, repeat=circuit.num_vars))).double()
+
+
+@pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
+def test_upward_pass_equals_plain_recursion(graph, depth, inputs):
+    circuit = build(graph, depth, inputs)
+    x = _draw(circuit, 3, seed=1)
+    with torch.no_grad():
+        expected = torch.stack([reference_joint(circuit, row) for row in x])
+        torch.testing.assert_close(circuit.joint_log_prob(x), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
+def test_normalised_and_marginals_exact(graph, depth, inputs):
+    circuit = build(graph, depth, inputs)
+    d = circuit.num_vars
+    with torch.no_grad():
+        everything_missing = torch.zeros(2, d, dtype=torch.bool)
+        torch.testing.assert_close(
+            circuit.log_prob(torch.zeros(2, d, dtype=torch.float64), mask=everything_missing),
+            torch.zeros(2, dtype=torch.float64),
+            rtol=0,
+            atol=1e-12,
+        )
+        if inputs == "categorical":
+            configurations = _enumerate(circuit)
+            joint = circuit.joint_log_prob(configurations)  # (V**D, C)
+            torch.testing.assert_close(
+                torch.logsumexp(joint, 0), circuit.class_log_prior(), rtol=0, atol=1e-10
+            )
+            # marginal of the first variables (the last one missing) by explicit summation
+            keep = torch.ones(d, dtype=torch.bool)
+            keep[-1] = False
+            marginal = circuit.log_prob(configurations, mask=keep)
+            groups = configurations[:, :-1].matmul(
+                circuit.inputs.num_values ** torch.arange(d - 2, -1, -1).double()
+            )
+            summed = torch.zeros(int(groups.max()) + 1, dtype=torch.float64)
+            summed.index_add_(0, groups.long(), circuit.log_prob(configurations).exp())
+            torch.testing.assert_close(marginal.exp(), summed[groups.long()], rtol=1e-9, atol=1e-12)
+        elif d == 2:
+            grid = torch.linspace(-12, 12, 801, dtype=torch.float64)
+            points = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1)
+            density = circuit.log_prob(points).exp()
+            mass = torch.trapezoid(torch.trapezoid(density, grid, dim=1), grid)
+            assert abs(float(mass) - 1) < 1e-4
+        elif d == 4:
+            _check_importance_sampling(circuit)
+        else:
+            _check_chain_of_marginals(circuit)
+        if inputs == "gaussian":
+            _check_one_dimensional_marginal(circuit)
+
+
+def _check_importance_sampling(circuit: UGMMCircuit, draws: int = 400_000) -> None:
+    """``E_q[p(x) / q(x)] = 1`` for a broad product-of-Normals proposal ``q``."""
+    generator = torch.Generator().manual_seed(7)
+    centre, spread = torch.zeros(circuit.num_vars), torch.full((circuit.num_vars,), 3.0)
+    proposal = torch.distributions.Normal(centre.double(), spread.double())
+    z = proposal.loc + proposal.scale * torch.randn(
+        draws, circuit.num_vars, generator=generator, dtype=torch.float64
+    )
+    log_ratio = circuit.log_prob(z) - proposal.log_prob(z).sum(-1)
+    ratio = log_ratio.exp()
+    estimate, error = float(ratio.mean()), float(ratio.std() / math.sqrt(draws))
+    assert error < 0.03, f"importance sampling too noisy to decide (standard error {error})"
+    assert abs(estimate - 1) < 5 * error + 1e-3, (estimate, error)
+
+
+def _check_chain_of_marginals(circuit: UGMMCircuit) -> None:
+    """``integral p(x_1..x_k) dx_k = p(x_1..x_{k-1})`` by quadrature at sample points, for
+    every ``k``; with the 1-D marginal integrating to 1 this chains to normalisation."""
+    grid = torch.linspace(-14, 14, 1401, dtype=torch.float64)
+    points = _draw(circuit, 3, seed=5)
+    for k in range(2, circuit.num_vars + 1):
+        upto = torch.arange(circuit.num_vars) < k
+        for point in points:
+            line = point.expand(len(grid), -1).clone()
+            line[:, k - 1] = grid
+            integral = torch.trapezoid(circuit.log_prob(line, mask=upto).exp(), grid)
+            marginal = circuit.log_prob(point, mask=upto & (torch.arange(circuit.num_vars) < k - 1))
+            torch.testing.assert_close(integral, marginal.exp(), rtol=1e-5, atol=1e-12)
+
+
+def _check_one_dimensional_marginal(circuit: UGMMCircuit) -> None:
+    """``p(x_0)`` by masking equals the quadrature of ``p(x_0, x_1)`` over ``x_1``, and
+    integrates to 1."""
+    grid = torch.linspace(-14, 14, 1401, dtype=torch.float64)
+    first = torch.zeros(circuit.num_vars, dtype=torch.bool)
+    first[0] = True
+    pair = first.clone()
+    pair[1] = True
+    x = torch.zeros(len(grid), circuit.num_vars, dtype=torch.float64)
+    x[:, 0] = grid
+    single = circuit.log_prob(x, mask=first).exp()
+    assert abs(float(torch.trapezoid(single, grid)) - 1) < 1e-5
+    for row in (100, 700, 1000):
+        points = x[row].expand(len(grid), -1).clone()
+        points[:, 1] = grid
+        integral = torch.trapezoid(circuit.log_prob(points, mask=pair).exp(), grid)
+        assert abs(float(integral) - float(single[row])) < 1e-6
+
+
+@pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
+def test_sample_moments_match_exact_moments(graph, depth, inputs):
+    circuit = build(graph, depth, inputs)
+    samples = _draw(circuit, 40_000, seed=2)
+    assert circuit().support.check(samples).all()
+    with torch.no_grad():
+        for c in (None, 1):
+            mean, variance = circuit.moments(c)
+            drawn = samples if c is None else circuit.sample(40_000, c)[0]
+            error = (variance / len(drawn)).sqrt()
+            assert ((drawn.mean(0) - mean).abs() < 5 * error + 1e-9).all()
+            assert ((drawn.var(0) - variance).abs() < 0.06 * variance + 1e-9).all()
+
+
+@pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
+def test_conditional_samples_follow_the_conditional(graph, depth, inputs):
+    """Impute the last variable given the others; compare with ``p(x_D | x_rest)`` from the
+    upward pass (KS test for Gaussian inputs, chi-square for categorical ones)."""
+    circuit = build(graph, depth, inputs)
+    evidence = _draw(circuit, 1, seed=3)[0]
+    observed = torch.ones(circuit.num_vars, dtype=torch.bool)
+    observed[-1] = False
+    torch.manual_seed(4)
+    imputed = circuit.impute(evidence.expand(3000, -1), observed)
+    assert (imputed[:, :-1] == evidence[:-1]).all()
+    with torch.no_grad():
+        if inputs == "categorical":
+            values = torch.arange(circuit.inputs.num_values, dtype=torch.float64)
+            points = evidence.expand(len(values), -1).clone()
+            points[:, -1] = values
+            probs = torch.softmax(circuit.log_prob(points), 0).numpy()
+            counts = np.bincount(imputed[:, -1].long().numpy(), minlength=len(values))
+            keep = probs * len(imputed) > 5
+            expected = probs[keep] / probs[keep].sum() * counts[keep].sum()
+            assert stats.chisquare(counts[keep], expected).pvalue > 1e-3
+        else:
+            grid = torch.linspace(-14, 14, 20001, dtype=torch.float64)
+            points = evidence.expand(len(grid), -1).clone()
+            points[:, -1] = grid
+            density = circuit.log_prob(points).exp()
+            cdf = torch.cumulative_trapezoid(density, grid)
+            cdf = (torch.cat([cdf.new_zeros(1), cdf]) / cdf[-1]).numpy()
+            result = stats.kstest(imputed[:, -1].numpy(), lambda v: np.interp(v, grid.numpy(), cdf))
+            assert result.pvalue > 1e-3
+
+
+@pytest.mark.parametrize(("graph", "depth", "inputs"), CASES[::5])
+def test_distribution_shapes_expand_and_support(graph, depth, inputs):
+    circuit = build(graph, depth, inputs)
+    d = circuit.num_vars
+    x = _draw(circuit, 5)
+    whole = circuit()
+    assert isinstance(whole, CircuitDistribution)
+    assert whole.batch_shape == () and whole.event_shape == (d,)
+    assert whole.sample((4, 3)).shape == (4, 3, d)
+    enumerated = circuit(torch.tensor([[0], [1]]))
+    assert enumerated.batch_shape == (2, 1) and enumerated.log_prob(x).shape == (2, 5)
+    expanded = enumerated.expand((2, 5))
+    torch.testing.assert_close(expanded.log_prob(x), enumerated.log_prob(x))
+    assert expanded.mean.shape == (2, 5, d)
+    assert whole.support.check(x).all()
+    if inputs == "categorical":
+        assert not whole.support.check(x + 0.5).any()
+        with pytest.raises(ValueError, match="outside the support"):
+            circuit.log_prob(x + 0.5)
+    with pytest.raises(ValueError, match=r"outside the support|NaN"):
+        circuit.log_prob(torch.full((1, d), math.inf, dtype=torch.float64))
