@@ -16,6 +16,7 @@ log-likelihoods, marginals, class posteriors, samples and max-product MPE.
 
 from .circuit import UGMMCircuit
 from .distribution import CircuitDistribution
+from .em import fit_em
 from .inputs import CategoricalInput, GaussianMixtureInput, InputLayer
 from .layers import ProductLayer, SumLayer
 from .region_graphs import RegionGraph, data_driven_tree, quad_tree, random_binary_trees
@@ -30,6 +31,7 @@ __all__ = [
     "SumLayer",
     "UGMMCircuit",
     "data_driven_tree",
+    "fit_em",
     "quad_tree",
     "random_binary_trees",
 ]

@@ -42,7 +42,7 @@ from .region_graphs import (
     random_binary_trees,
 )
 
-__all__ = ["UGMMCircuit"]
+__all__ = ["FlowProbes", "UGMMCircuit", "UpwardPass"]
 
 
 @dataclass
@@ -57,6 +57,24 @@ class UpwardPass:
 
     products: list[torch.Tensor]
     top: torch.Tensor
+    root: torch.Tensor
+
+
+@dataclass
+class FlowProbes:
+    """Zeros added to the outputs of the input layer, every sum layer and the roots.
+
+    They change no value; the gradient of a log-likelihood summed over a batch with respect
+    to a probe is the expected number of times each of those units takes part in an
+    induced tree (its *flow*), the normaliser that expectation-maximisation needs
+    (:mod:`~ugmm_prob.circuits.em`).
+
+    Attributes:
+        inputs: ``(R, D, I)``; sums: one ``(R, P, S)`` per sum layer; root: ``(1, 1, C)``.
+    """
+
+    inputs: torch.Tensor
+    sums: list[torch.Tensor]
     root: torch.Tensor
 
 
@@ -362,7 +380,9 @@ class UGMMCircuit(DensityModel):
         """Products over each leaf region's variables: ``(B, R, D, I) -> (B, R, P, I)``."""
         return torch.einsum("brdi,rdp->brpi", leaf, self.region_matrix.to(leaf.dtype))
 
-    def _internal_upward(self, h: torch.Tensor, mode: str = "sum") -> UpwardPass:
+    def _internal_upward(
+        self, h: torch.Tensor, mode: str = "sum", probes: FlowProbes | None = None
+    ) -> UpwardPass:
         """Product and sum layers from leaf regions ``h`` ``(B, R, P, I)`` to the roots."""
         products = []
         for level, product in enumerate(self.products):
@@ -370,13 +390,39 @@ class UGMMCircuit(DensityModel):
             products.append(h)
             if level < len(self.sums):
                 h = self.sums[level](h, mode)
+                if probes is not None:
+                    h = h + probes.sums[level]
         top = h.reshape(len(h), 1, 1, -1)  # (B, 1, 1, R * Q_top)
-        root = self.root(top, mode).reshape(len(h), self.num_classes)
-        return UpwardPass(products, top, root)
+        root = self.root(top, mode)
+        if probes is not None:
+            root = root + probes.root
+        return UpwardPass(products, top, root.reshape(len(h), self.num_classes))
 
-    def _upward(self, x: torch.Tensor, mask: torch.Tensor | None, mode: str = "sum") -> UpwardPass:
+    def _upward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        mode: str = "sum",
+        probes: FlowProbes | None = None,
+    ) -> UpwardPass:
         """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``."""
-        return self._internal_upward(self._leaf_regions(self._leaf_values(x, mask, mode)), mode)
+        leaf = self._leaf_values(x, mask, mode)
+        if probes is not None:
+            leaf = leaf + probes.inputs
+        return self._internal_upward(self._leaf_regions(leaf), mode, probes)
+
+    def flow_probes(self) -> FlowProbes:
+        """Zero probes (with gradients) for every unit whose flow EM needs."""
+        like = self.class_logits
+
+        def zeros(*shape: int) -> torch.Tensor:
+            return like.new_zeros(shape, requires_grad=True)
+
+        return FlowProbes(
+            inputs=zeros(*self._unit_shape()),
+            sums=[zeros(*layer.logits.shape[:3]) for layer in self.sums],
+            root=zeros(1, 1, self.num_classes),
+        )
 
     @pyro_method
     def class_log_prior(self) -> torch.Tensor:

@@ -25,10 +25,13 @@ from pyro.nn import PyroModule, PyroParam
 
 from ..distributions import neuron_mixture
 from ..kernels import tied_mixture_log_density
+from .layers import normalised_log_weights
 
 __all__ = ["INPUT_TYPES", "CategoricalInput", "GaussianMixtureInput", "InputLayer"]
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+MEAN_PSEUDO_COUNT = 1e-8
+"""Weight of a component's current mean in its M-step: keeps unreached components in place."""
 
 
 class InputLayer(PyroModule):
@@ -91,6 +94,28 @@ class InputLayer(PyroModule):
 
     def prior_dims(self, attribute: str) -> list[str]:
         """ArviZ dimension names of a parameter that has a prior."""
+        raise NotImplementedError
+
+    def expected_statistics(
+        self, grads: dict[str, torch.Tensor], flow: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """EM's expected sufficient statistics, additive over examples.
+
+        Args:
+            grads: gradient of a log-likelihood summed over a batch with respect to each
+                parameter, by name (``"loc_unconstrained"``, ...).
+            flow: ``(R, D, I)`` expected number of times each unit is used in the batch.
+        """
+        raise NotImplementedError
+
+    def maximise(
+        self,
+        stats: dict[str, torch.Tensor],
+        *,
+        pseudo_count: float,
+        variance_pseudo_count: float,
+    ) -> None:
+        """EM's closed-form M-step from :meth:`expected_statistics` (summed over data)."""
         raise NotImplementedError
 
     def fill_value(self) -> float:
@@ -218,6 +243,58 @@ class GaussianMixtureInput(InputLayer):
         """``repetition, variable, input_channel, component``."""
         return ["repetition", "variable", "input_channel", "component"]
 
+    @torch.no_grad()
+    def expected_statistics(
+        self, grads: dict[str, torch.Tensor], flow: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``count = sum f gamma``, ``sum = sum f gamma x``, ``sum_sq = sum f gamma x^2`` per
+        component, from the gradients (``f``: flow of the example into the unit, ``gamma``:
+        the component's responsibility within the unit).
+
+        With ``t = (x - mu) / sigma``: ``dL/dl_k = n_k - pi_k flow``, ``dL/dmu_k = sum f gamma
+        t / sigma`` and ``dL/dsigma_k = sum f gamma (t^2 - 1) / sigma``.
+        """
+        loc, scale = self.loc, self.scale
+        weights = torch.softmax(self.logits, -1)
+        count = grads["logits_unconstrained"] + weights * flow[..., None]
+        # scale = floor + exp(u): dL/dscale = dL/du / (scale - floor)
+        scale_grad = grads["scale_unconstrained"] / (scale - self.scale_floor)
+        first = scale**2 * grads["loc_unconstrained"]  # sum f gamma (x - mu)
+        second = scale**3 * scale_grad + scale**2 * count  # sum f gamma (x - mu)^2
+        return {
+            "count": count,
+            "sum": first + loc * count,
+            "sum_sq": second + 2 * loc * first + loc**2 * count,
+        }
+
+    @torch.no_grad()
+    def maximise(
+        self,
+        stats: dict[str, torch.Tensor],
+        *,
+        pseudo_count: float,
+        variance_pseudo_count: float,
+    ) -> None:
+        """Closed-form M-step of every mixture.
+
+        ``pi_k = (n_k + alpha) / sum_j (n_j + alpha)``; ``mu_k = (s_k + kappa mu_k^old) /
+        (n_k + kappa)`` with a vanishing ``kappa`` (so a component no example reached stays
+        where it is); ``sigma_k^2 = (sum f gamma (x - mu_k)^2 + beta sigma_k^{old 2}) / (n_k +
+        beta)`` with ``beta = variance_pseudo_count``, and never below the scale floor. The
+        two proximal terms are centred on the current values, so with ``alpha = 0`` a step
+        never lowers the likelihood.
+        """
+        count = stats["count"].clamp_min(0)
+        loc_old, var_old = self.loc, self.scale**2
+        loc = (stats["sum"] + MEAN_PSEUDO_COUNT * loc_old) / (count + MEAN_PSEUDO_COUNT)
+        spread = (stats["sum_sq"] - 2 * loc * stats["sum"] + loc**2 * count).clamp_min(0)
+        beta = max(variance_pseudo_count, 1e-12)
+        scale = ((spread + beta * var_old) / (count + beta)).sqrt()
+        scale = scale.clamp_min(self.scale_floor * (1 + 1e-4) + 1e-12)
+        self.loc_unconstrained.copy_(loc)
+        self.scale_unconstrained.copy_(torch.log(scale - self.scale_floor))
+        self.logits_unconstrained.copy_(normalised_log_weights(count, pseudo_count, self.logits))
+
 
 class CategoricalInput(InputLayer):
     """A categorical distribution over the integers ``0..V-1``: ``p(x_d = v) = softmax(l)_v``.
@@ -283,6 +360,27 @@ class CategoricalInput(InputLayer):
     def prior_dims(self, attribute: str) -> list[str]:
         """``repetition, variable, input_channel, value``."""
         return ["repetition", "variable", "input_channel", "value"]
+
+    @torch.no_grad()
+    def expected_statistics(
+        self, grads: dict[str, torch.Tensor], flow: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``count[v]``: expected number of examples with ``x_d = v`` the unit explains,
+        ``dL/dl_v + p_v flow``."""
+        probs = torch.softmax(self.logits, -1)
+        return {"count": grads["logits_unconstrained"] + probs * flow[..., None]}
+
+    @torch.no_grad()
+    def maximise(
+        self,
+        stats: dict[str, torch.Tensor],
+        *,
+        pseudo_count: float,
+        variance_pseudo_count: float,
+    ) -> None:
+        """``p_v = (n_v + alpha) / sum_u (n_u + alpha)`` (Laplace smoothing with ``alpha``)."""
+        count = stats["count"].clamp_min(0)
+        self.logits_unconstrained.copy_(normalised_log_weights(count, pseudo_count, self.logits))
 
 
 INPUT_TYPES: dict[str, type[InputLayer]] = {

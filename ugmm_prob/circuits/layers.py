@@ -12,7 +12,9 @@ see :mod:`~ugmm_prob.circuits.region_graphs`), and the ``W`` units of each regio
 
 Both also run downwards: :meth:`ProductLayer.child_units` maps a chosen product unit to the
 units of the two children, :meth:`SumLayer.choose` picks one input of each chosen sum unit
-(at random in proportion to ``w_q e^{v_q}`` for sampling, or the best for MPE).
+(at random in proportion to ``w_q e^{v_q}`` for sampling, or the best for MPE). A sum layer
+also takes part in EM (:mod:`~ugmm_prob.circuits.em`): :meth:`SumLayer.expected_counts` and
+the closed-form :meth:`SumLayer.maximise`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,18 @@ from collections.abc import Callable
 import torch
 from pyro.nn import PyroModule, PyroParam
 
-__all__ = ["ProductLayer", "SumLayer", "weighted_logsumexp", "weighted_max"]
+__all__ = [
+    "MIN_LOG_WEIGHT",
+    "ProductLayer",
+    "SumLayer",
+    "normalised_log_weights",
+    "weighted_logsumexp",
+    "weighted_max",
+]
+
+MIN_LOG_WEIGHT = -80.0
+"""Log-weights set by an M-step stay above this (``e^-80``: no effect in float32 or float64
+sums with a term of order 1), so no weight becomes exactly 0 and no gradient NaN."""
 
 Chooser = Callable[[torch.Tensor], torch.Tensor]
 """Maps unnormalised log-probabilities ``(..., Q)`` to indices ``(...)``."""
@@ -44,6 +57,18 @@ def weighted_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch
 def weighted_max(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """The max-product twin of :func:`weighted_logsumexp`: ``max_q (log w + v)``."""
     return (values[:, :, None, :] + log_weights).amax(dim=-1)
+
+
+def normalised_log_weights(
+    count: torch.Tensor, pseudo_count: float, current_logits: torch.Tensor
+) -> torch.Tensor:
+    """The Dirichlet MAP estimate ``log((n + alpha) / sum(n + alpha))`` over the last axis,
+    floored at :data:`MIN_LOG_WEIGHT`; rows without any count keep ``current_logits``'
+    weights."""
+    weights = count + pseudo_count
+    total = weights.sum(-1, keepdim=True)
+    new = (weights / total.clamp_min(1e-300)).log().clamp_min(MIN_LOG_WEIGHT)
+    return torch.where(total > 0, new, torch.log_softmax(current_logits, -1))
 
 
 class ProductLayer(torch.nn.Module):
@@ -98,6 +123,25 @@ class SumLayer(PyroModule):
             log_w.reshape(reps * regions, *log_w.shape[2:]),
         )
         return out.reshape(batch, reps, regions, -1)
+
+    @torch.no_grad()
+    def expected_counts(self, logits_grad: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """Expected number of times each sum unit picks each input, ``(R, P, S, Q)``.
+
+        ``logits_grad`` is the gradient of a log-likelihood (summed over a batch) with respect
+        to :attr:`logits`, ``flow`` ``(R, P, S)`` the flow into each sum unit. With
+        ``w = softmax(l)``, ``d L / d l_q = n_q - w_q sum_j n_j``, so ``n_q = d L / d l_q + w_q
+        flow``.
+        """
+        return logits_grad + self.log_weights().exp() * flow[..., None]
+
+    @torch.no_grad()
+    def maximise(self, counts: torch.Tensor, *, pseudo_count: float) -> None:
+        """M-step: ``w_q = (n_q + alpha) / sum_j (n_j + alpha)`` (a Dirichlet MAP estimate);
+        a unit that no example reached (and ``alpha = 0``) keeps its weights."""
+        self.logits_unconstrained.copy_(
+            normalised_log_weights(counts.clamp_min(0), pseudo_count, self.logits)
+        )
 
     def choose(
         self, values: torch.Tensor, rep: torch.Tensor, unit: torch.Tensor, chooser: Chooser

@@ -1,0 +1,153 @@
+"""EM for circuits: the M-step against the closed form, monotone full-batch steps at every
+depth, online EM reaching the full-batch fixed point, and fit_em's loop (resume, guards)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.circuit_cases import build
+from ugmm_prob.circuits import UGMMCircuit, fit_em
+from ugmm_prob.circuits.em import expected_statistics, maximise
+
+
+def _single_mixture(components: int = 3) -> UGMMCircuit:
+    """A depth-0 circuit with one variable, repetition and channel: one Gaussian mixture."""
+    torch.manual_seed(0)
+    circuit = UGMMCircuit(
+        1, 1, depth=0, repetitions=1, channels=1, components=components, scale_floor=1e-3
+    ).double()
+    with torch.no_grad():
+        circuit.inputs.loc_unconstrained.normal_(0, 2)
+        circuit.inputs.logits_unconstrained.normal_()
+    return circuit
+
+
+def _two_clusters(n: int = 500) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    first = torch.randn(2 * n // 5, generator=generator) * 0.5 - 2
+    second = torch.randn(n - len(first), generator=generator) + 1.5
+    return torch.cat([first, second]).double()[:, None]
+
+
+def test_m_step_equals_the_closed_form_for_one_gaussian_mixture():
+    circuit = _single_mixture()
+    x = _two_clusters()
+    loc = circuit.inputs.loc[0, 0, 0].detach()
+    scale = circuit.inputs.scale[0, 0, 0].detach()
+    weights = torch.softmax(circuit.inputs.logits[0, 0, 0], -1).detach()
+    # textbook EM for a univariate mixture
+    r = torch.softmax(torch.distributions.Normal(loc, scale).log_prob(x) + weights.log(), -1)
+    count = r.sum(0)
+    mean = (r * x).sum(0) / count
+    variance = (r * (x - mean) ** 2).sum(0) / count
+    total, stats = expected_statistics(circuit, x)
+    torch.testing.assert_close(
+        total,
+        torch.logsumexp(
+            torch.distributions.Normal(loc, scale).log_prob(x) + weights.log(), -1
+        ).sum(),
+    )
+    torch.testing.assert_close(stats["inputs.count"][0, 0, 0], count)
+    maximise(circuit, stats, pseudo_count=0.0, variance_pseudo_count=0.0)
+    torch.testing.assert_close(circuit.inputs.loc[0, 0, 0].detach(), mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        circuit.inputs.scale[0, 0, 0].detach() ** 2, variance, rtol=1e-6, atol=1e-7
+    )
+    torch.testing.assert_close(
+        torch.softmax(circuit.inputs.logits[0, 0, 0], -1).detach(), count / count.sum()
+    )
+
+
+@pytest.mark.parametrize("inputs", ["gaussian", "categorical"])
+@pytest.mark.parametrize("graph", ["random", "quad", "data"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_full_batch_em_never_lowers_the_likelihood(depth, graph, inputs):
+    circuit = build(graph, depth, inputs, seed=depth)
+    torch.manual_seed(0)
+    x, y = circuit.sample(200)
+    labels = None if depth % 2 else y  # both log p(x, y) and log p(x)
+    history = []
+    for _ in range(4):
+        total, stats = expected_statistics(circuit, x, labels)
+        history.append(float(total))
+        maximise(circuit, stats, pseudo_count=0.0, variance_pseudo_count=1e-3)
+    with torch.no_grad():
+        final = float(circuit.log_likelihood_from_logits(circuit.joint_log_prob(x), labels).sum())
+    history.append(final)
+    steps = torch.tensor(history).diff()
+    assert (steps >= -1e-8 * abs(history[0])).all(), history
+    assert history[-1] > history[0]
+
+
+def test_online_em_reaches_the_full_batch_fixed_point():
+    x = _two_clusters(400)
+    full = _single_mixture(components=2)
+    online = _single_mixture(components=2)
+    fit_em(
+        full,
+        x,
+        epochs=300,
+        batch_size=len(x),
+        online=False,
+        pseudo_count=0.0,
+        variance_pseudo_count=0.0,
+        progress=False,
+    )
+    fit_em(
+        online,
+        x,
+        epochs=150,
+        batch_size=40,
+        online=True,
+        step_size=1.0,
+        step_decay=0.6,
+        pseudo_count=0.0,
+        variance_pseudo_count=0.0,
+        progress=False,
+    )
+    for name in ("loc", "scale"):
+        torch.testing.assert_close(
+            getattr(online.inputs, name).detach(),
+            getattr(full.inputs, name).detach(),
+            atol=0.03,
+            rtol=0,
+        )
+    full_ll = float(full.log_prob(x).mean())
+    assert abs(float(online.log_prob(x).mean()) - full_ll) < 2e-3
+    # and the fixed point is a stationary point of the likelihood
+    full.zero_grad()
+    (-full.log_prob(x).mean()).backward()
+    assert max(float(p.grad.abs().max()) for p in full.parameters()) < 1e-4
+
+
+def test_fit_em_resumes_exactly_and_checks_its_inputs(tmp_path):
+    circuit = build("data", 2, "gaussian", seed=0).float()
+    torch.manual_seed(0)
+    x, y = circuit.sample(120)
+    state = {k: v.clone() for k, v in circuit.state_dict().items()}
+
+    def fresh():
+        copy = build("data", 2, "gaussian", seed=0).float()
+        copy.load_state_dict(state)
+        return copy
+
+    straight = fresh()
+    fit_em(straight, x, y, epochs=4, batch_size=32, progress=False)
+    path = tmp_path / "em.pt"
+    first = fresh()
+    fit_em(first, x, y, epochs=2, batch_size=32, progress=False, checkpoint_path=path)
+    resumed = fresh()
+    history = fit_em(
+        resumed, x, y, epochs=4, batch_size=32, progress=False, checkpoint_path=path, resume=True
+    )
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+    hybrid = UGMMCircuit(4, 2, likelihood_weight=0.5)
+    with pytest.raises(ValueError, match="likelihood_weight"):
+        fit_em(hybrid, x, y, progress=False)
+    with pytest.raises(ValueError, match="step_size"):
+        fit_em(circuit, x, y, step_size=0.0, progress=False)
+    with pytest.raises(TypeError, match="UGMMCircuit"):
+        fit_em(torch.nn.Linear(2, 2), x, y, progress=False)
