@@ -45,7 +45,7 @@ from .checkpoints import Checkpoint
 from .circuits import UGMMCircuit
 from .datasets import check_classification_data
 from .distributions import FlooredLogNormal
-from .layers import UGMMLayer, unique_pyro_name
+from .layers import UGMMLayer, rename_pyro_module, unique_pyro_name
 from .networks import Classifier, build_model
 from .training import LoopSettings, diverged, prepare_training, train_loop
 
@@ -142,19 +142,6 @@ def _targets(
     return targets
 
 
-def _rename(module: PyroModule, name: str) -> None:
-    """Give a copied model (and its Pyro submodules) a fresh Pyro name.
-
-    PyroModules sync their parameters with Pyro's global store by name, so a copy under
-    the original's names would take over (and overwrite) the point model's remaining
-    parameters (a circuit's class logits, LayerNorm, convolutions) once either is trained.
-    """
-    module._pyro_name = name
-    for key, child in module._modules.items():
-        if isinstance(child, PyroModule):
-            _rename(child, f"{name}.{key}")
-
-
 def make_bayesian(
     model: Classifier,
     *,
@@ -187,8 +174,11 @@ def make_bayesian(
         raise TypeError(f"make_bayesian needs a model of the library, got {type(model).__name__}")
     if not prior_scale > 0:
         raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+    # The library's models get a fresh Pyro name when deep-copied (FreshPyroNameOnCopy), so
+    # the copy never shares Pyro's parameter store with the point model.
     bayesian = copy.deepcopy(model)
-    _rename(bayesian, unique_pyro_name(type(model).__name__))
+    if bayesian._pyro_name == model._pyro_name:
+        rename_pyro_module(bayesian, unique_pyro_name(type(model).__name__))
     targets = _targets(bayesian, parameters)
     if not targets:
         raise ValueError(f"{type(model).__name__} has no UGMMLayer or UGMMCircuit to put priors on")
