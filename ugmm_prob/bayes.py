@@ -520,8 +520,10 @@ class _VariationalTrainer:
         example: tuple[torch.Tensor, torch.Tensor, int],
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.guide, self.lr = model, guide, lr
+        self.settings = dict(settings or {})
         self.milestones, self.gamma, self.epoch = sorted(milestones), gamma, 0
         self.predictive_samples = predictive_samples
         self.ctx = distributed.context()
@@ -567,6 +569,17 @@ class _VariationalTrainer:
     def end_epoch(self) -> dict[str, Any]:
         self.epoch += 1
         return {"lr": self._set_lr()}
+
+    def run_settings(self) -> dict[str, Any]:
+        return {**self.settings, "lr": float(self.lr)}
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        self._set_lr()
+
+    def parameters(self) -> list[torch.Tensor]:
+        # what an SVI step changes: the guide's parameters and the model's point estimates
+        return list(pyro.get_param_store().values())
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         probs = predictive_probs(
@@ -654,6 +667,7 @@ def fit_svi(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     keep_best: str | None = None,
+    override_lr: bool = False,
 ) -> tuple[Callable, list[dict[str, Any]]]:
     """Fit a guide to ``p(parameters | data)`` by minibatch SVI.
 
@@ -681,9 +695,15 @@ def fit_svi(
     Returns:
         The fitted guide and the per-epoch history.
 
+    Resuming checks the run against the checkpoint as :func:`~ugmm_prob.training.fit`
+    does (``override_lr=True`` allows a new ``lr``).
+
     Raises:
-        TrainingDivergedError: the ELBO became NaN/inf; the guide is restored to the end of
-            the last completed epoch, which is also what the checkpoint holds.
+        TrainingDivergedError: the ELBO (or the per-epoch evaluation of the posterior
+            predictive) became NaN/inf, whichever pass found it; the guide is restored to
+            the end of the last completed epoch, which is also what the checkpoint holds,
+            if one was written.
+        ResumeMismatchError: ``resume`` with settings or data other than the checkpoint's.
     """
     if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
         raise ValueError("fit_svi needs a model from make_bayesian(...)")
@@ -696,6 +716,7 @@ def fit_svi(
         checkpoint_path=checkpoint_path,
         resume=resume,
         keep_best=keep_best,
+        override_lr=override_lr,
     )
     x_val, y_val, device = prepare_training(model, x, y, x_val, y_val, settings, device)
     pyro.clear_param_store()
@@ -710,6 +731,13 @@ def fit_svi(
         example=(x[:batch_size].to(device), y[:batch_size].to(device), len(x)),
         milestones=milestones,
         gamma=gamma,
+        settings={
+            "training": "fit_svi",
+            "guide": guide if isinstance(guide, str) else type(guide).__name__,
+            "num_particles": int(num_particles),
+            "milestones": sorted(int(m) for m in milestones),
+            "gamma": float(gamma),
+        },
     )
     history = train_loop(trainer, x, y, x_val, y_val, settings, device)
     return guide_fn, history

@@ -16,6 +16,9 @@ one accepts the same kinds of input and refuses bad input with the same messages
 - an empty batch ``(0, num_features)`` is valid; the methods answer it with empty results
   of the right shape;
 - NaN and infinite values are refused with their count.
+
+:class:`NonFiniteError` is the other side of the boundary: values computed *inside* a
+model (activations, logits, parameter draws) that stop being finite.
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_batch", "check_labels"]
+__all__ = ["NonFiniteError", "as_batch", "check_labels"]
+
+
+class NonFiniteError(ValueError):
+    """A value computed inside a model (an activation, a logit) is NaN or infinite.
+
+    Raised by the library's own checks when the numbers a model computes stop being finite,
+    which with finite, checked inputs means its parameters have diverged. The training loops
+    recognise divergence by this type (see :func:`ugmm_prob.training.diverged`); bad *input*
+    is refused with a plain ``ValueError`` instead.
+    """
 
 
 def _to_tensor(value: Any, name: str) -> torch.Tensor:
@@ -39,9 +52,7 @@ def _to_tensor(value: Any, name: str) -> torch.Tensor:
                 f"{name}: expected numbers (a tensor, NumPy array or list), got "
                 f"{type(value).__name__} that does not convert ({error})"
             ) from error
-    raise TypeError(
-        f"{name}: expected a tensor, NumPy array or list, got {type(value).__name__}"
-    )
+    raise TypeError(f"{name}: expected a tensor, NumPy array or list, got {type(value).__name__}")
 
 
 def as_batch(
@@ -129,9 +140,7 @@ def check_labels(
     if y.dim() != 1:
         raise ValueError(f"{name}: expected labels of shape (n,), got shape {tuple(y.shape)}")
     if num_examples is not None and len(y) != num_examples:
-        raise ValueError(
-            f"{name}: expected {num_examples} labels (one per example), got {len(y)}"
-        )
+        raise ValueError(f"{name}: expected {num_examples} labels (one per example), got {len(y)}")
     if y.is_floating_point():
         if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
             raise TypeError(f"{name}: expected integer class labels, got non-integer values")

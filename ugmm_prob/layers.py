@@ -18,6 +18,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
+from .boundary import NonFiniteError
 from .distributions import neuron_mixture
 from .kernels import Backend, check_kernel_inputs, coupled_log_density
 
@@ -43,16 +44,6 @@ def unique_pyro_name(prefix: str) -> str:
     Submodules are renamed by their parent (``"UGMMClassifier_0.stack.layers.0.loc"``).
     """
     return f"{prefix}_{next(_instance_counter)}"
-
-
-class NonFiniteError(ValueError):
-    """A value computed inside a model (an activation, a logit) is NaN or infinite.
-
-    Raised by the library's own checks when the numbers a model computes stop being finite,
-    which with finite, checked inputs means its parameters have diverged. The training loops
-    recognise divergence by this type (see :func:`ugmm_prob.training.diverged`); bad *input*
-    is refused with a plain ``ValueError`` instead.
-    """
 
 
 def rename_pyro_module(module: PyroModule, name: str) -> None:

@@ -26,16 +26,16 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from .boundary import as_batch, check_labels
+from .boundary import NonFiniteError, as_batch, check_labels
 from .kernels import Backend
-from .layers import FreshPyroNameOnCopy, NonFiniteError, UGMMLayer, unique_pyro_name
+from .layers import FreshPyroNameOnCopy, UGMMLayer, unique_pyro_name
 
 __all__ = [
+    "LOADABLE_MODEL_CLASSES",
     "CNNClassifier",
     "Classifier",
     "ConvUGMMClassifier",
     "JointScoreModel",
-    "LOADABLE_MODEL_CLASSES",
     "MLPClassifier",
     "UGMMClassifier",
     "UGMMStack",
