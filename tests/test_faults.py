@@ -538,3 +538,44 @@ def test_boundary_functions_directly():
         check_labels([0.5], 3)
     with pytest.raises(ValueError, match=r"shape \(n,\)"):
         check_labels([[0]], 3)
+
+
+def test_resume_cuts_a_jsonl_metrics_file_back_to_the_checkpoint(iris, tmp_path):
+    import json
+
+    metrics = tmp_path / "m.jsonl"
+    _resume(iris, tmp_path / "run.pt", epochs=3, metrics_path=metrics)
+    with metrics.open("a") as handle:  # a row written after the last checkpoint, and
+        handle.write(json.dumps({"epoch": 4, "loss": 0.1}) + "\n")
+        handle.write('{"epoch": 5, "lo')  # one cut short by a kill
+    _resume(iris, tmp_path / "run.pt", epochs=5, metrics_path=metrics, resume=True)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5]
+    assert rows[3]["loss"] != 0.1  # the stale row was replaced, not kept
+
+
+def test_a_deep_copied_layer_gets_its_own_name():
+    from ugmm_prob.layers import UGMMLayer
+
+    layer = UGMMLayer(3, 2)
+    twin = copy.deepcopy(layer)
+    assert twin._pyro_name != layer._pyro_name
+    model = UGMMClassifier(4, (6,), 3)
+    twin_model = copy.deepcopy(model)
+    assert twin_model.stack.layers[0]._pyro_name == f"{twin_model._pyro_name}.stack.layers.0"
+
+
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def test_cli_resuming_another_presets_checkpoint_is_one_line(tmp_path, capsys):
+    if not MNIST.is_dir():
+        pytest.skip(f"MNIST not found at {MNIST}")
+    assert main(["train", "iris-joint", "--epochs", "1", "--quiet", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    args = ["train", "mnist-mlp", "--epochs", "1", "--subset", "50", "--quiet", "--resume"]
+    args += ["--mnist-dir", str(MNIST), "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a JointScoreModel" in err and "MLPClassifier" in err
+    assert load_checkpoint(tmp_path / "checkpoint.pt").epoch == 1
