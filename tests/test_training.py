@@ -155,7 +155,7 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
     good = save_checkpoint(tmp_path / "good.pt", _small_model())
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match=r"truncated\.pt: not a readable"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: checkpoint is corrupt"):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)

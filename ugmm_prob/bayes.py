@@ -44,7 +44,7 @@ from . import distributed
 from .checkpoints import Checkpoint
 from .datasets import check_classification_data
 from .distributions import FlooredLogNormal
-from .layers import unique_pyro_name
+from .layers import rename_pyro_module, unique_pyro_name
 from .roles import Model
 from .training import LoopSettings, diverged, prepare_training, train_loop
 
@@ -128,19 +128,6 @@ def _targets(
     ]
 
 
-def _rename(module: PyroModule, name: str) -> None:
-    """Give a copied model (and its Pyro submodules) a fresh Pyro name.
-
-    PyroModules sync their parameters with Pyro's global store by name, so a copy under
-    the original's names would take over (and overwrite) the point model's remaining
-    parameters (a circuit's class logits, LayerNorm, convolutions) once either is trained.
-    """
-    module._pyro_name = name
-    for key, child in module._modules.items():
-        if isinstance(child, PyroModule):
-            _rename(child, f"{name}.{key}")
-
-
 def make_bayesian(
     model: Model,
     *,
@@ -173,8 +160,11 @@ def make_bayesian(
         raise TypeError(f"make_bayesian needs a model of the library, got {type(model).__name__}")
     if not prior_scale > 0:
         raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+    # The library's models get a fresh Pyro name when deep-copied (FreshPyroNameOnCopy), so
+    # the copy never shares Pyro's parameter store with the point model.
     bayesian = copy.deepcopy(model)
-    _rename(bayesian, unique_pyro_name(type(model).__name__))
+    if bayesian._pyro_name == model._pyro_name:
+        rename_pyro_module(bayesian, unique_pyro_name(type(model).__name__))
     targets = _targets(bayesian, parameters)
     if not targets:
         raise ValueError(f"{type(model).__name__} has no uGMM parameters to put priors on")
@@ -526,8 +516,10 @@ class _VariationalTrainer:
         example: tuple[torch.Tensor, torch.Tensor, int],
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.guide, self.lr = model, guide, lr
+        self.settings = dict(settings or {})
         self.milestones, self.gamma, self.epoch = sorted(milestones), gamma, 0
         self.predictive_samples = predictive_samples
         self.ctx = distributed.context()
@@ -573,6 +565,17 @@ class _VariationalTrainer:
     def end_epoch(self) -> dict[str, Any]:
         self.epoch += 1
         return {"lr": self._set_lr()}
+
+    def run_settings(self) -> dict[str, Any]:
+        return {**self.settings, "lr": float(self.lr)}
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        self._set_lr()
+
+    def parameters(self) -> list[torch.Tensor]:
+        # what an SVI step changes: the guide's parameters and the model's point estimates
+        return list(pyro.get_param_store().values())
 
     def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = predictive_logits(
@@ -660,6 +663,7 @@ def fit_svi(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     keep_best: str | None = None,
+    override_lr: bool = False,
 ) -> tuple[Callable, list[dict[str, Any]]]:
     """Fit a guide to ``p(parameters | data)`` by minibatch SVI.
 
@@ -687,9 +691,15 @@ def fit_svi(
     Returns:
         The fitted guide and the per-epoch history.
 
+    Resuming checks the run against the checkpoint as :func:`~ugmm_prob.training.fit`
+    does (``override_lr=True`` allows a new ``lr``).
+
     Raises:
-        TrainingDivergedError: the ELBO became NaN/inf; the guide is restored to the end of
-            the last completed epoch, which is also what the checkpoint holds.
+        TrainingDivergedError: the ELBO (or the per-epoch evaluation of the posterior
+            predictive) became NaN/inf, whichever pass found it; the guide is restored to
+            the end of the last completed epoch, which is also what the checkpoint holds,
+            if one was written.
+        ResumeMismatchError: ``resume`` with settings or data other than the checkpoint's.
     """
     if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
         raise ValueError("fit_svi needs a model from make_bayesian(...)")
@@ -702,6 +712,7 @@ def fit_svi(
         checkpoint_path=checkpoint_path,
         resume=resume,
         keep_best=keep_best,
+        override_lr=override_lr,
     )
     x_val, y_val, device = prepare_training(model, x, y, x_val, y_val, settings, device)
     pyro.clear_param_store()
@@ -716,6 +727,13 @@ def fit_svi(
         example=(x[:batch_size].to(device), y[:batch_size].to(device), len(x)),
         milestones=milestones,
         gamma=gamma,
+        settings={
+            "training": "fit_svi",
+            "guide": guide if isinstance(guide, str) else type(guide).__name__,
+            "num_particles": int(num_particles),
+            "milestones": sorted(int(m) for m in milestones),
+            "gamma": float(gamma),
+        },
     )
     history = train_loop(trainer, x, y, x_val, y_val, settings, device)
     return guide_fn, history

@@ -5,12 +5,18 @@ uGMM-NN on Iris (shipped with the package), prints the test accuracy and the exa
 posteriors of a few flowers, and saves a figure. ``train`` runs any experiment of
 :mod:`ugmm_prob.experiments` with checkpoints and metrics files; ``evaluate`` scores a
 checkpoint on its data set's test split.
+
+Every user error (a bad flag value, an output path that is a file, a device this machine
+lacks, a damaged checkpoint, resuming with other settings) is one line on stderr and exit
+status 2, and flag values are checked before any training starts. Ctrl-C during ``train``
+stops after saving the last completed epoch, prints how to resume, and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -23,9 +29,42 @@ from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
 from .experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
-from .networks import JointScoreModel
 from .plotting import plot_history, plot_neuron_mixtures, plot_posteriors
-from .training import DeviceUnavailableError, TrainingDivergedError, evaluate
+from .training import (
+    DeviceUnavailableError,
+    ResumeMismatchError,
+    TrainingDivergedError,
+    evaluate,
+    resolve_device,
+)
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot work, found before any training starts."""
+
+
+def _check_folder(option: str, value: str) -> pathlib.Path:
+    path = pathlib.Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {value}: is an existing file, expected a folder")
+    return path
+
+
+def _check_file(option: str, value: str | None) -> None:
+    if value is not None and pathlib.Path(value).is_dir():
+        raise UsageError(f"{option} {value}: is a folder, expected a file name")
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    try:
+        resolve_device(device, torch.nn.Linear(1, 1))
+    except RuntimeError as error:  # torch's own: unknown device string
+        if isinstance(error, DeviceUnavailableError):
+            raise
+        raise UsageError(f"--device {device}: not a device ({error})") from error
+
 
 __all__ = ["main"]
 
@@ -37,6 +76,11 @@ def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    out = _check_folder("--out", args.out)
+    if args.epochs is not None and args.epochs < 0:
+        raise UsageError(f"--epochs must be >= 0, got {args.epochs}")
+    if args.show < 0:
+        raise UsageError(f"--show must be >= 0, got {args.show}")
     data = load_data("iris")
     started = time.perf_counter()
     model, history, settings = train_experiment(
@@ -70,7 +114,7 @@ def _demo(args: argparse.Namespace) -> int:
     axes[0, 1].set_title("training (metrics on the held-out training flowers)")
     plot_neuron_mixtures(model.stack.layers[0], ax=axes[1, 0])
     plot_neuron_mixtures(model.stack.layers[1], ax=axes[1, 1])
-    path = _save(fig, pathlib.Path(args.out) / "iris_demo.png")
+    path = _save(fig, out / "iris_demo.png")
     print(f"\nfigure saved to {path}")
     return 0
 
@@ -86,10 +130,51 @@ def _train(args: argparse.Namespace) -> int:
             torch.distributed.destroy_process_group()
 
 
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Refuse flag values that cannot work, before any data is loaded or model trained."""
+    for option, value, low in (
+        ("--epochs", args.epochs, 0),
+        ("--batch-size", args.batch_size, 1),
+        ("--subset", args.subset, 1),
+    ):
+        if value is not None and value < low:
+            raise UsageError(f"{option} must be >= {low}, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.override_lr and args.lr is None:
+        raise UsageError("--override-lr needs --lr (the new learning rate)")
+    _check_folder("--out", args.out)
+    _check_file("--checkpoint", args.checkpoint)
+    _check_file("--metrics", args.metrics)
+    if args.metrics and pathlib.Path(args.metrics).suffix not in (".csv", ".jsonl", ".json"):
+        raise UsageError(f"--metrics {args.metrics}: expected a .csv or .jsonl file name")
+    _check_device(args.device)
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues an interrupted ``train`` run."""
+    argv = list(getattr(args, "argv", None) or [])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return "ugmm-prob " + shlex.join(argv)
+
+
+def _checkpoint_state(path: pathlib.Path) -> tuple[int, int] | None:
+    """``(inode, mtime)`` of a file, to tell whether this run rewrote it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedContext | None) -> int:
     experiment = EXPERIMENTS[args.experiment]
+    out = pathlib.Path(args.out)
+    checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else out / "checkpoint.pt"
+    _check_file("checkpoint", str(checkpoint))
     data = load_data(experiment.data, mnist_root=args.mnist_dir)
-    if args.subset:
+    if args.subset is not None:
         data = replace(
             data, x_train=data.x_train[: args.subset], y_train=data.y_train[: args.subset]
         )
@@ -100,30 +185,52 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
     }
     if args.milestones is not None:
         overrides["milestones"] = tuple(args.milestones)
-    out = pathlib.Path(args.out)
-    checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else out / "checkpoint.pt"
-    model, history, _ = train_experiment(
-        experiment,
-        data,
-        seed=args.seed,
-        epochs=args.epochs,
-        overrides=overrides,
-        init=args.init,
-        device=args.device,
-        progress=not args.quiet,
-        checkpoint_path=checkpoint,
-        metrics_path=args.metrics or out / "metrics.csv",
-        resume=args.resume,
-    )
+    before = _checkpoint_state(checkpoint)
+    try:
+        model, history, _ = train_experiment(
+            experiment,
+            data,
+            seed=args.seed,
+            epochs=args.epochs,
+            overrides=overrides,
+            init=args.init,
+            device=args.device,
+            progress=not args.quiet,
+            checkpoint_path=checkpoint,
+            metrics_path=args.metrics or out / "metrics.csv",
+            resume=args.resume,
+            override_lr=args.override_lr,
+        )
+    except KeyboardInterrupt:
+        if ctx is not None and not ctx.is_main:
+            return 130
+        if _checkpoint_state(checkpoint) not in (None, before) or (
+            args.resume and before is not None
+        ):
+            epoch = load_checkpoint(checkpoint).epoch
+            print(
+                f"ugmm-prob train: interrupted; {checkpoint} holds epoch {epoch}. "
+                f"Resume with: {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                "ugmm-prob train: interrupted before the first epoch completed; no "
+                "checkpoint was written",
+                file=sys.stderr,
+            )
+        return 130
     if ctx is not None and not ctx.is_main:
         return 0
     final = evaluate(model, data.x_test, data.y_test)
     selected = _selected_model_note(model, history, out)
     processes = f" ({ctx.world_size} processes)" if ctx is not None else ""
+    written = _checkpoint_state(checkpoint) not in (None, before)
+    saved = f"checkpoint {checkpoint}" if written else "no checkpoint written (no epoch was run)"
     print(
         f"{experiment.name}: test accuracy {100 * final['accuracy']:.2f}% "
         f"(paper {experiment.paper}%), NLL {final['nll']:.4f}, ECE {final['ece']:.4f}; "
-        f"checkpoint {checkpoint}{processes}{selected}"
+        f"{saved}{processes}{selected}"
     )
     if history:
         print(f"training curve saved to {_save(plot_history(history), out / 'history.png')}")
@@ -146,15 +253,26 @@ def _selected_model_note(model: torch.nn.Module, history: list[dict], out: pathl
 
 def _evaluate(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
-    name = args.data or ("iris" if isinstance(state.model, JointScoreModel) else "mnist")
+    name = args.data or ("iris" if state.model.input_size == 4 else "mnist")
     data = load_data(name, mnist_root=args.mnist_dir)
+    if state.model.input_size not in (None, data.x_test[0].numel()):
+        raise UsageError(
+            f"{args.checkpoint} holds a model of {state.model.input_size} inputs; the {name} "
+            f"test split has {data.x_test[0].numel()} (choose the data set with --data)"
+        )
     metrics = evaluate(state.model, data.x_test, data.y_test)
+    shown = ", ".join(_format_metric(key, value) for key, value in metrics.items())
     print(
-        f"{type(state.model).__name__} after {state.epoch} epochs on the {name} test split: "
-        f"accuracy {100 * metrics['accuracy']:.2f}%, NLL {metrics['nll']:.4f}, "
-        f"ECE {metrics['ece']:.4f}"
+        f"{type(state.model).__name__} after {state.epoch} epochs on the {name} test split: {shown}"
     )
     return 0
+
+
+def _format_metric(name: str, value: float) -> str:
+    """``accuracy 96.67%``, ``nll 0.1234``: how the command prints a metric."""
+    if name == "accuracy":
+        return f"accuracy {100 * value:.2f}%"
+    return f"{name.upper() if name in ('nll', 'ece') else name} {value:.4f}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
+    train.add_argument(
+        "--override-lr",
+        action="store_true",
+        help="with --resume: continue with --lr instead of the checkpoint's learning rate",
+    )
     train.add_argument("--optimizer", choices=["adam", "sgd"])
     train.add_argument("--milestones", type=int, nargs="*", help="MultiStepLR epochs")
     train.add_argument("--subset", type=int, help="train on the first N examples only")
@@ -210,19 +333,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ugmm-prob`` console script; returns the exit status."""
+    """Entry point of the ``ugmm-prob`` console script; returns the exit status.
+
+    0 on success, 2 for any user error (one line on stderr), 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
+        if args.command == "train":
+            _check_train_args(args)
         return args.run(args)
     except (
+        UsageError,
         DatasetNotFoundError,
         CorruptDatasetError,
         CheckpointError,
         DeviceUnavailableError,
         TrainingDivergedError,
+        ResumeMismatchError,
     ) as error:
-        print(f"ugmm-prob {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line
+        print(f"ugmm-prob {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ugmm-prob {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

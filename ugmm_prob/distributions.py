@@ -23,6 +23,8 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from .boundary import NonFiniteError
+
 __all__ = ["FlooredLogNormal", "logit_pixels", "neuron_mixture", "pixel_logit_transform"]
 
 
@@ -67,6 +69,21 @@ class FlooredLogNormal(dist.TransformedDistribution):
     def support(self):
         """``greater_than(floor)``."""
         return constraints.greater_than(self.floor)
+
+    def _validate_sample(self, value: torch.Tensor) -> None:
+        # A draw at the floor or not finite means exp() of its log over- or underflowed:
+        # the numbers have broken down (a diverging guide), which the training loops
+        # recognise by the type NonFiniteError.
+        try:
+            super()._validate_sample(value)
+        except ValueError as error:
+            broken = ~torch.isfinite(value) | (value <= self.floor)
+            if bool(broken.any()):
+                raise NonFiniteError(
+                    f"FlooredLogNormal(floor={self.floor}): {int(broken.sum())} value(s) are "
+                    "not finite or not above the floor (exp over- or underflowed)"
+                ) from error
+            raise
 
     def expand(self, batch_shape, _instance=None):
         """The same distribution with ``loc`` and ``scale`` expanded to ``batch_shape``."""

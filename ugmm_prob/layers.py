@@ -8,18 +8,28 @@ as one ``MixtureSameFamily`` through :attr:`UGMMLayer.mixture`.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+from typing import Any
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
+from .boundary import NonFiniteError
 from .distributions import neuron_mixture
 from .kernels import Backend, check_kernel_inputs, coupled_log_density
 
-__all__ = ["UGMMLayer", "component_dropout", "unique_pyro_name"]
+__all__ = [
+    "FreshPyroNameOnCopy",
+    "NonFiniteError",
+    "UGMMLayer",
+    "component_dropout",
+    "rename_pyro_module",
+    "unique_pyro_name",
+]
 
 _instance_counter = itertools.count()
 
@@ -34,6 +44,39 @@ def unique_pyro_name(prefix: str) -> str:
     Submodules are renamed by their parent (``"UGMMClassifier_0.stack.layers.0.loc"``).
     """
     return f"{prefix}_{next(_instance_counter)}"
+
+
+def rename_pyro_module(module: PyroModule, name: str) -> None:
+    """Give ``module`` the Pyro name ``name`` and its Pyro submodules ``name.path``.
+
+    PyroModules sync their parameters with Pyro's global store by name, so two modules
+    under one name share (and overwrite) each other's parameters once either is trained.
+    """
+    module._pyro_name = name
+    for key, child in module._modules.items():
+        if isinstance(child, PyroModule):
+            rename_pyro_module(child, f"{name}.{key}")
+
+
+class FreshPyroNameOnCopy:
+    """Mixin for the library's ``PyroModule``\\ s: ``copy.deepcopy`` gives a fresh Pyro name.
+
+    A plain deep copy keeps the original's Pyro name, so the copy and the original would
+    sync their parameters with the same entries of Pyro's parameter store: training the
+    copy would then do nothing or overwrite the original. The copy made here is the default
+    deep copy, renamed with :func:`unique_pyro_name` (its submodules by their paths), so it
+    never shares parameters with the original. Deep-copied as part of a larger model, a
+    module is renamed again by that model's copy.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        cls = type(self)
+        copied = cls.__new__(cls)
+        memo[id(self)] = copied
+        state = self.__getstate__()  # PyroModule drops its weak references here
+        copied.__setstate__(copy.deepcopy(state, memo))
+        rename_pyro_module(copied, unique_pyro_name(cls.__name__))
+        return copied
 
 
 def component_dropout(
@@ -60,7 +103,7 @@ def component_dropout(
     return logits.masked_fill(drop, -math.inf)
 
 
-class UGMMLayer(PyroModule):
+class UGMMLayer(FreshPyroNameOnCopy, PyroModule):
     """A layer of uGMM neurons: each neuron is a univariate Gaussian mixture over its inputs.
 
     .. math::
@@ -219,7 +262,7 @@ class UGMMLayer(PyroModule):
         check_kernel_inputs(x, loc, scale, logits, owner=self.label)
         if not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(
+            raise NonFiniteError(
                 f"{self.label}: expected finite inputs, got {bad} NaN or inf value(s) "
                 f"in an input of shape {tuple(x.shape)}"
             )

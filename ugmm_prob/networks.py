@@ -16,6 +16,7 @@ treatment use only that interface plus :attr:`Classifier.config`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,12 +26,14 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from .boundary import NonFiniteError, as_batch, check_labels
 from .kernels import Backend
-from .layers import UGMMLayer
+from .layers import FreshPyroNameOnCopy, UGMMLayer
 from .metrics import classification_metrics
-from .roles import MODEL_CLASSES, Model
+from .roles import Model
 
 __all__ = [
+    "LOADABLE_MODEL_CLASSES",
     "CNNClassifier",
     "Classifier",
     "ConvUGMMClassifier",
@@ -39,7 +42,56 @@ __all__ = [
     "UGMMClassifier",
     "UGMMStack",
     "build_model",
+    "model_class_path",
+    "resolve_model_class",
 ]
+
+
+LOADABLE_MODEL_CLASSES: tuple[str, ...] = (
+    "ugmm_prob.networks:UGMMClassifier",
+    "ugmm_prob.networks:MLPClassifier",
+    "ugmm_prob.networks:CNNClassifier",
+    "ugmm_prob.networks:ConvUGMMClassifier",
+    "ugmm_prob.networks:JointScoreModel",
+    "ugmm_prob.circuits.circuit:UGMMCircuit",
+)
+"""The model classes checkpoints may rebuild, as ``module:qualname`` (the allow-list of
+:func:`resolve_model_class`); each is imported only when a checkpoint names it."""
+
+
+def model_class_path(cls: type) -> str:
+    """``module:qualname`` of a class, as checkpoints record it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve_model_class(name: str, *, extra: Sequence[type] = ()) -> type[Model]:
+    """The model class a checkpoint names, imported lazily from an allow-list.
+
+    Args:
+        name: ``module:qualname`` (see :func:`model_class_path`), or a bare class name as
+            checkpoints of format 1 recorded it.
+        extra: further classes the caller allows (their own :class:`Classifier`
+            model classes); only :data:`LOADABLE_MODEL_CLASSES` are allowed otherwise.
+
+    Raises:
+        ValueError: ``name`` is not on the allow-list (nothing is imported then).
+    """
+    allowed = {model_class_path(cls): cls for cls in extra}
+    allowed.update(dict.fromkeys(LOADABLE_MODEL_CLASSES))
+    if ":" not in name:  # format 1: the bare class name
+        matches = [path for path in allowed if path.rpartition(":")[2] == name]
+        if len(matches) != 1:
+            raise ValueError(f"unknown model class {name!r}; expected one of {sorted(allowed)}")
+        name = matches[0]
+    if name not in allowed:
+        raise ValueError(f"model class {name!r} is not loadable; expected one of {sorted(allowed)}")
+    if allowed[name] is not None:
+        return allowed[name]
+    module_name, _, qualname = name.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
 
 
 class Classifier(Model):
@@ -47,14 +99,58 @@ class Classifier(Model):
 
     Subclasses implement :meth:`logits` and record their constructor arguments in
     ``self.config`` (plain Python values), which is what checkpoints store to rebuild them.
+    Subclasses that know their input width return it from ``_input_features``; their
+    public methods then take inputs through :func:`ugmm_prob.boundary.as_batch` (tensors,
+    NumPy arrays or lists; shape ``(n, features...)``; a 1-D ``x`` is refused, pass
+    ``x[None]`` for one example). ``copy.deepcopy`` gives the copy a fresh Pyro name, so a
+    copy never shares Pyro's parameter store with its original.
     """
 
+    def _batch(self, x: Any, method: str) -> Any:
+        """``x`` through the input boundary (:func:`~ugmm_prob.boundary.as_batch`)."""
+        features = self._input_features()
+        if features is None:
+            return x
+        reference = next(self.parameters(), None)
+        if reference is None:
+            reference = next(self.buffers(), None)
+        return as_batch(
+            x,
+            num_features=features,
+            name=f"{type(self).__name__}.{method}: x",
+            dtype=None if reference is None else reference.dtype,
+            device=None if reference is None else reference.device,
+        )
+
+    def _checked_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(logits).all()):
+            bad = int((~torch.isfinite(logits)).sum())
+            raise NonFiniteError(
+                f"{type(self).__name__}: {bad} class logit(s) are NaN or infinite for finite "
+                "inputs (the parameters have diverged?)"
+            )
+        return logits
+
     def forward(self, x: torch.Tensor) -> dist.Categorical:
-        """The predictive distribution ``p(y | x)``: ``Categorical(logits=self.logits(x))``."""
-        return dist.Categorical(logits=self.logits(x))
+        """The predictive distribution ``p(y | x)``: ``Categorical(logits=self.logits(x))``.
+
+        Raises :class:`~ugmm_prob.layers.NonFiniteError` if the logits are not finite.
+        """
+        return dist.Categorical(logits=self._checked_logits(self.logits(x)))
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``log p(y | x)`` for each row, shape ``(n,)``."""
+        x = self._batch(x, "log_prob")
+        if self._input_features() is not None:
+            y = check_labels(
+                y,
+                self.num_classes,
+                num_examples=len(x),
+                name=f"{type(self).__name__}.log_prob: y",
+                device=x.device,
+            )
+            if len(x) == 0:
+                return x.new_zeros(0)
         return self(x).log_prob(y)
 
     def model(
@@ -65,7 +161,7 @@ class Classifier(Model):
         ``num_data`` is the size of the whole data set when ``x`` is a minibatch: the
         plate then scales the log-likelihood by ``num_data / len(x)``.
         """
-        logits = self.logits(x)
+        logits = self._checked_logits(self.logits(x))
         size = len(x) if num_data is None else num_data
         subsample = torch.arange(len(x), device=x.device)
         with pyro.plate("data", size=size, subsample=subsample):
@@ -118,7 +214,18 @@ class Classifier(Model):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
-        """``p(y | x)`` in evaluation mode (no dropout), shape ``(n, num_classes)``."""
+        """``p(y | x)`` in evaluation mode (no dropout), shape ``(n, num_classes)``.
+
+        ``x`` is a tensor, NumPy array or list ``(n, features...)``; an empty batch gives an
+        empty ``(0, num_classes)`` result.
+        """
+        x = self._batch(x, "predict_proba")
+        if batch_size < 1:
+            raise ValueError(f"predict_proba: expected batch_size >= 1, got {batch_size}")
+        if len(x) == 0:
+            reference = next(self.parameters(), None)
+            dtype = x.dtype if reference is None else reference.dtype
+            return torch.zeros(0, self.num_classes, dtype=dtype, device=x.device)
         was_training = self.training
         self.eval()
         try:
@@ -128,15 +235,14 @@ class Classifier(Model):
         return torch.softmax(torch.cat(parts), dim=-1)
 
     def predict(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
-        """Most probable class for each row, shape ``(n,)``."""
+        """Most probable class for each row, shape ``(n,)`` (empty for an empty batch)."""
         return self.predict_proba(x, batch_size=batch_size).argmax(-1)
 
 
-def build_model(name: str, config: dict[str, Any]) -> Classifier:
-    """Rebuild a network from its class name and ``config`` (as stored in checkpoints)."""
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model class {name!r}; known: {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[name](**config)
+def build_model(name: str, config: dict[str, Any]) -> Model:
+    """Rebuild a model from its class (``module:qualname`` of :data:`LOADABLE_MODEL_CLASSES`,
+    or a bare class name of that list) and ``config`` (as stored in checkpoints)."""
+    return resolve_model_class(name)(**config)
 
 
 def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +268,7 @@ def _per_layer(value: float | Sequence[float], count: int, what: str) -> list[fl
     return values
 
 
-class UGMMStack(PyroModule):
+class UGMMStack(FreshPyroNameOnCopy, PyroModule):
     """uGMM layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     LayerNorm (optional, after every layer but the last) rescales the wide range of
@@ -273,9 +379,12 @@ class UGMMClassifier(Classifier):
             backend=backend,
         )
 
+    def _input_features(self) -> int:
+        return int(self.config["in_features"])
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Output-layer activations (log-densities of the class neurons), ``(n, C)``."""
-        return self.stack(x.flatten(1))
+        return self.stack(self._batch(x, "logits"))
 
     def init_from_data(self, x, y=None, *, generator=None) -> None:
         """Prototype initialisation from training inputs ``x`` (labels unused)."""
@@ -303,9 +412,12 @@ class MLPClassifier(Classifier):
         blocks.append(PyroModule[nn.Linear](hidden[-1] if hidden else in_features, num_classes))
         self.net = PyroModule[nn.Sequential](*blocks)
 
+    def _input_features(self) -> int:
+        return int(self.config["in_features"])
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of the flattened inputs, ``(n, C)``."""
-        return self.net(x.flatten(1))
+        return self.net(self._batch(x, "logits"))
 
 
 class ConvFeatures(PyroModule):
@@ -351,9 +463,12 @@ class CNNClassifier(Classifier):
             nn.Dropout(dropout), PyroModule[nn.Linear](features, num_classes)
         )
 
+    def _input_features(self) -> int:
+        return self.features.channels * self.features.image_size**2
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits of images ``(n, channels, size, size)``, shape ``(n, C)``."""
-        return self.head(self.features(x))
+        """Class logits of images ``(n, channels, size, size)`` (or flat), shape ``(n, C)``."""
+        return self.head(self.features(self._batch(x, "logits")))
 
 
 class ConvUGMMClassifier(Classifier):
@@ -385,9 +500,12 @@ class ConvUGMMClassifier(Classifier):
             backend=backend,
         )
 
+    def _input_features(self) -> int:
+        return self.features.channels * self.features.image_size**2
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The uGMM head's output activations on the normalised CNN features, ``(n, C)``."""
-        return self.head(self.feature_norm(self.features(x)))
+        return self.head(self.feature_norm(self.features(self._batch(x, "logits"))))
 
     @torch.no_grad()
     def init_from_data(self, x, y=None, *, generator=None) -> None:
@@ -457,9 +575,27 @@ class JointScoreModel(Classifier):
             backend=backend,
         )
 
-    def score(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Joint score ``s(x, c)``: ``x`` is ``(..., D)``; ``c`` broadcasts with ``x[..., 0]``."""
+    def _input_features(self) -> int:
+        return self.num_features
+
+    def score(self, x: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
+        """Joint score ``s(x, c)``: ``x`` is ``(n, D)``; labels ``c`` broadcast with ``(n,)``.
+
+        ``x`` goes through the input boundary (:func:`~ugmm_prob.boundary.as_batch`);
+        ``c`` must hold labels in ``[0, C)``.
+        """
+        x = self._batch(x, "score")
         c = torch.as_tensor(c, device=x.device)
+        if c.is_floating_point() or c.dtype == torch.bool or c.is_complex():
+            raise TypeError(f"JointScoreModel.score: expected integer labels c, got {c.dtype}")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
+            raise ValueError(
+                f"JointScoreModel.score: expected labels c in [0, {self.num_classes - 1}], "
+                f"got min {int(c.min())} and max {int(c.max())}"
+            )
+        return self._score(x, c)
+
+    def _score(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         batch = torch.broadcast_shapes(x.shape[:-1], c.shape)
         inputs = torch.cat(
             [x.expand(*batch, x.shape[-1]), c.to(x.dtype).expand(batch)[..., None]], dim=-1
@@ -468,8 +604,9 @@ class JointScoreModel(Classifier):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``s(x, c)`` for every candidate label ``c``, shape ``(n, C)``, in one pass."""
+        x = self._batch(x, "logits")
         labels = torch.arange(self.num_classes, device=x.device)
-        return self.score(x[None], labels[:, None]).transpose(0, 1)
+        return self._score(x[None], labels[:, None]).transpose(0, 1)
 
     def init_from_data(self, x, y=None, *, generator=None) -> None:
         """Prototype initialisation from training pairs: the first layer's neurons start
@@ -480,7 +617,8 @@ class JointScoreModel(Classifier):
         self.stack.init_from_data(inputs, generator=generator)
 
     def posterior(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact ``p(c | x)``, shape ``(n, C)`` (evaluation mode, no gradient)."""
+        """Exact ``p(c | x)``, shape ``(n, C)`` (evaluation mode, no gradient; empty for an
+        empty batch)."""
         return self.predict_proba(x)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

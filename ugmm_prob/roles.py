@@ -26,20 +26,19 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from .layers import unique_pyro_name
+from .layers import FreshPyroNameOnCopy, unique_pyro_name
 from .metrics import classification_metrics
 
 __all__ = ["DensityModel", "Model", "density_metrics"]
 
-MODEL_CLASSES: dict[str, type[Model]] = {}
-"""Every model class of the library by name (filled as the classes are defined)."""
 
-
-class Model(PyroModule):
+class Model(FreshPyroNameOnCopy, PyroModule):
     """What every model of the library answers (see the module docstring).
 
     Subclasses record their constructor arguments in ``self.config`` (plain Python values),
-    which is what checkpoints store to rebuild them.
+    which is what checkpoints store to rebuild them. A deep copy gets a Pyro name of its own
+    (:class:`~ugmm_prob.layers.FreshPyroNameOnCopy`), so it never shares parameters with the
+    original.
     """
 
     config: dict[str, Any]
@@ -53,9 +52,14 @@ class Model(PyroModule):
         # A distinct Pyro name per instance: see ugmm_prob.layers.unique_pyro_name.
         super().__init__(name=name or unique_pyro_name(type(self).__name__))
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        MODEL_CLASSES[cls.__name__] = cls
+    def _input_features(self) -> int | None:
+        """Values per example the model takes, or None where it does not say."""
+        return None
+
+    @property
+    def input_size(self) -> int | None:
+        """Values per example the model takes (e.g. 4 for Iris, 784 for MNIST), if known."""
+        return self._input_features()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised class log-probabilities ``(n, C)``: ``softmax`` gives ``p(c | x)``."""
@@ -180,7 +184,12 @@ class DensityModel(Model):
         """The most probable class ``argmax_c p(c | x)`` of each row, ``(n,)``."""
         return self.predict_proba(x, batch_size=batch_size).argmax(-1)
 
+    def as_input(self, x: Any) -> torch.Tensor:
+        """``x`` as the model's query methods take it (a checked tensor)."""
+        return x
+
     def _joint_in_batches(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        x = self.as_input(x)
         parts = [self.joint_log_prob(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         if not parts:
             return x.new_empty(0, self.num_classes)

@@ -13,6 +13,12 @@ Determinism: the data order of epoch ``e`` is a permutation drawn from ``seed + 
 checkpoints store the optimiser, the learning-rate schedule and the global RNG state (which
 drives dropout), so a run resumed from a checkpoint continues exactly as if it had never
 stopped (on CPU; GPU kernels may not be bitwise deterministic).
+
+Resuming checks the run against the checkpoint: a different seed, batch size, training or
+validation data (shape and a content fingerprint), ``keep_best``, model class or config, or
+optimiser settings is a :class:`ResumeMismatchError` naming both values. ``epochs`` may
+change (that is what resuming is for); the learning rate only with ``override_lr=True``.
+Metrics files are cut back to the checkpoint's epoch on resume, so no row is duplicated.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import json
 import math
 import os
 import pathlib
+import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -33,7 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from .boundary import NonFiniteError
+from .checkpoints import Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .datasets import check_classification_data
 from .metrics import classification_metrics
 from .roles import Model
@@ -41,10 +50,14 @@ from .roles import Model
 __all__ = [
     "DeviceUnavailableError",
     "LoopSettings",
+    "NonFiniteError",
+    "ResumeMismatchError",
     "Trainer",
     "TrainingDivergedError",
     "checked_data",
     "classification_metrics",
+    "data_fingerprint",
+    "diverged",
     "evaluate",
     "fit",
     "prepare_training",
@@ -54,7 +67,23 @@ __all__ = [
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the model was restored to its last good state."""
+    """The loss became NaN or infinite; the model was restored to its last good state.
+
+    Attributes:
+        epoch: the last completed epoch, whose state the model was restored to.
+        checkpoint: the checkpoint file holding that state, or None when none was written
+            (no checkpoint path, or no epoch completed and nothing was resumed).
+    """
+
+    def __init__(
+        self, message: str, *, epoch: int = 0, checkpoint: pathlib.Path | None = None
+    ) -> None:
+        super().__init__(message)
+        self.epoch, self.checkpoint = epoch, checkpoint
+
+
+class ResumeMismatchError(ValueError):
+    """A run asked to resume from a checkpoint written with different settings or data."""
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -103,17 +132,58 @@ def evaluate(model: Model, x: torch.Tensor, y: torch.Tensor | None = None) -> di
 
 
 class _MetricsWriter:
-    """Appends one row per epoch to a ``.csv`` or ``.jsonl`` file."""
+    """Appends one row per epoch to a ``.csv`` or ``.jsonl`` file.
 
-    def __init__(self, path: str | os.PathLike | None, *, append: bool) -> None:
+    Resuming (``keep_epochs`` given) keeps the rows of epochs ``1..keep_epochs`` and drops
+    later or damaged ones: a run killed after writing an epoch's row but before its
+    checkpoint would otherwise repeat that row.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, *, keep_epochs: int | None) -> None:
         self.path = None if path is None else pathlib.Path(path)
         if self.path is None:
             return
         if self.path.suffix not in (".csv", ".jsonl", ".json"):
             raise ValueError(f"metrics_path must end in .csv or .jsonl, got {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not append and self.path.exists():
-            self.path.unlink()
+        remove_stale_temporaries(self.path)  # left by a run killed while cutting the file
+        if keep_epochs is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            self._truncate(keep_epochs)
+
+    def _truncate(self, keep_epochs: int) -> None:
+        assert self.path is not None
+        text = self.path.read_text()
+        if self.path.suffix == ".csv":
+            lines = text.splitlines(keepends=True)
+            kept = lines[:1]
+            fields = next(csv.reader(lines[:1]), [])
+            for line in lines[1:]:
+                row = next(csv.reader([line]), [])
+                if len(row) == len(fields) and line.endswith("\n") and _epoch(row[0]) is not None:
+                    if _epoch(row[0]) <= keep_epochs:
+                        kept.append(line)
+        else:
+            kept = []
+            for line in text.splitlines(keepends=True):
+                try:
+                    epoch = _epoch(json.loads(line).get("epoch"))
+                except (ValueError, AttributeError):
+                    continue
+                if line.endswith("\n") and epoch is not None and epoch <= keep_epochs:
+                    kept.append(line)
+        if "".join(kept) == text:
+            return
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        try:
+            with os.fdopen(fd, "w", newline="") as handle:
+                handle.write("".join(kept))
+            os.replace(tmp, self.path)
+        finally:
+            pathlib.Path(tmp).unlink(missing_ok=True)
 
     def write(self, row: dict[str, Any]) -> None:
         if self.path is None:
@@ -128,6 +198,13 @@ class _MetricsWriter:
         else:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
+
+
+def _epoch(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _scheduler_state(scheduler: torch.optim.lr_scheduler.MultiStepLR) -> dict[str, Any]:
@@ -224,6 +301,7 @@ class LoopSettings:
     checkpoint_path: str | os.PathLike | None = None
     resume: bool = False
     keep_best: str | None = None
+    override_lr: bool = False
 
     def check(self, x_val: torch.Tensor | None, metrics: Sequence[str]) -> None:
         """Reject settings no training loop can run with, naming what was expected.
@@ -335,13 +413,90 @@ class Trainer(Protocol):
     def load_training_state(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint written by this kind of training."""
 
+    # Optional (checked with getattr, so older trainers keep working):
+    # run_settings() -> dict of plain values that must not change across a resume, with the
+    # learning rate under "lr"; set_lr(lr) -> None applies a new base learning rate.
 
-def _check_resumable(checkpoint: Checkpoint, model: Model, path: Any) -> None:
-    if type(checkpoint.model) is not type(model) or checkpoint.model.config != model.config:
-        raise ValueError(
-            f"{path} holds a {type(checkpoint.model).__name__} with config "
-            f"{checkpoint.model.config}, not this {type(model).__name__} with {model.config}"
+
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor | None) -> dict[str, Any]:
+    """Shapes, dtype and two order-sensitive sums of a data set, to recognise it cheaply.
+
+    Stored in checkpoints so that resuming on other data (another subset, split or seed of
+    the split) is an error rather than a silently different run.
+    """
+    flat = x.detach().reshape(len(x), -1)
+    rows = flat.sum(1, dtype=torch.float64)
+    weights = torch.arange(1, len(x) + 1, dtype=torch.float64, device=rows.device)
+    return {
+        "x_shape": list(x.shape),
+        "x_dtype": str(x.dtype).removeprefix("torch."),
+        "y_shape": None if y is None else list(y.shape),
+        "x_sum": float(rows.sum()),
+        "x_weighted_sum": float((rows * weights).sum()),
+        "y_weighted_sum": None
+        if y is None
+        else float((y.detach().to(torch.float64) * weights.to(y.device)).sum()),
+    }
+
+
+def _same(recorded: Any, current: Any) -> bool:
+    if isinstance(recorded, float) or isinstance(current, float):
+        try:
+            return math.isclose(float(recorded), float(current), rel_tol=1e-7, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return recorded.keys() == current.keys() and all(
+            _same(recorded[key], current[key]) for key in recorded
         )
+    if isinstance(recorded, list | tuple) and isinstance(current, list | tuple):
+        return len(recorded) == len(current) and all(map(_same, recorded, current))
+    return recorded == current
+
+
+def _check_resumable(
+    checkpoint: Checkpoint, model: Model, run: dict[str, Any], path: Any, override_lr: bool
+) -> float | None:
+    """Raise :class:`ResumeMismatchError` if this run differs from the checkpoint's.
+
+    Returns the new learning rate when it differs and ``override_lr`` allows it.
+    """
+    if type(checkpoint.model) is not type(model) or checkpoint.model.config != model.config:
+        raise ResumeMismatchError(
+            f"cannot resume from {path}: it holds a {type(checkpoint.model).__name__} with "
+            f"config {checkpoint.model.config}, but this run trains a {type(model).__name__} "
+            f"with config {model.config}"
+        )
+    recorded = checkpoint.training_state.get("run")
+    if recorded is None:  # checkpoints written before run settings were recorded
+        recorded = (
+            {"seed": checkpoint.training_state["seed"]}
+            if ("seed" in checkpoint.training_state)
+            else {}
+        )
+    if "training" in recorded and "training" in run and recorded["training"] != run["training"]:
+        raise ResumeMismatchError(
+            f"cannot resume from {path}: it was not written by {run['training']} (it was "
+            f"written by {recorded['training']})"
+        )
+    new_lr = None
+    for key, value in recorded.items():
+        if key not in run or _same(value, run[key]):
+            continue
+        if key == "lr":
+            if override_lr:
+                new_lr = float(run["lr"])
+                continue
+            raise ResumeMismatchError(
+                f"cannot resume from {path}: it was trained with lr {value}, this run asks for "
+                f"lr {run['lr']}; pass override_lr=True (--override-lr) to continue with the "
+                "new learning rate, or drop the new one"
+            )
+        raise ResumeMismatchError(
+            f"cannot resume from {path}: {key} was {value} when it was written, this run has "
+            f"{run[key]}; resume with the same {key}, or start a new run without resuming"
+        )
+    return new_lr
 
 
 def train_loop(
@@ -369,11 +524,27 @@ def train_loop(
     checkpoint_path, keep_best = settings.checkpoint_path, settings.keep_best
     ctx = distributed.context()
     start_epoch, history = 0, []
+    run = {
+        "seed": seed,
+        "batch_size": batch_size,
+        "keep_best": keep_best,
+        "data": data_fingerprint(x, y),
+        "validation": data_fingerprint(x_val, y_val),
+        **(getattr(trainer, "run_settings", dict)()),
+    }
     resuming = settings.resume and pathlib.Path(checkpoint_path).exists()
     if resuming:
         state = load_checkpoint(checkpoint_path)
-        _check_resumable(state, trainer.model, checkpoint_path)
+        new_lr = _check_resumable(state, trainer.model, run, checkpoint_path, settings.override_lr)
         trainer.load_training_state(state)
+        if new_lr is not None:
+            trainer.set_lr(new_lr)
+            if ctx.is_main:
+                warnings.warn(
+                    f"resuming {checkpoint_path} with lr {new_lr} instead of "
+                    f"{state.training_state['run']['lr']} (override_lr=True)",
+                    stacklevel=3,
+                )
         torch.set_rng_state(state.training_state["rng_state"])
         if ctx.rank > 0:
             # Only rank 0's generator is stored; the others continue from distinct seeds.
@@ -384,8 +555,23 @@ def train_loop(
     best = None if keep_best is None else _BestEpoch(keep_best)
     if best is not None and resuming and "best" in state.training_state:
         best.load(state.training_state["best"])
-    writer = _MetricsWriter(settings.metrics_path if ctx.is_main else None, append=resuming)
+    writer = _MetricsWriter(
+        settings.metrics_path if ctx.is_main else None,
+        keep_epochs=start_epoch if resuming else None,
+    )
     show = settings.progress and ctx.is_main
+    # the file holding the state after the last completed epoch, once there is one
+    saved = pathlib.Path(checkpoint_path) if resuming else None
+
+    def diverge(what: str, epoch: int) -> TrainingDivergedError:
+        trainer.restore(last_good)
+        where = f"{saved} holds the same" if saved is not None else "no checkpoint was written"
+        return TrainingDivergedError(
+            f"{what}; the model was restored to its state after epoch {epoch} ({where}); "
+            "try a lower learning rate or a larger scale_floor",
+            epoch=epoch,
+            checkpoint=saved,
+        )
 
     n = len(x)
     last_good = trainer.snapshot()
@@ -416,19 +602,27 @@ def train_loop(
             labels = None if y is None else y[local].to(device)
             loss = trainer.step(x[local].to(device), labels, weight=weight, num_data=n)
             if not math.isfinite(loss):
-                trainer.restore(last_good)
-                where = f"{checkpoint_path}" if checkpoint_path else "no checkpoint file"
-                raise TrainingDivergedError(
-                    f"{trainer.loss_name} became {loss} at epoch {epoch + 1}, step {step + 1}; "
-                    f"the model was restored to its state after epoch {epoch} ({where} holds "
-                    "the same); try a lower learning rate or a larger scale_floor"
+                raise diverge(
+                    f"{trainer.loss_name} became {loss} at epoch {epoch + 1}, step {step + 1}",
+                    epoch,
                 )
             total += loss * len(index)
         extra = trainer.end_epoch()
         local_val = ctx.shard(torch.arange(len(x_val)))
+        try:
+            local_outputs = trainer.validation_outputs(x_val[local_val].to(device))
+        except ValueError as error:
+            if not diverged(error, _trainable(trainer)):
+                raise
+            raise diverge(
+                f"the evaluation after epoch {epoch + 1} failed on non-finite values "
+                f"({type(error).__name__}: {error})",
+                epoch,
+            ) from error
+        if not all(bool(torch.isfinite(value).all()) for value in local_outputs.values()):
+            raise diverge(f"the validation outputs after epoch {epoch + 1} are not finite", epoch)
         outputs = {
-            key: ctx.gather_rows(value.cpu(), len(x_val))
-            for key, value in trainer.validation_outputs(x_val[local_val].to(device)).items()
+            key: ctx.gather_rows(value.cpu(), len(x_val)) for key, value in local_outputs.items()
         }
         row = {
             "epoch": epoch + 1,
@@ -447,9 +641,7 @@ def train_loop(
         last_good = trainer.snapshot()
         if checkpoint_path is not None:
             if ctx.is_main:
-                save_checkpoint(
-                    checkpoint_path,
-                    trainer.checkpoint_model(),
+                arguments = dict(
                     epoch=epoch + 1,
                     history=history,
                     training_state={
@@ -457,9 +649,17 @@ def train_loop(
                         "rng_state": torch.get_rng_state(),
                         "seed": seed,
                         "world_size": ctx.world_size,
+                        "run": run,
                         **({} if best is None else {"best": best.state()}),
                     },
                 )
+                try:
+                    save_checkpoint(checkpoint_path, trainer.checkpoint_model(), **arguments)
+                except KeyboardInterrupt:
+                    # Ctrl-C mid-save: finish saving the completed epoch, then stop.
+                    save_checkpoint(checkpoint_path, trainer.checkpoint_model(), **arguments)
+                    raise
+                saved = pathlib.Path(checkpoint_path)
             ctx.barrier()
     if best is not None and best.snapshot is not None:
         trainer.restore(best.snapshot)
@@ -470,15 +670,29 @@ def diverged(error: ValueError, parameters: Iterable[torch.Tensor] = ()) -> bool
     """Whether ``error`` means training diverged rather than that the input was bad.
 
     Weights that have gone NaN or infinite surface as a ``ValueError`` before any loss
-    exists: torch's distribution validation refusing ``Categorical(logits=nan)``, or a uGMM
-    layer refusing the non-finite activations of the layer below. The training loops treat
-    these like a NaN loss: any parameter non-finite, or the error naming invalid or
-    non-finite values.
+    exists: a uGMM layer or a classifier refusing non-finite activations or logits (the
+    library's :class:`~ugmm_prob.layers.NonFiniteError`), or torch's distribution
+    validation refusing parameters computed from NaN weights. The training loops treat
+    these like a NaN loss. Recognised by type, never by message: a ``NonFiniteError``, or
+    any ``ValueError`` while one of ``parameters`` is not finite.
+    (The chain of causes is searched, since Pyro re-raises errors of its sites as plain
+    ``ValueError``.) Training data is checked
+    to be finite before training, so neither can come from the input.
     """
-    message = str(error)
-    if "invalid values" in message or "NaN or inf" in message:
-        return True
+    cause: BaseException | None = error
+    while cause is not None:  # Pyro re-raises distribution errors as a plain ValueError
+        if isinstance(cause, NonFiniteError):
+            return True
+        cause = cause.__cause__ or cause.__context__
     return any(not bool(torch.isfinite(p).all()) for p in parameters)
+
+
+def _trainable(trainer: Trainer) -> list[torch.Tensor]:
+    """The tensors an update changes, for :func:`diverged`."""
+    parameters = getattr(trainer, "parameters", None)
+    if callable(parameters):
+        return list(parameters())
+    return list(trainer.model.parameters())
 
 
 class _LossModule(torch.nn.Module):
@@ -503,8 +717,10 @@ class _PointEstimateTrainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.MultiStepLR,
         device: torch.device,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.settings = dict(settings or {})
         self.ctx = distributed.context()
         self.loss = _LossModule(model)
         if self.ctx.enabled:
@@ -565,6 +781,22 @@ class _PointEstimateTrainer:
         self.optimizer.load_state_dict(checkpoint.training_state["optimizer"])
         _load_scheduler_state(self.scheduler, checkpoint.training_state["scheduler"])
 
+    def run_settings(self) -> dict[str, Any]:
+        return self.settings
+
+    def set_lr(self, lr: float) -> None:
+        # The schedule continues from the new base rate: lr * gamma ** (milestones passed).
+        factor = self.scheduler.gamma ** sum(
+            count
+            for milestone, count in self.scheduler.milestones.items()
+            if milestone <= self.scheduler.last_epoch
+        )
+        self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
 
 def fit(
     model: Model,
@@ -588,6 +820,7 @@ def fit(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     keep_best: str | None = None,
+    override_lr: bool = False,
 ) -> list[dict[str, Any]]:
     """Train ``model`` by minibatch gradient descent on ``model.training_loss``.
 
@@ -614,7 +847,13 @@ def fit(
         progress: show tqdm progress bars.
         metrics_path: ``.csv`` or ``.jsonl`` file receiving one row per epoch.
         checkpoint_path: checkpoint written atomically after every epoch.
-        resume: continue from ``checkpoint_path`` if it exists.
+        resume: continue from ``checkpoint_path`` if it exists. The run must match the
+            checkpoint's (seed, batch size, data, validation data, model, optimiser and
+            schedule, ``keep_best``), else :class:`ResumeMismatchError`; ``epochs`` may
+            differ.
+        override_lr: when resuming, continue with this call's ``lr`` (the schedule
+            continues from it) instead of refusing a learning rate that differs from the
+            checkpoint's.
         keep_best: a validation metric of the model (``"nll"``, ``"accuracy"``, ``"ece"``;
             a density model's ``"nll"`` is its held-out ``-log p(x[, y])``): end with the
             parameters of the epoch with the best value of that metric on ``x_val`` (early
@@ -626,9 +865,10 @@ def fit(
         ``lr`` and ``seconds`` (and ``best_epoch`` with ``keep_best``).
 
     Raises:
-        TrainingDivergedError: the loss became NaN/inf. The model (and optimiser) are
-            restored to the end of the last completed epoch, which is also what the
-            checkpoint file holds.
+        TrainingDivergedError: the loss (or the per-epoch evaluation) became NaN/inf. The
+            model (and optimiser) are restored to the end of the last completed epoch,
+            which is also what the checkpoint file holds, if one was written.
+        ResumeMismatchError: ``resume`` with settings or data other than the checkpoint's.
     """
     settings = LoopSettings(
         epochs=epochs,
@@ -639,9 +879,19 @@ def fit(
         checkpoint_path=checkpoint_path,
         resume=resume,
         keep_best=keep_best,
+        override_lr=override_lr,
     )
     x_val, y_val, device = prepare_training(model, x, y, x_val, y_val, settings, device)
     opt = _make_optimizer(optimizer, list(model.parameters()), lr, weight_decay, momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-    trainer = _PointEstimateTrainer(model, opt, scheduler, device)
+    run_settings = {
+        "training": "fit",
+        "optimizer": optimizer,
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "milestones": sorted(int(m) for m in milestones),
+        "gamma": float(gamma),
+        **({"momentum": float(momentum)} if optimizer == "sgd" else {}),
+    }
+    trainer = _PointEstimateTrainer(model, opt, scheduler, device, run_settings)
     return train_loop(trainer, x, y, x_val, y_val, settings, device)

@@ -28,12 +28,13 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam, pyro_method
 
+from ..boundary import to_tensor
 from ..datasets import check_classification_data
 from ..networks import constructor_config
 from ..roles import DensityModel
 from .distribution import CircuitDistribution, ObservedCircuit
 from .inputs import INPUT_TYPES, InputLayer
-from .layers import Chooser, ProductLayer, SumLayer
+from .layers import Chooser, ProductLayer, SumLayer, sample_index
 from .region_graphs import (
     RegionGraph,
     data_driven_tree,
@@ -76,10 +77,6 @@ class FlowProbes:
     inputs: torch.Tensor
     sums: list[torch.Tensor]
     root: torch.Tensor
-
-
-def _sample_categorical(logits: torch.Tensor) -> torch.Tensor:
-    return dist.Categorical(logits=logits).sample()
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -163,11 +160,10 @@ class UGMMCircuit(DensityModel):
             "input_channels": input_channels,
         }
         reps = graph.repetitions
-        # region_matrix[r, d, p] = 1 if variable d is in leaf region p of repetition r, so the
-        # products over leaf regions are one batched matrix product.
-        self.register_buffer(
-            "region_matrix", graph.leaf_regions.transpose(1, 2).float(), persistent=False
-        )
+        # region_index[r, p, v]: the v-th variable of leaf region p of repetition r, padded
+        # with D (a column of log 1 = 0), so a region's product is a gather and a sum (a
+        # matrix product with a 0/1 matrix would turn a -inf log-density into NaN).
+        self.register_buffer("region_index", _region_index(graph), persistent=False)
         self.register_buffer("var_region", graph.var_region, persistent=False)
         if inputs == "gaussian":
             options: dict[str, Any] = {"components": components, "scale_floor": scale_floor}
@@ -329,15 +325,27 @@ class UGMMCircuit(DensityModel):
     # ----------------------------------------------------------------------------------
     # Input checks
     # ----------------------------------------------------------------------------------
-    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"UGMMCircuit: expected a floating tensor x, got {type(x)}")
+    def _check_x(self, x: Any) -> torch.Tensor:
+        """``x`` (tensor, NumPy array or list; a shape ``(..., D)``) as a tensor in the
+        circuit's dtype and on its device."""
+        x = to_tensor(x, "UGMMCircuit: x")
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"UGMMCircuit: expected real numbers in x, got dtype {x.dtype}")
+        reference = self.class_logits
+        x = x.to(dtype=reference.dtype, device=reference.device)
         if x.shape[-1:] != (self.num_vars,):
             raise ValueError(
                 f"UGMMCircuit(num_vars={self.num_vars}): expected x of shape (..., "
                 f"{self.num_vars}), got {tuple(x.shape)}"
             )
         return x
+
+    def _input_features(self) -> int:
+        return self.num_vars
+
+    def as_input(self, x: Any) -> torch.Tensor:
+        """``x`` checked and converted as every query method does."""
+        return self._check_x(x)
 
     def _check_mask(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         """``mask[..., d]`` is True where ``x[..., d]`` is observed; None: all observed."""
@@ -349,7 +357,18 @@ class UGMMCircuit(DensityModel):
                 )
             self.inputs.check_values(x, None)
             return None
-        mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device).expand(x.shape)
+        mask = to_tensor(mask, "UGMMCircuit: mask")
+        if mask.dtype != torch.bool:
+            raise TypeError(
+                f"UGMMCircuit: mask must be boolean (True = observed), got dtype {mask.dtype}"
+            )
+        try:
+            mask = mask.to(x.device).expand(x.shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"UGMMCircuit: mask of shape {tuple(mask.shape)} does not broadcast to x of "
+                f"shape {tuple(x.shape)}"
+            ) from error
         if bool((~torch.isfinite(x) & mask).any()):
             raise ValueError("UGMMCircuit: observed entries of x (mask True) must be finite")
         self.inputs.check_values(torch.where(mask, x, self.inputs.fill_value()), mask)
@@ -378,7 +397,12 @@ class UGMMCircuit(DensityModel):
 
     def _leaf_regions(self, leaf: torch.Tensor) -> torch.Tensor:
         """Products over each leaf region's variables: ``(B, R, D, I) -> (B, R, P, I)``."""
-        return torch.einsum("brdi,rdp->brpi", leaf, self.region_matrix.to(leaf.dtype))
+        batch, reps, _, width = leaf.shape
+        padded = torch.cat([leaf, leaf.new_zeros(batch, reps, 1, width)], dim=2)
+        _, regions, size = self.region_index.shape
+        index = self.region_index.reshape(1, reps, regions * size, 1)
+        gathered = padded.gather(2, index.expand(batch, -1, -1, width))
+        return gathered.reshape(batch, reps, regions, size, width).sum(3)
 
     def _internal_upward(
         self, h: torch.Tensor, mode: str = "sum", probes: FlowProbes | None = None
@@ -392,7 +416,7 @@ class UGMMCircuit(DensityModel):
                 h = self.sums[level](h, mode)
                 if probes is not None:
                     h = h + probes.sums[level]
-        top = h.reshape(len(h), 1, 1, -1)  # (B, 1, 1, R * Q_top)
+        top = h.reshape(len(h), 1, 1, self.graph.repetitions * self.top_width)
         root = self.root(top, mode)
         if probes is not None:
             root = root + probes.root
@@ -545,7 +569,7 @@ class UGMMCircuit(DensityModel):
 
     def _sample_given(self, x: torch.Tensor, mask: torch.Tensor, c: torch.Tensor):
         up = self._upward(x, mask)
-        return self._downward(up, c, x, mask, _sample_categorical)
+        return self._downward(up, c, x, mask, sample_index)
 
     @torch.no_grad()
     @pyro_method
@@ -558,9 +582,12 @@ class UGMMCircuit(DensityModel):
         drawn from the prior.
         """
         device, dtype = self.class_logits.device, self.class_logits.dtype
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+            raise ValueError(f"sample: expected num_samples an int >= 0, got {num_samples!r}")
         if c is None:
-            c = dist.Categorical(logits=self.class_logits).sample((num_samples,))
-        c = torch.as_tensor(c, device=device).long().expand(num_samples)
+            c = dist.Categorical(logits=self.class_logits).sample((max(num_samples, 1),))
+            c = c[:num_samples]
+        c = self._check_classes(c, num_samples)
         x = torch.full((num_samples, self.num_vars), self.inputs.fill_value(), device=device)
         mask = torch.zeros_like(x, dtype=torch.bool)
         return self._sample_given(x.to(dtype), mask, c), c
@@ -578,9 +605,26 @@ class UGMMCircuit(DensityModel):
         flat, flat_mask, batch_shape = self._flat(x, mask)
         if c is None:
             joint = self._upward(flat, flat_mask).root + self.class_log_prior()
-            c = _sample_categorical(joint)
-        c = torch.as_tensor(c, device=flat.device).long().expand(len(flat))
+            c = sample_index(joint)
+        c = self._check_classes(c, len(flat))
         return self._sample_given(flat, flat_mask, c).reshape(*batch_shape, self.num_vars)
+
+    def _check_classes(self, c: Any, count: int) -> torch.Tensor:
+        """Classes ``c`` (an int or ``count`` of them) as a long tensor of length ``count``."""
+        c = to_tensor(c, "UGMMCircuit: c").to(self.class_logits.device)
+        if c.dtype.is_floating_point or c.dtype == torch.bool:
+            raise TypeError(f"UGMMCircuit: classes must be integers, got dtype {c.dtype}")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
+            raise ValueError(
+                f"UGMMCircuit: classes must be in [0, {self.num_classes - 1}], got "
+                f"{c.unique().tolist()[:5]}"
+            )
+        try:
+            return c.long().expand(count)
+        except RuntimeError as error:
+            raise ValueError(
+                f"UGMMCircuit: expected one class or {count} classes, got shape {tuple(c.shape)}"
+            ) from error
 
     @torch.no_grad()
     @pyro_method
@@ -632,6 +676,18 @@ class UGMMCircuit(DensityModel):
         mean = (selection * first).sum(dim=(0, 2))
         raw_second = (selection * second).sum(dim=(0, 2))
         return mean, raw_second - mean**2
+
+
+def _region_index(graph: RegionGraph) -> torch.Tensor:
+    """``(R, P, V)`` variables of every leaf region, padded with ``D`` to the largest size."""
+    members = graph.leaf_regions
+    size = int(members.sum(-1).max())
+    index = torch.full((*members.shape[:2], size), graph.num_vars, dtype=torch.long)
+    for r in range(members.shape[0]):
+        for p in range(members.shape[1]):
+            variables = members[r, p].nonzero()[:, 0]
+            index[r, p, : len(variables)] = variables
+    return index
 
 
 def _class_means(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

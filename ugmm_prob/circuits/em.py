@@ -163,6 +163,16 @@ class _EMTrainer:
                 self.running[key].add_(value)
         return loss
 
+    def run_settings(self) -> dict[str, Any]:
+        """What must not change when a run resumes (checked by the training loop)."""
+        return {
+            "training": "fit_em",
+            "online": self.online,
+            "step_size": self.step_size,
+            "step_decay": self.step_decay,
+            **self.smoothing,
+        }
+
     def _eta(self) -> float:
         return min(1.0, self.step_size * (1 + self.steps) ** (-self.step_decay))
 

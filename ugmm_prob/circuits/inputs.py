@@ -25,7 +25,7 @@ from pyro.nn import PyroModule, PyroParam
 
 from ..distributions import neuron_mixture
 from ..kernels import tied_mixture_log_density
-from .layers import normalised_log_weights
+from .layers import normalised_log_weights, sample_index
 
 __all__ = ["INPUT_TYPES", "CategoricalInput", "GaussianMixtureInput", "InputLayer"]
 
@@ -217,7 +217,7 @@ class GaussianMixtureInput(InputLayer):
         if mode:
             component = self._peaks()[index].argmax(-1, keepdim=True)
             return loc.gather(-1, component).squeeze(-1)
-        component = dist.Categorical(logits=self.logits[index]).sample()[..., None]
+        component = sample_index(self.logits[index])[..., None]
         mean, sd = loc.gather(-1, component), scale.gather(-1, component)
         return (mean + sd * torch.randn_like(mean)).squeeze(-1)
 
@@ -339,7 +339,7 @@ class CategoricalInput(InputLayer):
         """A draw (or the most probable value) of the selected units, as floats."""
         variables = torch.arange(self.num_vars, device=channel.device)
         logits = self.logits[rep[:, None], variables[None, :], channel]  # (B, D, V)
-        value = logits.argmax(-1) if mode else dist.Categorical(logits=logits).sample()
+        value = logits.argmax(-1) if mode else sample_index(logits)
         return value.to(self.logits.dtype)
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ __all__ = [
     "ProductLayer",
     "SumLayer",
     "normalised_log_weights",
+    "sample_index",
     "weighted_logsumexp",
     "weighted_max",
 ]
@@ -57,6 +58,12 @@ def weighted_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch
 def weighted_max(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """The max-product twin of :func:`weighted_logsumexp`: ``max_q (log w + v)``."""
     return (values[:, :, None, :] + log_weights).amax(dim=-1)
+
+
+def sample_index(logits: torch.Tensor) -> torch.Tensor:
+    """An exact draw ``q ~ softmax(logits)`` over the last axis by the Gumbel-max trick
+    (``-log E`` with ``E ~ Exp(1)`` is Gumbel distributed); empty batches give empty draws."""
+    return (logits - torch.empty_like(logits).exponential_().log()).argmax(-1)
 
 
 def normalised_log_weights(
@@ -122,7 +129,7 @@ class SumLayer(PyroModule):
             values.reshape(batch, reps * regions, inputs),
             log_w.reshape(reps * regions, *log_w.shape[2:]),
         )
-        return out.reshape(batch, reps, regions, -1)
+        return out.reshape(batch, reps, regions, log_w.shape[2])
 
     @torch.no_grad()
     def expected_counts(self, logits_grad: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
