@@ -328,3 +328,28 @@ def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
         circuit.init_from_data(x, y + 3)
     with pytest.raises(ValueError, match=r"expected x of shape \(\.\.\., 4\)"):
         circuit.init_from_data(x[:, :3], y)
+
+
+def test_separate_structure_gives_each_class_its_own_repetitions():
+    from ugmm_prob.circuits import fit_em
+
+    circuit = make(2, 2, depth=1, repetitions=4, shared_structure=False)
+    x = grid(points=601)
+    points = torch.stack(torch.meshgrid(x, x, indexing="ij"), -1)
+    with torch.no_grad():
+        mass = torch.trapezoid(torch.trapezoid(circuit.log_prob(points).exp(), x, dim=1), x)
+    assert abs(float(mass) - 1) < 1e-3
+    data = torch.randn(50, 2, dtype=torch.float64)
+    before = circuit.log_prob(data, torch.zeros(50, dtype=torch.long)).detach()
+    with torch.no_grad():  # repetitions 1 and 3 serve class 1 only
+        circuit.inputs.loc_unconstrained[1::2] += 3.0
+    after = circuit.log_prob(data, torch.zeros(50, dtype=torch.long)).detach()
+    torch.testing.assert_close(after, before)
+    assert not torch.allclose(circuit.log_prob(data, torch.ones(50, dtype=torch.long)), before)
+    labels = (data[:, 0] > 0).long()
+    fit_em(circuit, data, labels, epochs=3, batch_size=25, progress=False)
+    weights = circuit.root.log_weights().exp()[0, 0].reshape(2, 4, -1)  # (C, R, Q)
+    assert (weights[0, 1::2] == 0).all() and (weights[1, 0::2] == 0).all()
+    torch.testing.assert_close(weights.sum((1, 2)), torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cannot serve 3 classes"):
+        UGMMCircuit(2, 3, depth=1, repetitions=2, shared_structure=False)

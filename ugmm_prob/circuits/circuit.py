@@ -107,6 +107,10 @@ class UGMMCircuit(DensityModel):
         likelihood_weight: ``lambda`` of the training objective
             ``lambda * NLL / D + (1 - lambda) * cross-entropy of p(c | x)``; 1 is maximum
             likelihood of ``(x, c)``.
+        shared_structure: whether every class's root may mix the top products of every
+            repetition (True), or only of the repetitions ``r`` with ``r mod C = c``
+            (False: ``p(x | c)`` is then a circuit of its own per class, sharing no
+            parameter, which keeps maximum likelihood from blurring the classes).
         seed: seed of the default region graph (not of the parameters).
     """
 
@@ -125,6 +129,7 @@ class UGMMCircuit(DensityModel):
         num_values: int = 256,
         scale_floor: float = 1e-2,
         likelihood_weight: float = 1.0,
+        shared_structure: bool = True,
         seed: int = 0,
         name: str | None = None,
     ) -> None:
@@ -179,7 +184,18 @@ class UGMMCircuit(DensityModel):
             ]
         )
         self.top_width = widths[-1] ** 2 if graph.depth > 0 else input_channels
-        self.root = SumLayer(1, 1, num_classes, reps * self.top_width)
+        allowed = None
+        if not shared_structure:
+            if reps < num_classes:
+                raise ValueError(
+                    f"UGMMCircuit: shared_structure=False gives each class its own "
+                    f"repetitions; {reps} repetitions cannot serve {num_classes} classes"
+                )
+            owner = torch.arange(reps) % num_classes  # repetition r serves class r mod C
+            allowed = (owner[None, :] == torch.arange(num_classes)[:, None]).repeat_interleave(
+                self.top_width, dim=1
+            )  # (C, R * Q_top)
+        self.root = SumLayer(1, 1, num_classes, reps * self.top_width, allowed=allowed)
         self.class_logits = PyroParam(torch.zeros(num_classes))
 
     prior_parameters = {"class_logits": "class_logits"}  # noqa: RUF012 - read-only table

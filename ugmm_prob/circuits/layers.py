@@ -19,6 +19,7 @@ the closed-form :meth:`SumLayer.maximise`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -111,14 +112,36 @@ class SumLayer(PyroModule):
     """How ``mode="sum"`` combines values and weights (replaceable, e.g. by benchmarks)."""
 
     def __init__(
-        self, repetitions: int, regions: int, sums: int, inputs: int, *, init_scale: float = 0.1
+        self,
+        repetitions: int,
+        regions: int,
+        sums: int,
+        inputs: int,
+        *,
+        init_scale: float = 0.1,
+        allowed: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.logits = PyroParam(init_scale * torch.randn(repetitions, regions, sums, inputs))
+        # allowed[..., q] False: the sum unit never mixes input q (its weight is exactly 0)
+        if allowed is not None:
+            shape = tuple(self.logits.shape)
+            if allowed.dtype != torch.bool or torch.broadcast_shapes(allowed.shape, shape) != shape:
+                raise ValueError(
+                    f"SumLayer: allowed must be a boolean mask broadcastable to {shape}, got "
+                    f"{allowed.dtype} {tuple(allowed.shape)}"
+                )
+            if not bool(allowed.expand(shape).any(-1).all()):
+                raise ValueError("SumLayer: every sum unit must be allowed at least one input")
+            mask = torch.zeros(allowed.shape).masked_fill(~allowed, -math.inf)
+            self.register_buffer("input_mask", mask, persistent=False)
+        else:
+            self.input_mask = None
 
     def log_weights(self) -> torch.Tensor:
-        """Normalised log-weights ``(R, P, S, Q)``."""
-        return torch.log_softmax(self.logits, dim=-1)
+        """Normalised log-weights ``(R, P, S, Q)`` (``-inf`` where an input is not allowed)."""
+        logits = self.logits if self.input_mask is None else self.logits + self.input_mask
+        return torch.log_softmax(logits, dim=-1)
 
     def forward(self, values: torch.Tensor, mode: str = "sum") -> torch.Tensor:
         """``(B, R, P, Q) -> (B, R, P, S)``: log-sums (``"sum"``) or max-products (``"max"``)."""
@@ -146,9 +169,10 @@ class SumLayer(PyroModule):
     def maximise(self, counts: torch.Tensor, *, pseudo_count: float) -> None:
         """M-step: ``w_q = (n_q + alpha) / sum_j (n_j + alpha)`` (a Dirichlet MAP estimate);
         a unit that no example reached (and ``alpha = 0``) keeps its weights."""
-        self.logits_unconstrained.copy_(
-            normalised_log_weights(counts.clamp_min(0), pseudo_count, self.logits)
-        )
+        counts = counts.clamp_min(0) + pseudo_count
+        if self.input_mask is not None:
+            counts = counts.masked_fill(torch.isinf(self.input_mask), 0.0)
+        self.logits_unconstrained.copy_(normalised_log_weights(counts, 0.0, self.logits))
 
     def choose(
         self, values: torch.Tensor, rep: torch.Tensor, unit: torch.Tensor, chooser: Chooser
