@@ -341,8 +341,8 @@ def test_separate_structure_gives_each_class_its_own_repetitions():
     assert abs(float(mass) - 1) < 1e-3
     data = torch.randn(50, 2, dtype=torch.float64)
     before = circuit.log_prob(data, torch.zeros(50, dtype=torch.long)).detach()
-    with torch.no_grad():  # repetitions 1 and 3 serve class 1 only
-        circuit.inputs.loc_unconstrained[1::2] += 3.0
+    with torch.no_grad():  # repetitions 1 and 3 serve class 1 only; moved far away, their
+        circuit.inputs.loc_unconstrained[1::2] -= 200.0  # values must not swamp class 0's
     after = circuit.log_prob(data, torch.zeros(50, dtype=torch.long)).detach()
     torch.testing.assert_close(after, before)
     assert not torch.allclose(circuit.log_prob(data, torch.ones(50, dtype=torch.long)), before)

@@ -56,6 +56,12 @@ def weighted_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch
     return scaled.log() + shift
 
 
+def _broadcast_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_logsumexp` with a shift of its own per sum unit (materialises
+    ``(B, G, S, Q)``): exact when weights of 0 sit beside much larger inputs."""
+    return torch.logsumexp(values[:, :, None, :] + log_weights, dim=-1)
+
+
 def weighted_max(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """The max-product twin of :func:`weighted_logsumexp`: ``max_q (log w + v)``."""
     return (values[:, :, None, :] + log_weights).amax(dim=-1)
@@ -147,7 +153,14 @@ class SumLayer(PyroModule):
         """``(B, R, P, Q) -> (B, R, P, S)``: log-sums (``"sum"``) or max-products (``"max"``)."""
         batch, reps, regions, inputs = values.shape
         log_w = self.log_weights()
-        combine = self.sum_kernel if mode == "sum" else weighted_max
+        if mode == "max":
+            combine = weighted_max
+        elif self.input_mask is None:
+            combine = self.sum_kernel
+        else:
+            # The matrix-product trick shifts by the largest input of any unit; an input a
+            # unit may not use can dwarf all of its own and underflow them to log 0.
+            combine = _broadcast_logsumexp
         out = combine(
             values.reshape(batch, reps * regions, inputs),
             log_w.reshape(reps * regions, *log_w.shape[2:]),
