@@ -107,3 +107,40 @@ def test_logit_pixels_is_the_change_of_variables_density():
     assert draws.shape == (1000, 3) and bool(((draws > -edge) & (draws < 1 + edge)).all())
     with pytest.raises(ValueError, match=r"alpha must be in \(0, 0.5\)"):
         pixel_logit_transform(0.5)
+
+
+def test_floored_log_normal_goes_through_the_shared_property_checks():
+    from ugmm_prob.distributions import FlooredLogNormal
+
+    loc, scale, floor = torch.tensor([-0.5, 0.2]).double(), torch.tensor([0.4, 0.7]).double(), 0.3
+    d = FlooredLogNormal(loc, scale, floor)
+    check_shapes(d)
+    check_expand(d)
+    above, below = torch.tensor(floor + 1e-3).double(), torch.tensor(floor - 1e-3).double()
+    assert bool(d.support.check(above)) and not bool(d.support.check(below))
+    # the density of floor + LogNormal, written out
+    y = torch.tensor([0.5, 1.7], dtype=torch.float64)
+    plain = -torch.log((y - floor) * scale * math.sqrt(2 * math.pi)) - (
+        torch.log(y - floor) - loc
+    ) ** 2 / (2 * scale**2)
+    torch.testing.assert_close(d.log_prob(y), plain)
+    # mass below 40 (the tails beyond hold < 1e-7 of it for these parameters)
+    grid = torch.linspace(floor, 40.0, 400_001, dtype=torch.float64)[1:]
+    density = d.log_prob(grid[:, None]).exp()
+    mass = torch.trapezoid(density, grid, dim=0)
+    torch.testing.assert_close(mass, torch.ones_like(mass), atol=1e-5, rtol=0)
+    mean = floor + torch.exp(loc + scale**2 / 2)
+    variance = (torch.exp(scale**2) - 1) * torch.exp(2 * loc + scale**2)
+    check_moments(d, mean, variance)
+    single = FlooredLogNormal(loc[1], scale[1], floor)
+    check_goodness_of_fit(
+        single,
+        lambda v: stats.lognorm.cdf(v - floor, s=float(scale[1]), scale=math.exp(float(loc[1]))),
+    )
+
+
+def test_logit_pixels_of_a_normal_goes_through_the_shared_property_checks():
+    base = dist.Normal(torch.tensor([0.3, -1.0]).double(), torch.tensor([1.2, 0.5]).double())
+    pixels = logit_pixels(base, 1e-3)
+    check_shapes(pixels)
+    check_normalisation(pixels, 0.0, 1.0, points=400_001)
