@@ -128,6 +128,16 @@ def test_jacobian_gives_original_units(name):
     assert corrected == pytest.approx(direct, abs=2e-3)
 
 
+@pytest.mark.parametrize("name", ["iris", "wine"])
+def test_whitened_jacobian_is_the_raw_covariance_log_determinant(quick_result, name):
+    """Standardising then whitening maps raw x to unit covariance, so its total log-Jacobian
+    is ``-1/2 log det`` of the raw training covariance."""
+    data = _by_name(quick_result)[name]
+    x_train = _raw(name)[0]
+    _, logdet = np.linalg.slogdet(np.cov(x_train, rowvar=False, bias=True))
+    assert data["log_jacobian_whitened"] == pytest.approx(-0.5 * logdet, abs=1e-6)
+
+
 def test_gaussian_nb_accuracy_matches(quick_result):
     from sklearn.naive_bayes import GaussianNB
 
@@ -145,7 +155,11 @@ def test_circuit_numbers_are_sane(quick_result, name):
     """Finite, seeds as asked, mean of the runs, and a density no absurdly far from the
     GMMs' (a few nats per feature below the best one at most after 20 quick epochs)."""
     data = _by_name(quick_result)[name]
-    circuit = data["circuit"]
+    for circuit in (data["circuit"], data["circuit_whitened"]):
+        _check_circuit(circuit, data)
+
+
+def _check_circuit(circuit: dict, data: dict) -> None:
     assert [run["seed"] for run in circuit["runs"]] == [0]
     run = circuit["runs"][0]
     assert circuit["test_loglik_mean"] == pytest.approx(run["test_loglik"])
