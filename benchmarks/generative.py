@@ -156,13 +156,13 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
 
     records = [
         {
-            "experiment": "iris-circuit",
+            "experiment": "iris-circuit-standardised",
             "metric": "test_accuracy",
             "value": round(100 * accuracy, 2),
             "paper": None,
         },
         {
-            "experiment": "iris-circuit",
+            "experiment": "iris-circuit-standardised",
             "metric": "test_loglik",
             "value": round(loglik_x, 4),
             "paper": None,
