@@ -80,7 +80,7 @@ import numpy as np
 import torch
 from _results import machine, replace_block, update_results
 
-from ugmm_prob.circuits import UGMMCircuit
+from ugmm_prob.circuits import UGMMCircuit, fit_em
 from ugmm_prob.experiments import load_data
 from ugmm_prob.training import TrainingDivergedError, fit
 
@@ -357,13 +357,15 @@ class CircuitSettings:
     scale_floor: float = 0.05
     lr: float = 1e-2
     batch_size: int = 16
+    trainer: str = "adam"  # or "em": online EM (fit_em) with step size `step_size`
+    step_size: float = 0.2
 
     def label(self) -> str:
         """Short description for tables."""
+        how = f"lr {self.lr:g}" if self.trainer == "adam" else f"EM step {self.step_size:g}"
         return (
             f"{self.builder}, depth {self.depth}, {self.repetitions} rep, "
-            f"{self.channels} ch, K={self.components}, floor {self.scale_floor:g}, "
-            f"lr {self.lr:g}"
+            f"{self.channels} ch, K={self.components}, floor {self.scale_floor:g}, {how}"
         )
 
 
@@ -407,13 +409,52 @@ def random_trees_leaves(
     return circuit
 
 
+def data_tree_prototypes(
+    settings: CircuitSettings, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int
+) -> UGMMCircuit:
+    """``UGMMCircuit.from_data``: a data-driven region graph (strongly correlated columns in
+    one region), input units started at training examples of their repetition's class."""
+    return UGMMCircuit.from_data(
+        x,
+        y,
+        num_classes,
+        depth=settings.depth,
+        repetitions=settings.repetitions,
+        channels=settings.channels,
+        components=settings.components,
+        scale_floor=settings.scale_floor,
+        seed=seed,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 # Named circuit builders: ``(settings, x_train, y_train, num_classes, seed) -> circuit``. The
 # one place to add constructors (e.g. ``UGMMCircuit.from_data`` with a data-driven region
 # graph); a grid picks among them through ``CircuitSettings.builder``.
 MODEL_FACTORIES: dict[str, ModelFactory] = {
     "random-trees": random_trees_prototypes,
     "random-trees-leaves": random_trees_leaves,
+    "data-tree": data_tree_prototypes,
 }
+
+
+def train(
+    circuit: UGMMCircuit,
+    settings: CircuitSettings,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    **loop: Any,
+) -> None:
+    """Maximum likelihood of ``(x, y)`` for ``epochs`` epochs by the settings' trainer
+    (``fit`` with Adam, or online EM); ``loop`` goes to the training loop (checkpoints)."""
+    common = {"epochs": epochs, "batch_size": settings.batch_size, "seed": seed, "progress": False}
+    if settings.trainer == "em":
+        fit_em(circuit, x, y, step_size=settings.step_size, **common, **loop)
+    else:
+        fit(circuit, x, y, lr=settings.lr, **common, **loop)
 
 
 def build_circuit(
@@ -454,17 +495,15 @@ def train_selecting_epoch(
         path = pathlib.Path(tmp) / "circuit.pt"
         for end in range(chunk, epochs + 1, chunk):
             try:
-                fit(
+                train(
                     circuit,
+                    settings,
                     x,
                     y,
+                    epochs=end,
+                    seed=seed,
                     x_val=x_val,
                     y_val=y_val,
-                    epochs=end,
-                    batch_size=settings.batch_size,
-                    lr=settings.lr,
-                    seed=seed,
-                    progress=False,
                     checkpoint_path=path,
                     resume=True,
                 )
@@ -492,7 +531,9 @@ class SearchSettings:
     search_seed: int = 0
 
 
-def circuit_grid(num_vars: int, num_rows: int, quick: bool) -> tuple[CircuitSettings, ...]:
+def circuit_grid(
+    num_vars: int, num_rows: int, quick: bool, trainers: tuple[str, ...] = ("adam",)
+) -> tuple[CircuitSettings, ...]:
     """Settings tried for a data set with ``num_vars`` features and ``num_rows`` search rows.
 
     Both builders of :data:`MODEL_FACTORIES`; depth 0 (one leaf region over all variables:
@@ -502,6 +543,10 @@ def circuit_grid(num_vars: int, num_rows: int, quick: bool) -> tuple[CircuitSett
     a minute per setting on one shared thread); scale floor 0.05, Adam lr 3e-3 (scratch runs
     on the Iris validation split: lr 1e-2 peaked within the first 10 epochs; floors 0.2 and
     0.5 were worse, 0.02 and 0.1 alike). Batch 16 below 200 rows per search, else 64.
+
+    With ``"em"`` in ``trainers``: online EM (step size 0.2) over every builder (the
+    data-driven tree too), depth 1 or the deepest default, 4 x 4, 8 x 2 or 16 x 8, and 1 or 2
+    components (EM steps are cheap, so this grid is wider).
     """
     deep = min(4, max(0, (num_vars // 2).bit_length() - 1))
     batch = 16 if num_rows < 200 else 64
@@ -513,8 +558,26 @@ def circuit_grid(num_vars: int, num_rows: int, quick: bool) -> tuple[CircuitSett
             ),
         )
     grid = []
+    if "em" in trainers:
+        for builder, depth, (reps, channels), comps in itertools.product(
+            MODEL_FACTORIES, sorted({1, deep}), ((4, 4), (8, 2), (16, 8)), (1, 2)
+        ):
+            grid.append(
+                CircuitSettings(
+                    builder=builder,
+                    depth=depth,
+                    repetitions=reps,
+                    channels=channels,
+                    components=comps,
+                    scale_floor=0.05,
+                    batch_size=batch,
+                    trainer="em",
+                )
+            )
+    if "adam" not in trainers:
+        return tuple(grid)
     for builder, depth, (reps, channels), comps in itertools.product(
-        MODEL_FACTORIES, sorted({0, deep}), ((4, 4), (16, 8)), components
+        ("random-trees", "random-trees-leaves"), sorted({0, deep}), ((4, 4), (16, 8)), components
     ):
         grid.append(
             CircuitSettings(
@@ -581,16 +644,7 @@ def circuit_benchmark(
     runs = []
     for seed in search.seeds:
         circuit = build_circuit(settings, x_all, y_all, num_classes, seed)
-        fit(
-            circuit,
-            x_all,
-            y_all,
-            epochs=epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            seed=seed,
-            progress=False,
-        )
+        train(circuit, settings, x_all, y_all, epochs=epochs, seed=seed)
         loglik = mean_log_px(circuit, x_test) + log_jacobian
         with torch.no_grad():
             predicted = circuit.predict_proba(x_test).argmax(-1).numpy()
@@ -652,7 +706,10 @@ def run_dataset(name: str, args: argparse.Namespace, log: Callable[[str], None])
     )
     search = SearchSettings(
         grid=circuit_grid(
-            z_train.shape[1], round(len(z_train) * (1 - args.val_fraction)), args.quick
+            z_train.shape[1],
+            round(len(z_train) * (1 - args.val_fraction)),
+            args.quick,
+            tuple(args.trainers),
         ),
         epochs=args.epochs,
         chunk=args.chunk,
@@ -880,6 +937,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n-init", type=int, default=None)
     parser.add_argument("--gmm-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--trainers",
+        nargs="*",
+        default=["adam"],
+        choices=["adam", "em"],
+        help="circuit trainers in the search grid",
+    )
     args = parser.parse_args(argv)
     quick_defaults = {"seeds": [0], "epochs": 20, "chunk": 10, "max_components": 3, "n_init": 1}
     full_defaults = {
