@@ -429,7 +429,10 @@ def _tied_formula(
 
 @functools.cache
 def _compiled_tied_formula() -> Callable[..., torch.Tensor]:
-    return torch.compile(_tied_formula, dynamic=None, fullgraph=True)
+    # Every size symbolic from the start: circuits of many shapes (batches, variables,
+    # repetitions, channels) share one graph per dtype and grad mode instead of each costing
+    # a recompilation until dynamo's recompile limit (8) turns the backend off.
+    return torch.compile(_tied_formula, dynamic=True, fullgraph=True)
 
 
 def tied_mixture_log_density(
