@@ -429,10 +429,13 @@ def _tied_formula(
 
 @functools.cache
 def _compiled_tied_formula() -> Callable[..., torch.Tensor]:
-    # Every size symbolic from the start: circuits of many shapes (batches, variables,
-    # repetitions, channels) share one graph per dtype and grad mode instead of each costing
-    # a recompilation until dynamo's recompile limit (8) turns the backend off.
-    return torch.compile(_tied_formula, dynamic=True, fullgraph=True)
+    return torch.compile(_tied_formula, dynamic=None, fullgraph=True)
+
+
+# Circuits of many shapes (single repetitions, channels or components specialise graphs),
+# dtypes and grad modes in one process each cost a graph; dynamo's default limit of 8 per
+# function would turn the compiled backend off for the rest of the process.
+TIED_RECOMPILE_LIMIT = 64
 
 
 def tied_mixture_log_density(
@@ -473,7 +476,8 @@ def tied_mixture_log_density(
     work = x.shape[0] * loc.numel()
     if _use_compiled(backend, x.device, x.dtype, work):
         try:
-            return _compiled_tied_formula()(x, loc, scale, logits)
+            with torch._dynamo.config.patch(recompile_limit=TIED_RECOMPILE_LIMIT):
+                return _compiled_tied_formula()(x, loc, scale, logits)
         except Exception as error:
             if backend != "auto":
                 raise
