@@ -539,9 +539,10 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
     Args:
         likelihood_weight: ``lambda`` in ``[0, 1]``.
         learning_rate: Adam's learning rate (hybrid objective only).
-        depth, repetitions, channels, components, scale_floor, max_iter, batch_size,
-            step_size, pseudo_count, early_stopping, validation_fraction, random_state,
-            device, verbose: as for :class:`UGMMCircuitDensity`.
+        **others: ``depth``, ``repetitions``, ``channels``, ``components``,
+            ``scale_floor``, ``max_iter``, ``batch_size``, ``step_size``, ``pseudo_count``,
+            ``early_stopping``, ``validation_fraction``, ``random_state``, ``device`` and
+            ``verbose`` are as for :class:`UGMMCircuitDensity`.
 
     Attributes:
         classes_: the labels, sorted; column ``k`` of ``predict_proba`` is ``classes_[k]``.
