@@ -703,17 +703,7 @@ def fit_svi(
     """
     if not isinstance(model, PyroModule) or not getattr(model, "bayesian_parameters", None):
         raise ValueError("fit_svi needs a model from make_bayesian(...)")
-    settings = LoopSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        metrics_path=metrics_path,
-        checkpoint_path=checkpoint_path,
-        resume=resume,
-        keep_best=keep_best,
-        override_lr=override_lr,
-    )
+    settings = LoopSettings.from_arguments(locals())
     x_val, y_val, device = prepare_training(model, x, y, x_val, y_val, settings, device)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)

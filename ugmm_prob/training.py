@@ -290,7 +290,8 @@ MAXIMISED_METRICS = ("accuracy",)
 class LoopSettings:
     """How :func:`train_loop` runs, whatever the trainer: schedule, files and selection.
 
-    The arguments of the same names of :func:`fit` and :func:`ugmm_prob.bayes.fit_svi`.
+    The arguments of the same names of :func:`fit`, :func:`ugmm_prob.bayes.fit_svi` and
+    :func:`ugmm_prob.circuits.fit_em`; each builds it with :meth:`from_arguments`.
     """
 
     epochs: int
@@ -302,6 +303,13 @@ class LoopSettings:
     resume: bool = False
     keep_best: str | None = None
     override_lr: bool = False
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> LoopSettings:
+        """The settings among a training function's arguments (``locals()``), by name; the
+        ones it does not take keep their defaults."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in arguments.items() if key in names})
 
     def check(self, x_val: torch.Tensor | None, metrics: Sequence[str]) -> None:
         """Reject settings no training loop can run with, naming what was expected.
@@ -870,17 +878,7 @@ def fit(
             which is also what the checkpoint file holds, if one was written.
         ResumeMismatchError: ``resume`` with settings or data other than the checkpoint's.
     """
-    settings = LoopSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        metrics_path=metrics_path,
-        checkpoint_path=checkpoint_path,
-        resume=resume,
-        keep_best=keep_best,
-        override_lr=override_lr,
-    )
+    settings = LoopSettings.from_arguments(locals())
     x_val, y_val, device = prepare_training(model, x, y, x_val, y_val, settings, device)
     opt = _make_optimizer(optimizer, list(model.parameters()), lr, weight_decay, momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)

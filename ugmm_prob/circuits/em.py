@@ -280,16 +280,7 @@ def fit_em(
             "pseudo_count and variance_pseudo_count must be >= 0, got "
             f"{pseudo_count}, {variance_pseudo_count}"
         )
-    settings = LoopSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        metrics_path=metrics_path,
-        checkpoint_path=checkpoint_path,
-        resume=resume,
-        keep_best=keep_best,
-    )
+    settings = LoopSettings.from_arguments(locals())
     x_val, y_val, device = prepare_training(circuit, x, y, x_val, y_val, settings, device)
     trainer = _EMTrainer(
         circuit,
