@@ -326,6 +326,20 @@ def _diag_gmm_bpd(args, components: int, train: torch.Tensor, test: torch.Tensor
     return _bits_per_dim(log_density), (time.perf_counter() - started) / 60
 
 
+def _mnist_circuit_records(name: str, accuracy: float, bpd: float) -> list[dict]:
+    """The ``mnist-circuit-<name>`` records: test accuracy (%) and bits per dimension."""
+    experiment = f"mnist-circuit-{name}"
+    return [
+        {
+            "experiment": experiment,
+            "metric": "test_accuracy",
+            "value": round(100 * accuracy, 2),
+            "paper": None,
+        },
+        {"experiment": experiment, "metric": "bits_per_dim", "value": round(bpd, 4), "paper": None},
+    ]
+
+
 def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str]:
     data = load_data("mnist", mnist_root=args.mnist_dir)
     if args.train_rows:
@@ -369,20 +383,7 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str]:
         accuracy = float((circuit.predict(z_test) == data.y_test).double().mean())
         bpd = _bits_per_dim(log_px)
         results[name] = (bpd, accuracy, minutes, circuit)
-        records += [
-            {
-                "experiment": f"mnist-circuit-{name}",
-                "metric": "test_accuracy",
-                "value": round(100 * accuracy, 2),
-                "paper": None,
-            },
-            {
-                "experiment": f"mnist-circuit-{name}",
-                "metric": "bits_per_dim",
-                "value": round(bpd, 4),
-                "paper": None,
-            },
-        ]
+        records += _mnist_circuit_records(name, accuracy, bpd)
         # monitoring only (nothing is selected on it): accuracy on 2,000 test digits per epoch
         curve = ", ".join(f"{100 * row['accuracy']:.1f}" for row in history)
         print(
@@ -527,20 +528,7 @@ def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], str]:
                 bpd = float(-_chunked(circuit.log_prob, test).mean() / (784 * math.log(2)))
             accuracy = float((circuit.predict(test) == data.y_test).double().mean())
         name = "mle" if inputs == "gaussian" else "discrete"
-        records += [
-            {
-                "experiment": f"mnist-circuit-{name}",
-                "metric": "test_accuracy",
-                "value": round(100 * accuracy, 2),
-                "paper": None,
-            },
-            {
-                "experiment": f"mnist-circuit-{name}",
-                "metric": "bits_per_dim",
-                "value": round(bpd, 4),
-                "paper": None,
-            },
-        ]
+        records += _mnist_circuit_records(name, accuracy, bpd)
         curve = ", ".join(
             f"{row['bits_per_dim']:.3f}/{100 * row['accuracy']:.1f}%" for row in history
         )
