@@ -73,11 +73,9 @@ class MaterialisedCircuit(UGMMCircuit):
         for layer in [*self.sums, self.root]:
             layer.sum_kernel = _materialised_logsumexp
 
-    def _leaf_values(self, x, mask, mode):
+    def _leaf_region_values(self, x, mask, mode):
         assert mask is None and mode == "sum"
-        return self.inputs.mixture.log_prob(x[:, None, :, None])
-
-    def _leaf_regions(self, leaf: torch.Tensor) -> torch.Tensor:
+        leaf = self.inputs.mixture.log_prob(x[:, None, :, None])
         members = self.graph.leaf_regions  # (R, P, D)
         return torch.stack(
             [

@@ -11,7 +11,7 @@ from pyro.infer import TraceEnum_ELBO
 from scipy import stats
 
 from ugmm_prob.circuits import CircuitDistribution, UGMMCircuit, random_binary_trees
-from ugmm_prob.circuits.layers import weighted_logsumexp
+from ugmm_prob.circuits.layers import region_products, weighted_logsumexp
 from ugmm_prob.training import fit
 
 
@@ -278,6 +278,43 @@ def test_init_leaves_from_data_uses_data_values_and_spread():
     torch.testing.assert_close(circuit.inputs.scale.detach()[0, :, 0, 0], x.std(0))
 
 
+def _straightforward_circuit_class():
+    """The benchmark's straightforward circuit (materialised input, product and sum tensors)."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from generative import MaterialisedCircuit
+    finally:
+        sys.path.pop(0)
+    return MaterialisedCircuit
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_fast_paths_equal_the_straightforward_circuit(depth):
+    """Fused leaf regions (C++ on CPU) and sums of products that are never formed give the
+    straightforward implementation's loss and gradients (SPFlow's rule: speed work does not
+    change outputs)."""
+    fast = make(13, 3, depth=depth, repetitions=3, channels=4, seed=depth)
+    plain = _straightforward_circuit_class()(13, 3, depth=depth, repetitions=3, channels=4)
+    plain = plain.double()
+    plain.graph = fast.graph
+    plain.load_state_dict(fast.state_dict())
+    for name in ("region_index", "var_region"):
+        setattr(plain, name, getattr(fast, name))
+    x = torch.randn(37, 13, dtype=torch.float64)
+    y = torch.randint(0, 3, (37,))
+    losses = [c.training_loss(x, y) for c in (fast, plain)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+    grads = [
+        torch.autograd.grad(loss, list(c.parameters()))
+        for loss, c in zip(losses, (fast, plain), strict=True)
+    ]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_layer_operations_equal_their_straightforward_definitions():
     """The fused input layer and the matrix-product region layer against plain versions."""
     circuit = make(7, 2, depth=2)
@@ -293,7 +330,7 @@ def test_layer_operations_equal_their_straightforward_definitions():
         ],
         1,
     )
-    torch.testing.assert_close(circuit._leaf_regions(leaf), gathered)
+    torch.testing.assert_close(region_products(leaf, circuit.region_index), gathered)
     values, log_w = torch.randn(6, 4, 9, dtype=torch.float64), torch.randn(4, 3, 9).double()
     log_w = torch.log_softmax(log_w, -1)
     torch.testing.assert_close(

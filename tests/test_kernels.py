@@ -100,7 +100,9 @@ def test_identity_equal_inputs_give_the_neuron_mixture():
     y = torch.linspace(-3, 3, 13, dtype=torch.float64)
     x = y[:, None].expand(13, 6)
     mixture = torch.distributions.MixtureSameFamily(
-        torch.distributions.Categorical(logits=logits), torch.distributions.Normal(loc, scale)
+        torch.distributions.Categorical(logits=logits),
+        torch.distributions.Normal(loc, scale),
+        validate_args=False,  # its support check cannot reshape an empty batch
     )
     torch.testing.assert_close(
         coupled_log_density(x, loc, scale, logits), mixture.log_prob(y[:, None])
@@ -298,3 +300,116 @@ def test_tied_mixture_log_density_equals_pyro_mixture(backend):
         torch.testing.assert_close(g_got, g_want)
     with pytest.raises(ValueError, match="expected x"):
         kernels.tied_mixture_log_density(x[:, :4], loc, scale, logits)
+
+
+# --------------------------------------------------------------------------------------------
+# Leaf regions of a circuit: the fused C++ kernel against the plain formula
+# --------------------------------------------------------------------------------------------
+def _leaf_extension_or_skip():
+    if kernels._leaf_extension() is None:
+        pytest.skip("the native leaf-region kernel could not be built here (no C++ compiler?)")
+
+
+def _leaf_case(batch, components, dtype, seed=0, reps=2, num_vars=9, channels=3):
+    """Parameters ``(R, D, I, K)``, data with about a third missing, and uneven regions."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (reps, num_vars, channels, components)
+    loc = torch.randn(shape, generator=g, dtype=dtype)
+    scale = 0.2 + torch.rand(shape, generator=g, dtype=dtype)
+    logits = torch.randn(shape, generator=g, dtype=dtype)
+    x = 2 * torch.randn(batch, num_vars, generator=g, dtype=dtype)
+    observed = torch.rand(batch, num_vars, generator=g) > 0.3
+    # repetition r: a random partition of the variables into regions of sizes 5, 1 and 3
+    index = torch.full((reps, 3, 5), num_vars, dtype=torch.long)
+    for r in range(reps):
+        order = torch.randperm(num_vars, generator=g)
+        index[r, 0, :5], index[r, 1, :1], index[r, 2, :3] = order[:5], order[5:6], order[6:]
+    return x, observed, loc, scale, logits, index
+
+
+def _plain_leaf_regions(x, observed, loc, scale, logits, index):
+    """Mixture log-densities of every unit summed over each region's observed variables,
+    written out with Python loops (independent of the library)."""
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits),
+        torch.distributions.Normal(loc, scale),
+        validate_args=False,  # its support check cannot reshape an empty batch
+    )
+    filled = torch.where(observed, x, torch.zeros_like(x))
+    units = mixture.log_prob(filled[:, None, :, None])  # (B, R, D, I)
+    units = units * observed[:, None, :, None]
+    num_vars = x.shape[1]
+    regions = [
+        [units[:, r, [v for v in index[r, p].tolist() if v < num_vars]].sum(1) for p in range(3)]
+        for r in range(index.shape[0])
+    ]
+    return torch.stack([torch.stack(row, 1) for row in regions], 1)  # (B, R, P, I)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("components", [1, 2, 3, 5])
+@pytest.mark.parametrize("batch", [0, 1, 17, 40])
+@pytest.mark.parametrize("missing", [False, True])
+def test_leaf_regions_match_plain_formula(dtype, components, batch, missing):
+    _leaf_extension_or_skip()
+    x, observed, loc, scale, logits, index = _leaf_case(batch, components, dtype)
+    if not missing:
+        observed = torch.ones_like(observed)
+    out = kernels.tied_leaf_region_log_density(
+        x, loc, scale, logits, index, observed if missing else None
+    )
+    expected = _plain_leaf_regions(
+        x.double(), observed, loc.double(), scale.double(), logits.double(), index
+    )
+    # float32: a sum of up to five units, each rounded once
+    tolerance = (
+        {"rtol": 1e-12, "atol": 1e-11} if dtype == torch.float64 else {"rtol": 4e-6, "atol": 4e-5}
+    )
+    torch.testing.assert_close(out.double(), expected, **tolerance)
+    assert out.dtype == dtype and out.shape == (batch, 2, 3, 3)
+
+
+@pytest.mark.parametrize("components", [1, 2, 4])
+def test_leaf_region_gradients_match_autograd_of_plain_formula(components):
+    _leaf_extension_or_skip()
+    x, observed, *params, index = _leaf_case(23, components, torch.float64, seed=1)
+    fused = [p.clone().requires_grad_() for p in params]
+    plain = [p.clone().requires_grad_() for p in params]
+    weights = torch.randn(23, 2, 3, 3, dtype=torch.float64)
+    out = kernels.tied_leaf_region_log_density(x, *fused, index, observed)
+    (out * weights).sum().backward()
+    (_plain_leaf_regions(x, observed, *plain, index) * weights).sum().backward()
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_leaf_region_gradcheck():
+    _leaf_extension_or_skip()
+    x, observed, *params, index = _leaf_case(5, 2, torch.float64, seed=2, num_vars=9)
+    params = [p.requires_grad_() for p in params]
+
+    def run(loc, scale, logits):
+        return kernels.tied_leaf_region_log_density(x, loc, scale, logits, index, observed)
+
+    assert torch.autograd.gradcheck(run, params)
+
+
+def test_leaf_regions_do_not_use_the_native_kernel_where_it_cannot_serve():
+    x, _, loc, *_ = _leaf_case(4, 2, torch.float64)
+    assert not kernels.native_leaf_regions_usable(x.requires_grad_(), loc)  # no input gradient
+    assert not kernels.native_leaf_regions_usable(x.detach().float(), loc)  # mixed dtypes
+
+
+def test_native_build_failure_warns_and_returns_none(monkeypatch):
+    from torch.utils import cpp_extension
+
+    from ugmm_prob import native
+
+    def broken(**_):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(cpp_extension, "load_inline", broken)
+    with pytest.warns(RuntimeWarning, match="could not be built.*no compiler here"):
+        assert native.load.__wrapped__("leaf_regions", ("batch_multiple",)) is None
+    monkeypatch.setenv("UGMM_PROB_NATIVE", "0")
+    assert native.load.__wrapped__("leaf_regions", ("batch_multiple",)) is None

@@ -47,6 +47,8 @@ __all__ = [
     "Backend",
     "compiled_backend_available",
     "coupled_log_density",
+    "native_leaf_regions_usable",
+    "tied_leaf_region_log_density",
     "tied_mixture_log_density",
 ]
 
@@ -483,3 +485,101 @@ def tied_mixture_log_density(
                 raise
             _warn_compile_failed((x.device.type, x.dtype), error)
     return _tied_formula(x, loc, scale, logits)
+
+
+# --------------------------------------------------------------------------------------------
+# Leaf regions of a circuit: products of tied input units, fused (hand-written C++ on CPU).
+# --------------------------------------------------------------------------------------------
+_LEAF_FUNCTIONS = ("leaf_regions_forward", "leaf_regions_backward", "batch_multiple")
+
+
+def _leaf_extension():
+    from .native import load
+
+    return load("leaf_regions", _LEAF_FUNCTIONS)
+
+
+def native_leaf_regions_usable(x: torch.Tensor, loc: torch.Tensor) -> bool:
+    """Whether :func:`tied_leaf_region_log_density` can run the fused C++ kernel for these
+    tensors: CPU, float32/float64, no gradient needed for ``x``, at most 32 components, and
+    the extension built (see :mod:`ugmm_prob.native`)."""
+    return (
+        x.device.type == "cpu"
+        and loc.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.dtype == loc.dtype
+        and not x.requires_grad
+        and loc.shape[-1] <= 32
+        and not torch.compiler.is_compiling()
+        and _leaf_extension() is not None
+    )
+
+
+class _LeafRegions(torch.autograd.Function):
+    """Autograd for the fused leaf regions; saves the gathered inputs and parameters only."""
+
+    @staticmethod
+    def forward(ctx, x, keep, sizes, log_weights, loc, rscale):  # type: ignore[override]
+        ctx.save_for_backward(x, keep, sizes, log_weights, loc, rscale)
+        return _leaf_extension().leaf_regions_forward(x, keep, sizes, log_weights, loc, rscale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        grads = _leaf_extension().leaf_regions_backward(grad, *ctx.saved_tensors)
+        return None, None, None, *grads
+
+
+def tied_leaf_region_log_density(
+    x: torch.Tensor,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    logits: torch.Tensor,
+    region_index: torch.Tensor,
+    observed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Log-densities of the leaf regions of a circuit whose input units are tied mixtures.
+
+    .. math::
+
+        out[b, r, p, i] = \\sum_{d \\in \\text{region}(r, p),\\ x_{bd} \\text{ observed}}
+            \\log \\sum_k \\pi_{rdik}\\, \\mathcal N(x_{bd} \\mid \\mu_{rdik}, \\sigma_{rdik}^2)
+
+    The same numbers as :func:`tied_mixture_log_density` followed by a sum over each
+    region's variables, but one C++ pass forward and one backward (gradients with respect to
+    the parameters, reduced over the batch in the same loop) that never store a
+    ``B x R x D x I`` tensor. Use it where :func:`native_leaf_regions_usable` holds.
+
+    Args:
+        x: ``(B, D)``; entries that are not observed are ignored (may be NaN).
+        loc, scale, logits: ``(R, D, I, K)``.
+        region_index: ``(R, P, V)`` the variables of leaf region ``p`` of repetition ``r``,
+            padded at the end with ``D``.
+        observed: ``(B, D)`` booleans, True where ``x`` is observed; None: all observed.
+
+    Returns:
+        ``(B, R, P, I)``.
+    """
+    batch, num_vars = x.shape
+    reps = loc.shape[0]
+    sizes = (region_index < num_vars).sum(-1)
+    index = region_index.clamp_max(num_vars - 1)
+    lanes = _leaf_extension().batch_multiple()
+    padded = -batch % lanes
+    if observed is not None:
+        x = torch.where(observed, x, torch.zeros((), dtype=x.dtype))
+    # batch last: one SIMD vector holds one variable in many examples
+    values = torch.nn.functional.pad(x.t(), (0, padded))[index].contiguous()
+    keep = x.new_empty(0)
+    if observed is not None:
+        keep = torch.nn.functional.pad(observed.t().to(x.dtype), (0, padded))[index].contiguous()
+    log_weights = torch.log_softmax(logits, -1) - torch.log(scale) - LOG_SQRT_2PI
+    reps_index = torch.arange(reps, device=x.device)[:, None, None]
+
+    def by_region(parameter: torch.Tensor) -> torch.Tensor:
+        return parameter[reps_index, index].contiguous()  # (R, P, V, I, K)
+
+    out = _LeafRegions.apply(
+        values, keep, sizes, by_region(log_weights), by_region(loc), by_region(scale.reciprocal())
+    )
+    return out[..., :batch].permute(3, 0, 1, 2)

@@ -34,7 +34,7 @@ from ..networks import constructor_config
 from ..roles import DensityModel
 from .distribution import CircuitDistribution, ObservedCircuit
 from .inputs import INPUT_TYPES, InputLayer
-from .layers import Chooser, ProductLayer, SumLayer, sample_index
+from .layers import Chooser, ProductLayer, SumLayer, region_products, sample_index
 from .region_graphs import (
     RegionGraph,
     data_driven_tree,
@@ -400,38 +400,37 @@ class UGMMCircuit(DensityModel):
     # ----------------------------------------------------------------------------------
     # Upward pass
     # ----------------------------------------------------------------------------------
-    def _leaf_values(self, x: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
-        """Input-unit log-values ``(B, R, D, I)``; a missing variable's units give ``log 1``
-        (``"sum"``) or their highest value (``"max"``)."""
-        evaluate = self.inputs.log_density if mode == "sum" else self.inputs.max_log_density
-        if mask is None:
-            return evaluate(x)
-        filled = torch.where(mask, x, self.inputs.fill_value())  # no NaN reaches the gradient
-        observed = evaluate(filled)
-        missing = 0.0 if mode == "sum" else self.inputs.max_missing()
-        return torch.where(mask[:, None, :, None], observed, missing)
-
-    def _leaf_regions(self, leaf: torch.Tensor) -> torch.Tensor:
-        """Products over each leaf region's variables: ``(B, R, D, I) -> (B, R, P, I)``."""
-        batch, reps, _, width = leaf.shape
-        padded = torch.cat([leaf, leaf.new_zeros(batch, reps, 1, width)], dim=2)
-        _, regions, size = self.region_index.shape
-        index = self.region_index.reshape(1, reps, regions * size, 1)
-        gathered = padded.gather(2, index.expand(batch, -1, -1, width))
-        return gathered.reshape(batch, reps, regions, size, width).sum(3)
+    def _leaf_region_values(
+        self, x: torch.Tensor, mask: torch.Tensor | None, mode: str
+    ) -> torch.Tensor:
+        """Products of the input units over each leaf region, ``(B, R, P, I)``; a missing
+        variable's units give ``log 1`` (``"sum"``) or their highest value (``"max"``)."""
+        return self.inputs.region_log_values(x, mask, self.region_index, mode)
 
     def _internal_upward(
-        self, h: torch.Tensor, mode: str = "sum", probes: FlowProbes | None = None
+        self,
+        h: torch.Tensor,
+        mode: str = "sum",
+        probes: FlowProbes | None = None,
+        keep_products: bool = False,
     ) -> UpwardPass:
-        """Product and sum layers from leaf regions ``h`` ``(B, R, P, I)`` to the roots."""
+        """Product and sum layers from leaf regions ``h`` ``(B, R, P, I)`` to the roots.
+
+        Below the top, a sum layer of log-sums takes its product layer's inputs and never
+        forms the products' log-values (:meth:`SumLayer.sum_of_products`), unless
+        ``keep_products`` asks for them (the downward pass reads them).
+        """
         products = []
         for level, product in enumerate(self.products):
-            h = product(h)
-            products.append(h)
-            if level < len(self.sums):
-                h = self.sums[level](h, mode)
-                if probes is not None:
-                    h = h + probes.sums[level]
+            if level == len(self.sums) or mode == "max" or keep_products:
+                h = product(h)
+                products.append(h)
+                if level < len(self.sums):
+                    h = self.sums[level](h, mode)
+            else:
+                h = self.sums[level].sum_of_products(product, h)
+            if probes is not None and level < len(self.sums):
+                h = h + probes.sums[level]
         top = h.reshape(len(h), 1, 1, self.graph.repetitions * self.top_width)
         root = self.root(top, mode)
         if probes is not None:
@@ -444,12 +443,14 @@ class UGMMCircuit(DensityModel):
         mask: torch.Tensor | None,
         mode: str = "sum",
         probes: FlowProbes | None = None,
+        keep_products: bool = False,
     ) -> UpwardPass:
-        """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``."""
-        leaf = self._leaf_values(x, mask, mode)
+        """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``
+        (see :meth:`_internal_upward` for ``keep_products``)."""
+        regions = self._leaf_region_values(x, mask, mode)
         if probes is not None:
-            leaf = leaf + probes.inputs
-        return self._internal_upward(self._leaf_regions(leaf), mode, probes)
+            regions = regions + region_products(probes.inputs[None], self.region_index)
+        return self._internal_upward(regions, mode, probes, keep_products)
 
     def flow_probes(self) -> FlowProbes:
         """Zero probes (with gradients) for every unit whose flow EM needs."""
@@ -584,7 +585,7 @@ class UGMMCircuit(DensityModel):
         return value if mask is None else torch.where(mask, x, value)
 
     def _sample_given(self, x: torch.Tensor, mask: torch.Tensor, c: torch.Tensor):
-        up = self._upward(x, mask)
+        up = self._upward(x, mask, keep_products=True)
         return self._downward(up, c, x, mask, sample_index)
 
     @torch.no_grad()
@@ -678,7 +679,7 @@ class UGMMCircuit(DensityModel):
         """
         leaf = self.class_logits.new_zeros(1, *self._unit_shape(), requires_grad=True)
         with torch.enable_grad():
-            root = self._internal_upward(self._leaf_regions(leaf)).root
+            root = self._internal_upward(region_products(leaf, self.region_index)).root
             log_p = root[0] + self.class_log_prior()
             target = torch.logsumexp(log_p, -1) if c is None else root[0, c]
             (grad,) = torch.autograd.grad(target, leaf)

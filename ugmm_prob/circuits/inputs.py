@@ -24,8 +24,12 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
 from ..distributions import neuron_mixture
-from ..kernels import tied_mixture_log_density
-from .layers import normalised_log_weights, sample_index
+from ..kernels import (
+    native_leaf_regions_usable,
+    tied_leaf_region_log_density,
+    tied_mixture_log_density,
+)
+from .layers import normalised_log_weights, region_products, sample_index
 
 __all__ = ["INPUT_TYPES", "CategoricalInput", "GaussianMixtureInput", "InputLayer"]
 
@@ -122,6 +126,30 @@ class InputLayer(PyroModule):
         """A value in the support, put where a variable is missing before evaluation."""
         return 0.0
 
+    def log_values(
+        self, x: torch.Tensor, observed: torch.Tensor | None, mode: str = "sum"
+    ) -> torch.Tensor:
+        """Every unit's log-value ``(B, R, D, I)`` at ``x`` ``(B, D)``: :meth:`log_density`
+        (``mode="sum"``) or :meth:`max_log_density` (``"max"``); where ``observed`` is False
+        the units give ``log 1`` (sum) or :meth:`max_missing` (max)."""
+        evaluate = self.log_density if mode == "sum" else self.max_log_density
+        if observed is None:
+            return evaluate(x)
+        filled = torch.where(observed, x, self.fill_value())  # no NaN reaches the gradient
+        missing = 0.0 if mode == "sum" else self.max_missing()
+        return torch.where(observed[:, None, :, None], evaluate(filled), missing)
+
+    def region_log_values(
+        self,
+        x: torch.Tensor,
+        observed: torch.Tensor | None,
+        region_index: torch.Tensor,
+        mode: str = "sum",
+    ) -> torch.Tensor:
+        """:meth:`log_values` multiplied over each leaf region (see
+        :func:`~ugmm_prob.circuits.layers.region_products`): ``(B, R, P, I)``."""
+        return region_products(self.log_values(x, observed, mode), region_index)
+
     def check_values(self, x: torch.Tensor, observed: torch.Tensor | None) -> None:
         """Raise a clear error when an observed entry of ``x`` is not finite or lies outside
         the support."""
@@ -191,6 +219,21 @@ class GaussianMixtureInput(InputLayer):
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
         """``log sum_k pi_k N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I)``."""
         return tied_mixture_log_density(x, self.loc, self.scale, self.logits)
+
+    def region_log_values(
+        self,
+        x: torch.Tensor,
+        observed: torch.Tensor | None,
+        region_index: torch.Tensor,
+        mode: str = "sum",
+    ) -> torch.Tensor:
+        """As :meth:`InputLayer.region_log_values`; sums of log-densities go through the fused
+        C++ kernel :func:`~ugmm_prob.kernels.tied_leaf_region_log_density` where it can run."""
+        if mode == "sum" and native_leaf_regions_usable(x, self.loc):
+            return tied_leaf_region_log_density(
+                x, self.loc, self.scale, self.logits, region_index, observed
+            )
+        return super().region_log_values(x, observed, region_index, mode)
 
     def _component_log_density(self, x: torch.Tensor) -> torch.Tensor:
         """``log pi_k + log N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I, K)``."""

@@ -30,6 +30,8 @@ __all__ = [
     "ProductLayer",
     "SumLayer",
     "normalised_log_weights",
+    "product_logsumexp",
+    "region_products",
     "sample_index",
     "weighted_logsumexp",
     "weighted_max",
@@ -54,6 +56,30 @@ def weighted_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     scaled = torch.einsum("bgq,gsq->bgs", (values - shift).exp(), log_weights.exp())
     return scaled.log() + shift
+
+
+def product_logsumexp(
+    left: torch.Tensor, right: torch.Tensor, log_weights: torch.Tensor
+) -> torch.Tensor:
+    """:func:`weighted_logsumexp` of the products of ``left`` and ``right`` units.
+
+    ``out[b, g, s] = log sum_{u, v} w[g, s, u W + v] exp(left[b, g, u] + right[b, g, v])``
+    for ``left``, ``right`` ``(B, G, W)``. The largest product is the product of the two
+    largest factors, so each side is shifted by its own max and exponentiated (``2 W``
+    exponentials per region instead of ``W^2``), and the outer product is taken in linear
+    space: the same shifted terms as :func:`weighted_logsumexp`, without forming or reducing
+    the ``W^2`` log-values.
+    """
+
+    def shifted(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shift = values.amax(dim=-1, keepdim=True).detach()
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        return (values - shift).exp(), shift
+
+    (left_exp, left_shift), (right_exp, right_shift) = shifted(left), shifted(right)
+    products = (left_exp[..., :, None] * right_exp[..., None, :]).flatten(-2)
+    scaled = torch.einsum("bgq,gsq->bgs", products, log_weights.exp())
+    return scaled.log() + left_shift + right_shift
 
 
 def _broadcast_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
@@ -85,6 +111,21 @@ def normalised_log_weights(
     return torch.where(total > 0, new, torch.log_softmax(current_logits, -1))
 
 
+def region_products(values: torch.Tensor, region_index: torch.Tensor) -> torch.Tensor:
+    """Products over each leaf region's variables: ``(B, R, D, W) -> (B, R, P, W)``.
+
+    ``region_index`` ``(R, P, V)`` lists the variables of leaf region ``p`` of repetition
+    ``r``, padded with ``D``, which reads a column of ``log 1 = 0``. A gather and a sum, not a
+    matrix product with a 0/1 matrix, so that a ``-inf`` log-value cannot become NaN.
+    """
+    batch, reps, _, width = values.shape
+    padded = torch.cat([values, values.new_zeros(batch, reps, 1, width)], dim=2)
+    _, regions, size = region_index.shape
+    index = region_index.reshape(1, reps, regions * size, 1)
+    gathered = padded.gather(2, index.expand(batch, -1, -1, width))
+    return gathered.reshape(batch, reps, regions, size, width).sum(3)
+
+
 class ProductLayer(torch.nn.Module):
     """Products of sibling regions: ``(B, R, 2P, W) -> (B, R, P, W * W)``.
 
@@ -98,8 +139,13 @@ class ProductLayer(torch.nn.Module):
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """The log-values of all products of sibling units."""
-        left, right = values[:, :, 0::2], values[:, :, 1::2]
+        left, right = self.factors(values)
         return (left[..., :, None] + right[..., None, :]).flatten(-2)
+
+    @staticmethod
+    def factors(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The left (``2q``) and right (``2q + 1``) sibling regions, each ``(B, R, P, W)``."""
+        return values[:, :, 0::2], values[:, :, 1::2]
 
     def child_units(self, unit: torch.Tensor) -> torch.Tensor:
         """Chosen product units ``(B, P)`` -> the child units they multiply ``(B, 2P)``."""
@@ -164,6 +210,24 @@ class SumLayer(PyroModule):
         out = combine(
             values.reshape(batch, reps * regions, inputs),
             log_w.reshape(reps * regions, *log_w.shape[2:]),
+        )
+        return out.reshape(batch, reps, regions, log_w.shape[2])
+
+    def sum_of_products(self, product: ProductLayer, values: torch.Tensor) -> torch.Tensor:
+        """``self(product(values))`` in ``"sum"`` mode, without forming the products'
+        log-values (:func:`product_logsumexp`) when this layer uses the default kernel and
+        no input mask."""
+        if self.input_mask is not None or self.sum_kernel is not weighted_logsumexp:
+            return self(product(values))
+        left, right = product.factors(values)
+        batch, reps, regions, width = left.shape
+        log_w = self.log_weights()
+
+        def flat(side: torch.Tensor) -> torch.Tensor:
+            return side.reshape(batch, reps * regions, width)
+
+        out = product_logsumexp(
+            flat(left), flat(right), log_w.reshape(reps * regions, *log_w.shape[2:])
         )
         return out.reshape(batch, reps, regions, log_w.shape[2])
 
