@@ -19,6 +19,7 @@ the closed-form :meth:`SumLayer.maximise`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -82,10 +83,32 @@ def product_logsumexp(
     return scaled.log() + left_shift + right_shift
 
 
-def _broadcast_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
-    """:func:`weighted_logsumexp` with a shift of its own per sum unit (materialises
-    ``(B, G, S, Q)``): exact when weights of 0 sit beside much larger inputs."""
-    return torch.logsumexp(values[:, :, None, :] + log_weights, dim=-1)
+def _allowed_index(allowed: torch.Tensor) -> torch.Tensor:
+    """``(..., S, A)`` the inputs each sum unit may use, ``A`` the most any unit may; a unit
+    with fewer repeats its last allowed input (its weight is dropped in
+    :func:`_allowed_logsumexp`)."""
+    count = allowed.sum(-1, keepdim=True)
+    order = torch.argsort((~allowed).to(torch.int8), dim=-1, stable=True)  # allowed first
+    width = int(count.max())
+    position = torch.arange(width).expand(*allowed.shape[:-1], width)
+    return order[..., :width].gather(-1, torch.minimum(position, count - 1))
+
+
+def _allowed_logsumexp(
+    values: torch.Tensor, log_weights: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """``log sum_q w[g, s, q] exp(values[b, g, q])`` over the inputs ``index[g, s]`` that unit
+    ``(g, s)`` may use (:func:`_allowed_index`), each unit with its own shift."""
+    batch, groups, inputs = values.shape
+    sums, width = index.shape[1:]
+    picked = values[:, :, None, :].expand(batch, groups, sums, inputs)
+    picked = picked.gather(3, index.expand(batch, groups, sums, width))
+    log_w = log_weights.gather(-1, index)
+    # a repeated index (a unit with fewer allowed inputs than A) counts once
+    repeated = torch.zeros_like(index, dtype=torch.bool)
+    repeated[..., 1:] = index[..., 1:] == index[..., :-1]
+    log_w = log_w.masked_fill(repeated, -math.inf)
+    return torch.logsumexp(picked + log_w, dim=-1)
 
 
 def weighted_max(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
@@ -187,8 +210,9 @@ class SumLayer(PyroModule):
                 raise ValueError("SumLayer: every sum unit must be allowed at least one input")
             mask = torch.zeros(allowed.shape).masked_fill(~allowed, -math.inf)
             self.register_buffer("input_mask", mask, persistent=False)
+            self.register_buffer("input_index", _allowed_index(allowed.expand(shape)), False)
         else:
-            self.input_mask = None
+            self.input_mask = self.input_index = None
 
     def log_weights(self) -> torch.Tensor:
         """Normalised log-weights ``(R, P, S, Q)`` (``-inf`` where an input is not allowed)."""
@@ -205,8 +229,11 @@ class SumLayer(PyroModule):
             combine = self.sum_kernel
         else:
             # The matrix-product trick shifts by the largest input of any unit; an input a
-            # unit may not use can dwarf all of its own and underflow them to log 0.
-            combine = _broadcast_logsumexp
+            # unit may not use can dwarf all of its own and underflow them to log 0. So each
+            # unit reduces over its own allowed inputs only (gathered: a fraction of Q).
+            index = self.input_index
+            index = index.reshape(reps * regions, *index.shape[2:])
+            combine = functools.partial(_allowed_logsumexp, index=index)
         out = combine(
             values.reshape(batch, reps * regions, inputs),
             log_w.reshape(reps * regions, *log_w.shape[2:]),
