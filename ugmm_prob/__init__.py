@@ -11,8 +11,7 @@ Where things live:
   :mod:`ugmm_prob.experiments`, :mod:`ugmm_prob.cli`: data, files, figures and the command.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .distributions import neuron_mixture
 from .kernels import compiled_backend_available, coupled_log_density
 from .layers import UGMMLayer, component_dropout
@@ -26,11 +25,6 @@ from .networks import (
     UGMMStack,
 )
 from .training import evaluate, fit
-
-try:
-    __version__ = version("ugmm-prob")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "CNNClassifier",
