@@ -5,8 +5,9 @@ The names most code needs are importable from here: the models (:class:`UGMMClas
 :class:`CNNClassifier` baselines, the generative :class:`UGMMCircuit`, the building block
 :class:`UGMMLayer`), training (:func:`fit`, :func:`fit_em`, :func:`evaluate`), the Bayesian
 treatment (:func:`make_bayesian`, :func:`fit_svi`) and the validation switch
-(:func:`enable_validation`). The scikit-learn estimators stay in :mod:`ugmm_prob.sklearn`
-(imported only when asked for, since scikit-learn is optional).
+(:func:`enable_validation`, :func:`is_validation_enabled`, :func:`validation_enabled`).
+The scikit-learn estimators stay in :mod:`ugmm_prob.sklearn` (imported only when asked
+for, since scikit-learn is optional).
 
 Where things live:
 
@@ -32,11 +33,11 @@ Where things live:
 - :mod:`ugmm_prob.sklearn`: scikit-learn estimators for users' own tables.
 """
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .bayes import fit_svi, make_bayesian
-from .circuits import UGMMCircuit, fit_em
 from .layers import UGMMLayer
 from .networks import (
     Classifier,
@@ -48,6 +49,10 @@ from .networks import (
     UGMMStack,
 )
 from .training import evaluate, fit
+from .validation import enable_validation, is_validation_enabled, validation_enabled
+
+if TYPE_CHECKING:
+    from .circuits import UGMMCircuit, fit_em
 
 __all__ = [
     "CNNClassifier",
@@ -60,12 +65,19 @@ __all__ = [
     "UGMMLayer",
     "UGMMStack",
     "__version__",
+    "enable_validation",
     "evaluate",
     "fit",
     "fit_em",
     "fit_svi",
+    "is_validation_enabled",
     "make_bayesian",
+    "validation_enabled",
 ]
+
+_LAZY = {"UGMMCircuit": "circuits", "fit_em": "circuits"}
+"""Exported names imported on first use, so that importing the package (or loading a
+classifier's checkpoint) does not import :mod:`ugmm_prob.circuits`."""
 
 _MOVED = {
     "coupled_log_density": "kernels",
@@ -77,10 +89,13 @@ _MOVED = {
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
     # Kernel internals and building blocks left the top level; importing them from here
     # still works, with a DeprecationWarning naming their module.
     if name in _MOVED:
-        import importlib
         import warnings
 
         module = f"{__name__}.{_MOVED[name]}"
@@ -91,3 +106,7 @@ def __getattr__(name: str) -> Any:
         )
         return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -12,6 +12,7 @@ import torch
 from .. import distributed
 from ..datasets import check_classification_data
 from ..roles import Model
+from ..validation import is_validation_enabled
 from .settings import LoopSettings
 
 __all__ = [
@@ -48,12 +49,15 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module) ->
 
 
 def check_unlabelled_data(x: torch.Tensor, *, name: str = "data") -> None:
-    """Check inputs without labels: a floating tensor ``(n >= 1, ...)`` of finite values."""
+    """Check inputs without labels: a floating tensor ``(n >= 1, ...)`` of finite values
+    (the values only while validation is enabled, :mod:`ugmm_prob.validation`)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{name}: x must be a floating tensor, got {found}")
     if x.dim() < 2 or len(x) == 0:
         raise ValueError(f"{name}: x must have shape (n >= 1, features...), got {tuple(x.shape)}")
+    if not is_validation_enabled():
+        return
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         raise ValueError(

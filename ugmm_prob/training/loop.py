@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from ..roles import Model
+from ..validation import validation_enabled
 from .divergence import TrainingDivergedError, diverged, trained_tensors
 from .history import BestEpoch, MetricsWriter
 from .resume import check_resumable, data_fingerprint
@@ -152,7 +153,7 @@ class _EpochLoop:
 
     def train_epoch(self, epoch: int) -> float:
         """The epoch's updates; returns the sum over examples of the minibatch losses."""
-        n, batch_size, ctx = len(self.x), self.settings.batch_size, self.ctx
+        n, batch_size = len(self.x), self.settings.batch_size
         self.trainer.model.train()
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(self.settings.seed + epoch)
@@ -161,26 +162,31 @@ class _EpochLoop:
         batches = tqdm(
             range(0, n, batch_size), desc=f"epoch {epoch + 1}", leave=False, disable=not self.show
         )
-        for step, begin in enumerate(batches):
-            index = order[begin : begin + batch_size]
-            local = ctx.shard(index)
-            if len(local) == 0:
-                # fewer examples than ranks: this rank joins the collectives with a
-                # zero-weighted copy of the batch's first example.
-                local, weight = index[:1], 0.0
-            else:
-                weight = len(local) * ctx.world_size / len(index)
-            labels = None if self.y is None else self.y[local].to(self.device)
-            loss = self.trainer.step(
-                self.x[local].to(self.device), labels, weight=weight, num_data=n
-            )
-            if not math.isfinite(loss):
-                raise self.diverge(
-                    f"{self.trainer.loss_name} became {loss} at epoch {epoch + 1}, step {step + 1}",
-                    epoch,
-                )
-            total += loss * len(index)
+        with validation_enabled(False):  # the data were checked before the loop
+            for step, begin in enumerate(batches):
+                total += self._step(epoch, step, order[begin : begin + batch_size])
         return total
+
+    def _step(self, epoch: int, step: int, index: torch.Tensor) -> float:
+        """One update on the global minibatch ``index``; its loss times its size."""
+        ctx = self.ctx
+        local = ctx.shard(index)
+        if len(local) == 0:
+            # fewer examples than ranks: this rank joins the collectives with a
+            # zero-weighted copy of the batch's first example.
+            local, weight = index[:1], 0.0
+        else:
+            weight = len(local) * ctx.world_size / len(index)
+        labels = None if self.y is None else self.y[local].to(self.device)
+        loss = self.trainer.step(
+            self.x[local].to(self.device), labels, weight=weight, num_data=len(self.x)
+        )
+        if not math.isfinite(loss):
+            raise self.diverge(
+                f"{self.trainer.loss_name} became {loss} at epoch {epoch + 1}, step {step + 1}",
+                epoch,
+            )
+        return loss * len(index)
 
     def validate(self, epoch: int) -> dict[str, float]:
         """The model's validation metrics after ``epoch`` (gathered over ranks)."""

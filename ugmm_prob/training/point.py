@@ -10,12 +10,14 @@ SGD with a ``MultiStepLR`` schedule, under ``torchrun`` through ``DistributedDat
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pyro.distributions
 import torch
 
 from .. import distributed
@@ -77,6 +79,17 @@ def _make_optimizer(
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
+@contextlib.contextmanager
+def _distribution_checks(flag: bool) -> Iterator[None]:
+    """Pyro's (and torch's) distribution argument checks set to ``flag`` in the block."""
+    previous = pyro.distributions.is_validation_enabled()
+    pyro.distributions.enable_validation(flag)
+    try:
+        yield
+    finally:
+        pyro.distributions.enable_validation(previous)
+
+
 class _LossModule(torch.nn.Module):
     """``model.training_loss`` as a module's forward, so DistributedDataParallel can wrap it."""
 
@@ -115,7 +128,8 @@ class _PointEstimateTrainer:
         self, x: torch.Tensor, y: torch.Tensor | None, *, weight: float, num_data: int
     ) -> float:
         try:
-            loss = self.loss(x, y)
+            with _distribution_checks(False):  # as the library's own: off in the loop
+                loss = self.loss(x, y)
         except ValueError as error:
             if not diverged(error, self.model.parameters()):
                 raise
