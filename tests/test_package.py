@@ -42,12 +42,14 @@ def test_unknown_names_are_an_attribute_error():
         ugmm_prob.no_such_name  # noqa: B018
 
 
-def test_importing_the_package_does_not_import_scikit_learn():
+def test_importing_the_package_imports_neither_scikit_learn_nor_the_circuits():
+    modules = ("sklearn", "ugmm_prob.sklearn", "ugmm_prob.circuits")
     code = (
-        "import sys, ugmm_prob; print('sklearn' in sys.modules, 'ugmm_prob.sklearn' in sys.modules)"
+        f"import sys, ugmm_prob; print(*(m in sys.modules for m in {modules!r})); "
+        "from ugmm_prob import UGMMCircuit; print('ugmm_prob.circuits' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False", "True"]
 
 
 def test_the_docstring_names_every_public_module():
