@@ -4,7 +4,7 @@ Compared at batch 128, N = 784 inputs, J = 128 neurons, float32, on the CPU:
 
 (a) ``naive``: the plain broadcast formula as the paper's code writes it (materialises
     ``batch x J x N`` tensors, autograd keeps them for backward);
-(b) ``eager`` and ``compiled``: :func:`ugmm_prob.coupled_log_density` with each backend;
+(b) ``eager`` and ``compiled``: :func:`ugmm_prob.kernels.coupled_log_density` with each backend;
 (c) ``linear_relu``: ``nn.Linear`` + ReLU of the same shape, for scale.
 
 Timings alternate between the methods round by round (so drifts in machine load hit all of
@@ -30,7 +30,7 @@ import time
 import torch
 from _results import MEMORY_CHILD_ENV, machine, step_peak_mib
 
-from ugmm_prob import coupled_log_density
+from ugmm_prob.kernels import coupled_log_density
 
 METHODS = ("naive", "eager", "compiled", "linear_relu")
 

@@ -137,8 +137,8 @@ def test_accuracy_coverage_curve():
 def test_nuts_and_inference_data_for_arviz():
     import arviz as az
 
+    from ugmm_prob.arviz_export import to_inference_data
     from ugmm_prob.bayes import run_nuts
-    from ugmm_prob.diagnostics import to_inference_data
 
     data = load_data("iris")
     x, y = data.x_train[:40], data.y_train[:40]

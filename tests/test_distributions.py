@@ -15,8 +15,7 @@ from tests.distribution_properties import (
     check_normalisation,
     check_shapes,
 )
-from ugmm_prob import neuron_mixture
-from ugmm_prob.distributions import logit_pixels, pixel_logit_transform
+from ugmm_prob.distributions import logit_pixels, neuron_mixture, pixel_logit_transform
 
 
 def _parameters(neurons=3, components=4):

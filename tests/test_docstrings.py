@@ -93,11 +93,13 @@ def test_public_names_have_docstrings(module_name):
 
 
 def test_every_module_is_in_the_api_reference():
-    """docs/api/ has one page per module, so nothing public is left out of the site."""
+    """docs/api/ has one page per public module, so nothing public is left out of the site
+    (a private module such as ``ugmm_prob._version`` is not part of the API)."""
     pages = Path(__file__).resolve().parents[1] / "docs" / "api"
     documented = {
         path.read_text(encoding="utf-8").split(":::", 1)[1].split()[0]
         for path in pages.glob("*.md")
         if ":::" in path.read_text(encoding="utf-8")
     }
-    assert set(MODULES) <= documented, sorted(set(MODULES) - documented)
+    public = {name for name in MODULES if not name.rpartition(".")[2].startswith("_")}
+    assert public <= documented, sorted(public - documented)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from ugmm_prob import UGMMLayer, component_dropout, coupled_log_density
+from ugmm_prob.kernels import coupled_log_density
+from ugmm_prob.layers import UGMMLayer, component_dropout
 
 
 def test_parameters_are_pyro_params_with_the_paper_initialisation():

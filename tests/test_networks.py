@@ -7,6 +7,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
+from ugmm_prob.checkpoints import build_model
 from ugmm_prob.networks import (
     CNNClassifier,
     ConvUGMMClassifier,
@@ -14,7 +15,6 @@ from ugmm_prob.networks import (
     MLPClassifier,
     UGMMClassifier,
     UGMMStack,
-    build_model,
 )
 
 NETWORKS = [
@@ -154,3 +154,18 @@ def test_joint_score_init_from_data_uses_the_labels():
     first = model.stack.layers[0]
     pairs = torch.cat([x, y[:, None].float()], -1)
     assert bool((first.loc[:, None, :] == pairs[None]).all(-1).any(1).all())
+
+
+def test_the_checkpoint_allow_list_moved_to_checkpoints_with_a_deprecated_old_path():
+    from ugmm_prob import checkpoints, networks
+
+    for name in (
+        "LOADABLE_MODEL_CLASSES",
+        "build_model",
+        "model_class_path",
+        "resolve_model_class",
+    ):
+        with pytest.warns(DeprecationWarning, match=f"ugmm_prob.checkpoints.{name}"):
+            assert getattr(networks, name) is getattr(checkpoints, name)
+    with pytest.raises(AttributeError):
+        networks.no_such_name  # noqa: B018

@@ -15,7 +15,9 @@ one accepts the same kinds of input and refuses bad input with the same messages
   (``x[None]`` or ``x.reshape(1, -1)`` for one example);
 - an empty batch ``(0, num_features)`` is valid; the methods answer it with empty results
   of the right shape;
-- NaN and infinite values are refused with their count.
+- NaN and infinite values are refused with their count, and labels out of range with the
+  range, while validation is enabled (:mod:`ugmm_prob.validation`; the default). Disabled,
+  only the conversions and their type and shape checks remain.
 
 :class:`NonFiniteError` is the other side of the boundary: values computed *inside* a
 model (activations, logits, parameter draws) that stop being finite.
@@ -27,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .validation import is_validation_enabled
 
 __all__ = ["NonFiniteError", "as_batch", "check_labels", "to_tensor"]
 
@@ -104,6 +108,8 @@ def as_batch(
         )
     x = x.to(device=device if device is not None else x.device, dtype=dtype)
     x = x.reshape(len(x), num_features)
+    if not is_validation_enabled():
+        return x
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         bad = int((~finite).sum())
@@ -143,11 +149,11 @@ def check_labels(
         raise ValueError(f"{name}: expected labels of shape (n,), got shape {tuple(y.shape)}")
     if num_examples is not None and len(y) != num_examples:
         raise ValueError(f"{name}: expected {num_examples} labels (one per example), got {len(y)}")
-    if y.is_floating_point():
+    if y.is_floating_point() and is_validation_enabled():
         if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
             raise TypeError(f"{name}: expected integer class labels, got non-integer values")
     y = y.to(device=device if device is not None else y.device, dtype=torch.long)
-    if len(y):
+    if len(y) and is_validation_enabled():
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= num_classes:
             raise ValueError(

@@ -15,7 +15,7 @@ code. (A digest stored *inside* a ``torch.save`` zip file would not do: its read
 alignment padding and some header fields, so flips there would load unnoticed.)
 
 The model class is recorded as ``module:qualname`` and rebuilt only from the allow-list
-:data:`~ugmm_prob.networks.LOADABLE_MODEL_CLASSES` (imported when named, so a circuit
+:data:`LOADABLE_MODEL_CLASSES` (imported when named, so a circuit
 loads in a process that never imported :mod:`ugmm_prob.circuits`), plus classes the caller
 passes as ``extra_classes``. Files of format 1 (a bare ``torch.save`` of the payload, no
 digest) are still read, with a warning that they cannot be verified.
@@ -29,6 +29,7 @@ removed by the next save.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 import pathlib
@@ -40,13 +41,18 @@ from typing import Any
 
 import torch
 
-from .networks import Classifier, model_class_path, resolve_model_class
+from ._version import __version__
+from .roles import Model
 
 __all__ = [
+    "LOADABLE_MODEL_CLASSES",
     "Checkpoint",
     "CheckpointError",
+    "build_model",
     "load_checkpoint",
+    "model_class_path",
     "remove_stale_temporaries",
+    "resolve_model_class",
     "save_checkpoint",
 ]
 
@@ -57,6 +63,60 @@ _DIGEST_PREFIX = b"sha256:"
 _HEADER_SIZE = len(_MAGIC) + len(_DIGEST_PREFIX) + 64 + 1
 
 
+LOADABLE_MODEL_CLASSES: tuple[str, ...] = (
+    "ugmm_prob.networks:UGMMClassifier",
+    "ugmm_prob.networks:MLPClassifier",
+    "ugmm_prob.networks:CNNClassifier",
+    "ugmm_prob.networks:ConvUGMMClassifier",
+    "ugmm_prob.networks:JointScoreModel",
+    "ugmm_prob.circuits.circuit:UGMMCircuit",
+)
+"""The model classes checkpoints may rebuild, as ``module:qualname`` (the allow-list of
+:func:`resolve_model_class`); each is imported only when a checkpoint names it."""
+
+
+def model_class_path(cls: type) -> str:
+    """``module:qualname`` of a class, as checkpoints record it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve_model_class(name: str, *, extra: Sequence[type] = ()) -> type[Model]:
+    """The model class a checkpoint names, imported lazily from an allow-list.
+
+    Args:
+        name: ``module:qualname`` (see :func:`model_class_path`), or a bare class name as
+            checkpoints of format 1 recorded it.
+        extra: further classes the caller allows (their own model classes, e.g.
+            :class:`~ugmm_prob.networks.Classifier` subclasses); only
+            :data:`LOADABLE_MODEL_CLASSES` are allowed otherwise.
+
+    Raises:
+        ValueError: ``name`` is not on the allow-list (nothing is imported then).
+    """
+    allowed = {model_class_path(cls): cls for cls in extra}
+    allowed.update(dict.fromkeys(LOADABLE_MODEL_CLASSES))
+    if ":" not in name:  # format 1: the bare class name
+        matches = [path for path in allowed if path.rpartition(":")[2] == name]
+        if len(matches) != 1:
+            raise ValueError(f"unknown model class {name!r}; expected one of {sorted(allowed)}")
+        name = matches[0]
+    if name not in allowed:
+        raise ValueError(f"model class {name!r} is not loadable; expected one of {sorted(allowed)}")
+    if allowed[name] is not None:
+        return allowed[name]
+    module_name, _, qualname = name.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def build_model(name: str, config: dict[str, Any]) -> Model:
+    """Rebuild a model from its class (``module:qualname`` of :data:`LOADABLE_MODEL_CLASSES`,
+    or a bare class name of that list) and ``config`` (as stored in checkpoints)."""
+    return resolve_model_class(name)(**config)
+
+
 class CheckpointError(ValueError):
     """A file is not a readable ugmm-prob checkpoint (missing, corrupt or incompatible)."""
 
@@ -65,22 +125,16 @@ class CheckpointError(ValueError):
 class Checkpoint:
     """What :func:`load_checkpoint` returns: the rebuilt model and the training state."""
 
-    model: Classifier
+    model: Model
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     training_state: dict[str, Any] = field(default_factory=dict)
     version: str = ""
 
 
-def _library_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def save_checkpoint(
     path: str | os.PathLike,
-    model: Classifier,
+    model: Model,
     *,
     epoch: int = 0,
     history: list[dict[str, Any]] | None = None,
@@ -90,7 +144,7 @@ def save_checkpoint(
 
     Args:
         path: destination file; its folder is created if needed.
-        model: any :class:`~ugmm_prob.networks.Classifier` of the library.
+        model: any model of the library (a classifier, a circuit).
         epoch: number of completed epochs.
         history: per-epoch metrics so far.
         training_state: optimiser, scheduler and RNG state for resuming (tensors and plain
@@ -102,7 +156,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
-        "version": _library_version(),
+        "version": __version__,
         "model_class": model_class_path(type(model)),
         "config": model.config,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -180,24 +234,8 @@ def _read_payload(path: pathlib.Path, data: bytes, map_location: Any = "cpu") ->
         ) from error
 
 
-def load_checkpoint(
-    path: str | os.PathLike,
-    *,
-    map_location: str | torch.device = "cpu",
-    extra_classes: Sequence[type] = (),
-) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` and rebuild its model.
-
-    Verifies the payload's SHA-256 digest, then loads it with ``weights_only=True``; the
-    model class must be on :data:`~ugmm_prob.networks.LOADABLE_MODEL_CLASSES` or among
-    ``extra_classes`` (your own :class:`~ugmm_prob.networks.Classifier` subclasses).
-
-    Raises:
-        CheckpointError: naming the file, when it is missing, not a checkpoint, corrupt
-            (digest mismatch, truncation), names a class that is not allowed, or does not
-            match its model class.
-    """
-    path = pathlib.Path(path)
+def _checked_payload(path: pathlib.Path, map_location: Any) -> dict[str, Any]:
+    """The verified payload of the checkpoint file ``path``, with the keys a model needs."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -213,21 +251,22 @@ def load_checkpoint(
         warnings.warn(
             f"{path} is a {LEGACY_FORMAT} checkpoint without a digest: its integrity cannot "
             "be verified; save it again to upgrade it",
-            stacklevel=2,
+            stacklevel=3,
         )
     missing = {"model_class", "config", "model_state"} - payload.keys()
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {sorted(missing)}")
+    return payload
+
+
+def _rebuilt_model(
+    path: pathlib.Path, payload: dict[str, Any], extra_classes: Sequence[type]
+) -> Model:
+    """The payload's model: its class (from the allow-list), config and weights."""
     try:
         model_class = resolve_model_class(str(payload["model_class"]), extra=extra_classes)
     except (ValueError, ImportError, AttributeError) as error:
         raise CheckpointError(f"{path}: {error}") from error
-    version = str(payload.get("version", ""))
-    if version != _library_version():
-        warnings.warn(
-            f"{path} was written by ugmm-prob {version}; this is {_library_version()}",
-            stacklevel=2,
-        )
     try:
         # Building draws initial values from the global RNG: leave it as the caller had it.
         with torch.random.fork_rng(devices=[]):
@@ -242,6 +281,35 @@ def load_checkpoint(
             f"{path}: cannot rebuild {payload['model_class']} from its stored config and "
             f"weights ({type(error).__name__}: {error})"
         ) from error
+    return model
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    extra_classes: Sequence[type] = (),
+) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` and rebuild its model.
+
+    Verifies the payload's SHA-256 digest, then loads it with ``weights_only=True``; the
+    model class must be on :data:`LOADABLE_MODEL_CLASSES` or among
+    ``extra_classes`` (your own :class:`~ugmm_prob.networks.Classifier` subclasses).
+
+    Raises:
+        CheckpointError: naming the file, when it is missing, not a checkpoint, corrupt
+            (digest mismatch, truncation), names a class that is not allowed, or does not
+            match its model class.
+    """
+    path = pathlib.Path(path)
+    payload = _checked_payload(path, map_location)
+    version = str(payload.get("version", ""))
+    if version != __version__:
+        warnings.warn(
+            f"{path} was written by ugmm-prob {version}; this is {__version__}",
+            stacklevel=2,
+        )
+    model = _rebuilt_model(path, payload, extra_classes)
     return Checkpoint(
         model=model.to(map_location),
         epoch=int(payload.get("epoch", 0)),

@@ -36,6 +36,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .validation import is_validation_enabled
+
 __all__ = [
     "IRIS_CLASSES",
     "IRIS_FEATURES",
@@ -564,7 +566,9 @@ def check_classification_data(
 
     ``x`` must be a floating tensor of shape ``(n, ...)`` with ``n >= 1`` and finite values;
     ``y`` an integer tensor of shape ``(n,)`` with labels in ``[0, num_classes)``. Every
-    message starts with ``f"{name}: "`` so the caller's dataset is named.
+    message starts with ``f"{name}: "`` so the caller's dataset is named. The value checks
+    (label range, finite features) are skipped while validation is disabled
+    (:mod:`ugmm_prob.validation`).
 
     Raises:
         TypeError: ``x`` is not a floating tensor, or ``y`` not an integer tensor.
@@ -591,6 +595,8 @@ def check_classification_data(
         raise TypeError(f"{name}: y must hold integer labels, got dtype {y.dtype}")
     if num_classes < 1:
         raise ValueError(f"{name}: num_classes must be at least 1, got {num_classes}")
+    if not is_validation_enabled():
+        return
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= num_classes:
         raise ValueError(

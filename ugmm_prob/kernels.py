@@ -341,7 +341,15 @@ def check_kernel_inputs(
     *,
     owner: str = "coupled_log_density",
 ) -> None:
-    """Raise a clear error when shapes, dtypes or devices of the kernel's inputs disagree."""
+    """Raise a clear error when shapes, dtypes or devices of the kernel's inputs disagree.
+
+    Skipped while validation is disabled (:mod:`ugmm_prob.validation`), as in the inner
+    training loop.
+    """
+    from .validation import is_validation_enabled  # the library's one validation switch
+
+    if not is_validation_enabled():
+        return
     for name, tensor in (("x", x), ("loc", loc), ("scale", scale), ("logits", logits)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{owner}: expected {name} to be a torch.Tensor, got {type(tensor)}")

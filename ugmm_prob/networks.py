@@ -16,7 +16,6 @@ treatment use only that interface plus :attr:`Classifier.config`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +30,9 @@ from .kernels import Backend
 from .layers import FreshPyroNameOnCopy, UGMMLayer
 from .metrics import classification_metrics
 from .roles import Model
+from .validation import is_validation_enabled
 
 __all__ = [
-    "LOADABLE_MODEL_CLASSES",
     "CNNClassifier",
     "Classifier",
     "ConvUGMMClassifier",
@@ -41,57 +40,30 @@ __all__ = [
     "MLPClassifier",
     "UGMMClassifier",
     "UGMMStack",
+]
+
+_MOVED_TO_CHECKPOINTS = (
+    "LOADABLE_MODEL_CLASSES",
     "build_model",
     "model_class_path",
     "resolve_model_class",
-]
-
-
-LOADABLE_MODEL_CLASSES: tuple[str, ...] = (
-    "ugmm_prob.networks:UGMMClassifier",
-    "ugmm_prob.networks:MLPClassifier",
-    "ugmm_prob.networks:CNNClassifier",
-    "ugmm_prob.networks:ConvUGMMClassifier",
-    "ugmm_prob.networks:JointScoreModel",
-    "ugmm_prob.circuits.circuit:UGMMCircuit",
 )
-"""The model classes checkpoints may rebuild, as ``module:qualname`` (the allow-list of
-:func:`resolve_model_class`); each is imported only when a checkpoint names it."""
 
 
-def model_class_path(cls: type) -> str:
-    """``module:qualname`` of a class, as checkpoints record it."""
-    return f"{cls.__module__}:{cls.__qualname__}"
+def __getattr__(name: str) -> Any:
+    # The checkpoint allow-list and class resolution live in ugmm_prob.checkpoints now.
+    if name in _MOVED_TO_CHECKPOINTS:
+        import warnings
 
+        from . import checkpoints
 
-def resolve_model_class(name: str, *, extra: Sequence[type] = ()) -> type[Model]:
-    """The model class a checkpoint names, imported lazily from an allow-list.
-
-    Args:
-        name: ``module:qualname`` (see :func:`model_class_path`), or a bare class name as
-            checkpoints of format 1 recorded it.
-        extra: further classes the caller allows (their own :class:`Classifier`
-            model classes); only :data:`LOADABLE_MODEL_CLASSES` are allowed otherwise.
-
-    Raises:
-        ValueError: ``name`` is not on the allow-list (nothing is imported then).
-    """
-    allowed = {model_class_path(cls): cls for cls in extra}
-    allowed.update(dict.fromkeys(LOADABLE_MODEL_CLASSES))
-    if ":" not in name:  # format 1: the bare class name
-        matches = [path for path in allowed if path.rpartition(":")[2] == name]
-        if len(matches) != 1:
-            raise ValueError(f"unknown model class {name!r}; expected one of {sorted(allowed)}")
-        name = matches[0]
-    if name not in allowed:
-        raise ValueError(f"model class {name!r} is not loadable; expected one of {sorted(allowed)}")
-    if allowed[name] is not None:
-        return allowed[name]
-    module_name, _, qualname = name.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    return target
+        warnings.warn(
+            f"ugmm_prob.networks.{name} moved to ugmm_prob.checkpoints.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Classifier(Model):
@@ -123,7 +95,7 @@ class Classifier(Model):
         )
 
     def _checked_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        if not bool(torch.isfinite(logits).all()):
+        if is_validation_enabled() and not bool(torch.isfinite(logits).all()):
             bad = int((~torch.isfinite(logits)).sum())
             raise NonFiniteError(
                 f"{type(self).__name__}: {bad} class logit(s) are NaN or infinite for finite "
@@ -237,12 +209,6 @@ class Classifier(Model):
     def predict(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
         """Most probable class for each row, shape ``(n,)`` (empty for an empty batch)."""
         return self.predict_proba(x, batch_size=batch_size).argmax(-1)
-
-
-def build_model(name: str, config: dict[str, Any]) -> Model:
-    """Rebuild a model from its class (``module:qualname`` of :data:`LOADABLE_MODEL_CLASSES`,
-    or a bare class name of that list) and ``config`` (as stored in checkpoints)."""
-    return resolve_model_class(name)(**config)
 
 
 def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -588,7 +554,8 @@ class JointScoreModel(Classifier):
         c = torch.as_tensor(c, device=x.device)
         if c.is_floating_point() or c.dtype == torch.bool or c.is_complex():
             raise TypeError(f"JointScoreModel.score: expected integer labels c, got {c.dtype}")
-        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
+        checked = c.numel() and is_validation_enabled()
+        if checked and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
             raise ValueError(
                 f"JointScoreModel.score: expected labels c in [0, {self.num_classes - 1}], "
                 f"got min {int(c.min())} and max {int(c.max())}"

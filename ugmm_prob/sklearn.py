@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, model_class_path, resolve_model_class, save_checkpoint
 from .circuits import UGMMCircuit, fit_em
-from .networks import UGMMClassifier, model_class_path, resolve_model_class
+from .networks import UGMMClassifier
 from .training import fit
 
 try:

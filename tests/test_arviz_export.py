@@ -14,6 +14,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 
 from ugmm_prob import JointScoreModel, UGMMClassifier
+from ugmm_prob.arviz_export import to_inference_data
 from ugmm_prob.bayes import (
     fit_svi,
     make_bayesian,
@@ -23,7 +24,6 @@ from ugmm_prob.bayes import (
     sample_posterior,
 )
 from ugmm_prob.circuits import GaussianMixtureInput, UGMMCircuit
-from ugmm_prob.diagnostics import to_inference_data
 from ugmm_prob.plotting import plot_neuron_posterior
 
 
@@ -350,3 +350,13 @@ def test_nuts_on_a_bayesian_circuit_and_its_inference_data():
     np.testing.assert_allclose(
         idata.log_likelihood["x"].values[0], reference.draws.numpy(), rtol=1e-5, atol=1e-5
     )
+
+
+def test_the_diagnostics_module_is_a_deprecated_alias_of_the_arviz_export():
+    import importlib
+    import sys
+
+    sys.modules.pop("ugmm_prob.diagnostics", None)
+    with pytest.warns(DeprecationWarning, match="ugmm_prob.arviz_export"):
+        module = importlib.import_module("ugmm_prob.diagnostics")
+    assert module.to_inference_data is to_inference_data
