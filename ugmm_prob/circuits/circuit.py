@@ -32,6 +32,7 @@ from ..boundary import to_tensor
 from ..datasets import check_classification_data
 from ..networks import constructor_config
 from ..roles import DensityModel
+from ..validation import is_validation_enabled
 from .distribution import CircuitDistribution, ObservedCircuit
 from .inputs import INPUT_TYPES, InputLayer
 from .layers import Chooser, ProductLayer, SumLayer, region_products, sample_index
@@ -365,13 +366,15 @@ class UGMMCircuit(DensityModel):
 
     def _check_mask(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         """``mask[..., d]`` is True where ``x[..., d]`` is observed; None: all observed."""
+        validate = is_validation_enabled()  # off in training loops: no host sync per step
         if mask is None:
-            if bool(torch.isnan(x).any()):
+            if validate and bool(torch.isnan(x).any()):
                 raise ValueError(
                     "UGMMCircuit: x has NaN values; pass mask= (True = observed) to treat "
                     "them as missing"
                 )
-            self.inputs.check_values(x, None)
+            if validate:
+                self.inputs.check_values(x, None)
             return None
         mask = to_tensor(mask, "UGMMCircuit: mask")
         if mask.dtype != torch.bool:
@@ -385,9 +388,10 @@ class UGMMCircuit(DensityModel):
                 f"UGMMCircuit: mask of shape {tuple(mask.shape)} does not broadcast to x of "
                 f"shape {tuple(x.shape)}"
             ) from error
-        if bool((~torch.isfinite(x) & mask).any()):
+        if validate and bool((~torch.isfinite(x) & mask).any()):
             raise ValueError("UGMMCircuit: observed entries of x (mask True) must be finite")
-        self.inputs.check_values(torch.where(mask, x, self.inputs.fill_value()), mask)
+        if validate:
+            self.inputs.check_values(torch.where(mask, x, self.inputs.fill_value()), mask)
         return mask
 
     def _flat(self, x: torch.Tensor, mask: torch.Tensor | None):
