@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import time
 
 import pytest
 import torch
@@ -253,3 +254,16 @@ def test_keep_best_needs_a_metric_and_held_out_data(iris):
         fit(_small_model(), x, y, x_val=x_test, y_val=y_test, keep_best="loss", progress=False)
     with pytest.raises(ValueError, match="give x_val and y_val"):
         fit(_small_model(), x, y, keep_best="nll", progress=False)
+
+
+def test_progress_bars_redraw_a_few_times_a_second_not_per_step(capsys):
+    net = UGMMClassifier(4, (5,), 3, layer_norm=False)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    start = time.perf_counter()
+    fit(net, x, y, epochs=40, batch_size=4, progress=True)  # 640 steps
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert "epochs: 100%" in err
+    # at most 4 redraws a second (PROGRESS_INTERVAL_S), plus the first and the last; an
+    # epoch's own bar only for epochs longer than PROGRESS_DELAY_S
+    assert err.count("\r") <= 4 * seconds + 3, err.count("\r")

@@ -2,7 +2,8 @@
 choose the device (:func:`prepare_training`).
 
 The data are checked once here, at the API boundary (when validation is enabled, see
-:mod:`ugmm_prob.validation`); the steps of the loop then run without input checks.
+:mod:`ugmm_prob.validation`); the steps of :func:`~ugmm_prob.training.fit` then run
+without them.
 """
 
 from __future__ import annotations
