@@ -27,7 +27,7 @@ from torch import nn
 
 from .boundary import NonFiniteError, as_batch, check_labels
 from .kernels import Backend
-from .layers import FreshPyroNameOnCopy, UGMMLayer
+from .layers import FreshPyroNameOnCopy, LayerNorm, UGMMLayer
 from .metrics import classification_metrics
 from .roles import Model
 from .validation import is_validation_enabled
@@ -272,7 +272,7 @@ class UGMMStack(FreshPyroNameOnCopy, PyroModule):
             ]
         )
         self.norms = PyroModule[nn.ModuleList](
-            [PyroModule[nn.LayerNorm](width) for width in sizes[1:-1]] if layer_norm else []
+            [LayerNorm(width) for width in sizes[1:-1]] if layer_norm else []
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -457,7 +457,7 @@ class ConvUGMMClassifier(Classifier):
         self.config = config
         self.features = ConvFeatures(features=features)
         # LayerNorm brings the ReLU features to the scale of the uGMM initialisation.
-        self.feature_norm = PyroModule[nn.LayerNorm](features)
+        self.feature_norm = LayerNorm(features)
         self.head = UGMMStack(
             [features, *head_hidden, num_classes],
             layer_norm=layer_norm,
@@ -563,7 +563,7 @@ class JointScoreModel(Classifier):
         return self._score(x, c)
 
     def _score(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        batch = torch.broadcast_shapes(x.shape[:-1], c.shape)
+        batch = torch.broadcast_tensors(x[..., 0], c)[0].shape  # broadcast_shapes is slower
         inputs = torch.cat(
             [x.expand(*batch, x.shape[-1]), c.to(x.dtype).expand(batch)[..., None]], dim=-1
         )
