@@ -42,7 +42,6 @@ from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
 from .experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
 from .plotting import plot_history, plot_neuron_mixtures, plot_posteriors
-from .sklearn import save_estimator
 from .tables import Table, TableError, read_table, write_table
 from .training import (
     DeviceUnavailableError,
@@ -375,7 +374,7 @@ def _fit_table(args: argparse.Namespace) -> int:
         metrics["classes"] = [str(c) for c in estimator.classes_]
         metrics["train_accuracy"] = float(estimator.score(x, np.array(labels)))
     metrics["history"] = estimator.history_
-    save_estimator(
+    estimators.save_estimator(
         estimator,
         model_path,
         extra={"columns": features, "target": target, "source": str(args.data)},
