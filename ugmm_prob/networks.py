@@ -16,6 +16,7 @@ treatment use only that interface plus :attr:`Classifier.config`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -225,15 +226,6 @@ def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _per_layer(value: float | Sequence[float], count: int, what: str) -> list[float]:
-    if isinstance(value, (int, float)):
-        return [float(value)] * count
-    values = [float(v) for v in value]
-    if len(values) != count:
-        raise ValueError(f"expected {count} {what} values (one per layer), got {len(values)}")
-    return values
-
-
 class UGMMStack(FreshPyroNameOnCopy, PyroModule):
     """uGMM layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
@@ -262,9 +254,11 @@ class UGMMStack(FreshPyroNameOnCopy, PyroModule):
         if len(sizes) < 2:
             raise ValueError(f"UGMMStack: expected at least two sizes, got {sizes}")
         count = len(sizes) - 1
-        if isinstance(dropout, (int, float)):
+        if isinstance(dropout, (int, float)):  # the first layer only, as in the paper
             dropout = [float(dropout)] + [0.0] * (count - 1)
-        rates = _per_layer(dropout, count, "dropout")
+        rates = [float(rate) for rate in dropout]
+        if len(rates) != count:
+            raise ValueError(f"expected {count} dropout values (one per layer), got {len(rates)}")
         self.layers = PyroModule[nn.ModuleList](
             [
                 UGMMLayer(n_in, n_out, dropout=p, scale_floor=scale_floor, backend=backend)
@@ -372,10 +366,11 @@ class MLPClassifier(Classifier):
         super().__init__()
         self.num_classes = num_classes
         self.config = config
+        widths = [in_features, *hidden]
         blocks: list[nn.Module] = []
-        for n_in, n_out in zip([in_features, *hidden[:-1]], hidden, strict=True):
+        for n_in, n_out in itertools.pairwise(widths):
             blocks += [PyroModule[nn.Linear](n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
-        blocks.append(PyroModule[nn.Linear](hidden[-1] if hidden else in_features, num_classes))
+        blocks.append(PyroModule[nn.Linear](widths[-1], num_classes))  # hidden=(): logistic
         self.net = PyroModule[nn.Sequential](*blocks)
 
     def _input_features(self) -> int:
