@@ -12,8 +12,6 @@ from ugmm_prob.datasets import iris_split, load_mnist, mnist_subset, standardize
 from ugmm_prob.networks import JointScoreModel, UGMMClassifier
 from ugmm_prob.training import TrainingDivergedError, evaluate, fit
 
-MNIST = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-
 
 @pytest.fixture(scope="module")
 def iris():
@@ -39,11 +37,9 @@ def test_learns_iris(iris):
     assert set(history[0]) == {"epoch", "loss", "accuracy", "nll", "ece", "lr", "seconds"}
 
 
-def test_learns_a_2000_image_mnist_subset():
-    if not MNIST.is_dir():
-        pytest.skip(f"MNIST not found at {MNIST}")
-    x, y = mnist_subset(*load_mnist("train", root=MNIST), 2000, seed=0)
-    x_test, y_test = mnist_subset(*load_mnist("test", root=MNIST), 1000, seed=0)
+def test_learns_a_2000_image_mnist_subset(mnist_dir):
+    x, y = mnist_subset(*load_mnist("train", root=mnist_dir), 2000, seed=0)
+    x_test, y_test = mnist_subset(*load_mnist("test", root=mnist_dir), 1000, seed=0)
     model = UGMMClassifier(784, (32,), 10, layer_norm=False, backend="eager")
     fit(model, x, y, epochs=5, batch_size=64, lr=1e-2, progress=False)
     # 83.2% measured on 1,000 test images with these seeds; 10% is chance.
