@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _results import REPO, machine, replace_block, update_results
+from _results import REPO, run_parts
 
 from ugmm_prob.experiments import EXPERIMENTS, load_data, train_experiment
 from ugmm_prob.kernels import coupled_log_density
@@ -214,18 +214,7 @@ def main() -> None:
     parser.add_argument("--demo-epochs", type=int, default=300, help="overhead: whole fit")
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     args = parser.parse_args()
-    print(f"machine: {machine()}", flush=True)
-    records, tables = [], {}
-    for part in args.parts:
-        new, table = PARTS[part](args)
-        records += new
-        tables[part] = table
-    if args.no_write:
-        print("nothing written (--no-write)", flush=True)
-        return
-    update_results(records)
-    for part, table in tables.items():
-        replace_block(f"speed-{part}", f"{table}\n\nMachine: {machine()}.", PERFORMANCE_PAGE)
+    run_parts(PARTS, args, block="speed", page=PERFORMANCE_PAGE, write=not args.no_write)
 
 
 if __name__ == "__main__":
