@@ -9,6 +9,7 @@ A :class:`Trainer` supplies the update step and its own state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pathlib
 import time
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from ..roles import Model
+from ..validation import validation_enabled
 from .divergence import TrainingDivergedError, diverged, trained_tensors
 from .history import BestEpoch, MetricsWriter
 from .resume import check_resumable, data_fingerprint
@@ -84,7 +86,9 @@ class Trainer(Protocol):
 
     # Optional (checked with getattr, so older trainers keep working):
     # run_settings() -> dict of plain values that must not change across a resume, with the
-    # learning rate under "lr"; set_lr(lr) -> None applies a new base learning rate.
+    # learning rate under "lr"; set_lr(lr) -> None applies a new base learning rate;
+    # keeps_checks = True: its steps run with validation as the caller set it (otherwise
+    # disabled: the data were checked before the loop).
 
 
 class _EpochLoop:
@@ -180,12 +184,14 @@ class _EpochLoop:
             delay=PROGRESS_DELAY_S,
             mininterval=PROGRESS_INTERVAL_S,
         )
-        for step, begin in enumerate(batches):
-            index = order[begin : begin + batch_size]
-            loss = self._step(index)
-            if not isinstance(loss, torch.Tensor):
-                self._check_finite(loss, epoch, step)
-            losses.append((step, loss, len(index)))
+        keep = getattr(self.trainer, "keeps_checks", False)
+        with contextlib.nullcontext() if keep else validation_enabled(False):
+            for step, begin in enumerate(batches):
+                index = order[begin : begin + batch_size]
+                loss = self._step(index)
+                if not isinstance(loss, torch.Tensor):
+                    self._check_finite(loss, epoch, step)
+                losses.append((step, loss, len(index)))
         return self._epoch_total(losses, epoch)
 
     def _step(self, index: torch.Tensor) -> float | torch.Tensor:

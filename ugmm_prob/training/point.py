@@ -21,7 +21,6 @@ import torch
 from .. import distributed
 from ..checkpoints import Checkpoint
 from ..roles import Model
-from ..validation import validation_enabled
 from .checks import prepare_training, resolve_device
 from .divergence import diverged
 from .loop import train_loop
@@ -143,10 +142,10 @@ class _PointEstimateTrainer:
         self, x: torch.Tensor, y: torch.Tensor | None, *, weight: float, num_data: int
     ) -> torch.Tensor:
         try:
-            # The data were checked before the loop: the step runs without the library's
-            # checks (no host synchronisation per layer) and without Pyro's distribution
-            # checks; a NaN shows in the loss instead.
-            with validation_enabled(False), _distribution_checks(False):
+            # The data were checked before the loop, which runs the steps without the
+            # library's checks (no host synchronisation per layer); nor Pyro's distribution
+            # checks here: a NaN shows in the loss instead.
+            with _distribution_checks(False):
                 loss = self.loss(x, y)
         except ValueError as error:
             if not diverged(error, self.model.parameters()):
