@@ -60,6 +60,26 @@ def update_results(records: list[dict], path: pathlib.Path = RESULTS_JSON) -> No
     path.write_text(json.dumps(kept + records, indent=2) + "\n")
 
 
+def run_parts(
+    parts: dict, args, *, block: str, page: pathlib.Path | None = None, write: bool = True
+) -> None:
+    """Run the parts named in ``args.parts`` (each ``part(args) -> (records, markdown)``),
+    then, with ``write``, record them: the records in docs/results.json, each table in
+    ``page`` (default docs/results.md) between the markers ``{block}-{part}``."""
+    print(f"machine: {machine()}", flush=True)
+    records, tables = [], {}
+    for name in args.parts:
+        new, table = parts[name](args)
+        records += new
+        tables[name] = table
+    if not write:
+        print("nothing written (--no-write)", flush=True)
+        return
+    update_results(records)
+    for name, table in tables.items():
+        replace_block(f"{block}-{name}", f"{table}\n\nMachine: {machine()}.", page)
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:

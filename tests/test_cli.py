@@ -1,6 +1,5 @@
 """The ugmm-prob command: demo, train, evaluate and its error messages."""
 
-import pathlib
 import subprocess
 import sys
 
@@ -10,8 +9,6 @@ import torch
 from ugmm_prob.checkpoints import load_checkpoint
 from ugmm_prob.cli import main
 from ugmm_prob.datasets import MNIST_ENV
-
-MNIST = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 
 def test_demo_prints_posteriors_and_saves_a_plot(tmp_path, capsys):
@@ -61,9 +58,7 @@ def test_train_then_evaluate_iris(tmp_path, capsys):
     assert len(lines) == 1 + 8
 
 
-def test_train_mnist_subset(tmp_path, capsys):
-    if not MNIST.is_dir():
-        pytest.skip(f"MNIST not found at {MNIST}")
+def test_train_mnist_subset(tmp_path, capsys, mnist_dir):
     args = [
         "train",
         "mnist-mlp",
@@ -73,7 +68,7 @@ def test_train_mnist_subset(tmp_path, capsys):
         "2000",
         "--quiet",
         "--mnist-dir",
-        str(MNIST),
+        str(mnist_dir),
         "--out",
         str(tmp_path),
     ]

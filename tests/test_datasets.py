@@ -1,7 +1,8 @@
 """Datasets: shipped Iris and its scikit-learn-compatible split, MNIST IDX parsing, errors.
 
-MNIST error cases run on tiny synthetic IDX files; the real data is used only if it sits in
-``../shared/data/mnist`` next to the repository. Nothing here touches the network: downloads
+MNIST error cases run on tiny synthetic IDX files; the real data is used from
+``$UGMM_PROB_MNIST_DIR`` (or ``../shared/data/mnist`` next to the repository; see the
+``mnist_dir`` fixture). Nothing here touches the network: downloads
 go through a monkeypatched ``urllib.request.urlopen``.
 """
 
@@ -37,7 +38,6 @@ from ugmm_prob.datasets import (
     standardize,
 )
 
-REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -391,10 +391,8 @@ def test_download_checksum_mismatch(isolated, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def real_mnist():
-    if not REAL_MNIST.is_dir():
-        pytest.skip(f"real MNIST not available (expected the IDX files in {REAL_MNIST})")
-    return {split: load_mnist(split, root=REAL_MNIST) for split in ("train", "test")}
+def real_mnist(mnist_dir):
+    return {split: load_mnist(split, root=mnist_dir) for split in ("train", "test")}
 
 
 def test_real_mnist_shapes_range_and_labels(real_mnist):
@@ -410,11 +408,11 @@ def test_real_mnist_shapes_range_and_labels(real_mnist):
     ]  # fmt: skip
 
 
-def test_real_mnist_gz_and_raw_files_agree(real_mnist, tmp_path):
+def test_real_mnist_gz_and_raw_files_agree(real_mnist, mnist_dir, tmp_path):
     for name in NAMES["test"]:
-        (tmp_path / name).write_bytes(gzip.decompress((REAL_MNIST / f"{name}.gz").read_bytes()))
+        (tmp_path / name).write_bytes(gzip.decompress((mnist_dir / f"{name}.gz").read_bytes()))
     for name in NAMES["train"]:
-        (tmp_path / f"{name}.gz").symlink_to(REAL_MNIST / f"{name}.gz")
+        (tmp_path / f"{name}.gz").symlink_to(mnist_dir / f"{name}.gz")
     x, y = load_mnist("test", root=tmp_path)
     assert torch.equal(x, real_mnist["test"][0]) and torch.equal(y, real_mnist["test"][1])
 

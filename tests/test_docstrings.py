@@ -103,3 +103,21 @@ def test_every_module_is_in_the_api_reference():
     }
     public = {name for name in MODULES if not name.rpartition(".")[2].startswith("_")}
     assert public <= documented, sorted(public - documented)
+
+
+def test_site_pages_have_no_escaped_pipe_inside_code():
+    """The site's Markdown (Python-Markdown, and mistune for notebooks) keeps the backslash
+    of ``\\|`` inside a code span, so ``p(c \\| x)`` would show a literal backslash."""
+    import json
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    texts = {path: path.read_text(encoding="utf-8") for path in (root / "docs").glob("*.md")}
+    for path in (root / "tutorials").glob("*.ipynb"):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        texts[path] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    escaped = re.compile(r"`[^`\n]*\\\|[^`\n]*`")
+    found = [
+        f"{path.name}: {m.group()}" for path, text in texts.items() for m in escaped.finditer(text)
+    ]
+    assert found == []

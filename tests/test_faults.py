@@ -566,16 +566,11 @@ def test_a_deep_copied_layer_gets_its_own_name():
     assert twin_model.stack.layers[0]._pyro_name == f"{twin_model._pyro_name}.stack.layers.0"
 
 
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
-
-
-def test_cli_resuming_another_presets_checkpoint_is_one_line(tmp_path, capsys):
-    if not MNIST.is_dir():
-        pytest.skip(f"MNIST not found at {MNIST}")
+def test_cli_resuming_another_presets_checkpoint_is_one_line(tmp_path, capsys, mnist_dir):
     assert main(["train", "iris-joint", "--epochs", "1", "--quiet", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     args = ["train", "mnist-mlp", "--epochs", "1", "--subset", "50", "--quiet", "--resume"]
-    args += ["--mnist-dir", str(MNIST), "--out", str(tmp_path)]
+    args += ["--mnist-dir", str(mnist_dir), "--out", str(tmp_path)]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a JointScoreModel" in err and "MLPClassifier" in err

@@ -169,3 +169,16 @@ def test_the_checkpoint_allow_list_moved_to_checkpoints_with_a_deprecated_old_pa
             assert getattr(networks, name) is getattr(checkpoints, name)
     with pytest.raises(AttributeError):
         networks.no_such_name  # noqa: B018
+
+
+def test_mlp_without_hidden_layers_is_a_logistic_regression():
+    net = MLPClassifier(4, (), 3)
+    (linear,) = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(net.logits(x), x @ linear.weight.T + linear.bias)
+
+
+def test_mlp_layers_follow_the_widths():
+    net = MLPClassifier(6, (5, 4), 3)
+    shapes = [tuple(m.weight.shape) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(5, 6), (4, 5), (3, 4)]

@@ -1,9 +1,16 @@
-"""Every plotting function returns a figure that saves as a PNG (Agg backend)."""
+"""The figures show what they are given: plotted data against independent computations,
+axis labels and titles present, and panels that do not overprint each other."""
 
+import math
+
+import numpy as np
+import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from ugmm_prob import UGMMLayer
+from ugmm_prob.layers import UGMMLayer
 from ugmm_prob.plotting import (
+    figure_grid,
     plot_accuracy_coverage,
     plot_entropy_histograms,
     plot_history,
@@ -14,24 +21,116 @@ from ugmm_prob.plotting import (
 from ugmm_prob.uncertainty import accuracy_coverage
 
 
-def _saves(fig, tmp_path, name):
-    path = tmp_path / f"{name}.png"
-    fig.savefig(path)
-    assert path.read_bytes()[:4] == b"\x89PNG"
+def _texts(ax):
+    return ax.get_title(), ax.get_xlabel(), ax.get_ylabel()
 
 
-def test_all_plots_render(tmp_path):
-    probs = torch.softmax(torch.randn(50, 3), -1)
-    y = torch.randint(0, 3, (50,))
-    figures = {
-        "mixtures": plot_neuron_mixtures(UGMMLayer(4, 3)),
-        "posteriors": plot_posteriors(probs[:10], y[:10], class_names=["a", "b", "c"]),
-        "history": plot_history(
-            [{"epoch": 1, "loss": 1.0, "accuracy": 0.5}, {"epoch": 2, "loss": 0.5, "accuracy": 0.7}]
-        ),
-        "reliability": plot_reliability(probs, y),
-        "entropy": plot_entropy_histograms(torch.rand(50), {"noise": torch.rand(50) + 0.5}),
-        "coverage": plot_accuracy_coverage({"model": accuracy_coverage(probs, y)}),
-    }
-    for name, fig in figures.items():
-        _saves(fig, tmp_path, name)
+def test_neuron_mixture_lines_are_the_neurons_densities():
+    layer = UGMMLayer(4, 3)
+    fig = plot_neuron_mixtures(layer)
+    (ax,) = fig.axes
+    loc, scale = layer.loc.detach().double(), layer.scale.detach().double()
+    weight = torch.softmax(layer.logits.detach().double(), -1)
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["neuron 0", "neuron 1", "neuron 2"]
+    for j, line in enumerate(lines):
+        y, density = (np.asarray(v, dtype=float) for v in line.get_data())
+        # P_j(y) = sum_k pi_jk N(y | mu_jk, sigma_jk^2), written out
+        z = (y[:, None] - loc[j].numpy()) / scale[j].numpy()
+        expected = (
+            weight[j].numpy() * np.exp(-0.5 * z**2) / (scale[j].numpy() * math.sqrt(2 * math.pi))
+        ).sum(-1)
+        np.testing.assert_allclose(density, expected, rtol=1e-4, atol=1e-7)
+    assert _texts(ax) == (f"mixtures of {layer.label}", "y", "P_j(y)")
+
+
+def test_posterior_bars_stack_the_probabilities_and_mark_the_errors():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    labels = torch.tensor([0, 2, 1])  # the third is misclassified
+    fig = plot_posteriors(probs, labels, class_names=["a", "b", "c"])
+    (ax,) = fig.axes
+    bottoms = np.zeros(3)
+    for c, bars in enumerate(ax.containers):
+        assert bars.get_label() == "abc"[c]
+        np.testing.assert_allclose([bar.get_height() for bar in bars], probs[:, c], rtol=1e-6)
+        np.testing.assert_allclose([bar.get_y() for bar in bars], bottoms, atol=1e-6)
+        bottoms += probs[:, c].numpy()
+    (marks,) = ax.collections
+    assert marks.get_offsets()[:, 0].tolist() == [2.0]
+    assert _texts(ax)[1:] == ("example", "p(c | x)")
+
+
+def test_history_lines_are_the_history():
+    history = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5 + 0.1 * e} for e in (1, 2, 3)]
+    fig = plot_history(history)
+    ax, twin = fig.axes
+    (loss,) = ax.get_lines()
+    (acc,) = twin.get_lines()
+    assert list(loss.get_xdata()) == [1, 2, 3] and list(loss.get_ydata()) == [1.0, 0.5, 1 / 3]
+    np.testing.assert_allclose(acc.get_ydata(), [0.6, 0.7, 0.8])
+    assert (ax.get_xlabel(), ax.get_ylabel(), twin.get_ylabel()) == (
+        "epoch",
+        "training loss",
+        "accuracy",
+    )
+
+
+def test_reliability_bars_are_the_per_bin_accuracies_and_the_title_the_ece():
+    probs = torch.tensor([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.55, 0.45], [0.2, 0.8]])
+    y = torch.tensor([0, 1, 0, 1, 1])
+    fig = plot_reliability(probs, y, bins=2)
+    (ax,) = fig.axes
+    # bins (0, 0.5] and (0.5, 1]: every confidence is above 0.5, accuracy 3/5 there
+    (bar,) = ax.patches
+    assert bar.get_height() == pytest.approx(3 / 5)
+    confidence = (0.95 + 0.9 + 0.6 + 0.55 + 0.8) / 5
+    assert ax.get_title() == f"reliability (ECE {abs(3 / 5 - confidence):.4f})"
+    assert _texts(ax)[1:] == ("confidence", "accuracy")
+
+
+def test_entropy_histograms_are_the_densities_of_each_set():
+    inside, outside = torch.rand(200), torch.rand(100) + 0.5
+    fig = plot_entropy_histograms(inside, {"noise": outside})
+    (ax,) = fig.axes
+    heights = np.array([patch.get_height() for patch in ax.patches])
+    for values, drawn in ((inside, heights[:40]), (outside, heights[40:])):
+        expected, _ = np.histogram(values.numpy(), bins=40, density=True)
+        np.testing.assert_allclose(drawn, expected, rtol=1e-6)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["in distribution", "noise"]
+
+
+def test_accuracy_coverage_line_is_the_curve():
+    probs = torch.softmax(torch.randn(30, 3), -1)
+    y = torch.randint(0, 3, (30,))
+    coverage, acc = accuracy_coverage(probs, y)
+    fig = plot_accuracy_coverage({"model": (coverage, acc)})
+    (line,) = fig.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_xdata(), coverage)
+    np.testing.assert_allclose(line.get_ydata(), acc)
+
+
+def _overlap(a, b) -> bool:
+    return a.width > 0 and b.width > 0 and a.overlaps(b)
+
+
+def test_panels_of_a_grid_do_not_overprint_each_other():
+    """The demo's layout: the top panels' x labels stay clear of the bottom panels' titles."""
+    fig, axes = figure_grid(2, 2, size=(12, 7.5))
+    probs = torch.softmax(torch.randn(30, 3), -1)
+    plot_posteriors(probs, torch.randint(0, 3, (30,)), ax=axes[0, 0])
+    axes[0, 0].set_title("exact p(c | x) on the 30 test flowers")
+    plot_history([{"epoch": 1, "loss": 1.0, "accuracy": 0.5}], ax=axes[0, 1])
+    axes[0, 1].set_title("training (metrics on the held-out training flowers)")
+    plot_neuron_mixtures(UGMMLayer(5, 10), ax=axes[1, 0])
+    plot_neuron_mixtures(UGMMLayer(10, 5), ax=axes[1, 1])
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    texts = [
+        artist.get_window_extent(renderer)
+        for ax in fig.axes
+        for artist in (ax.title, ax.xaxis.label, ax.yaxis.label)
+        if artist.get_text()
+    ]
+    assert len(texts) >= 12
+    clashes = [(i, j) for i in range(len(texts)) for j in range(i) if _overlap(texts[i], texts[j])]
+    assert clashes == []

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import time
 
 import pytest
 import torch
@@ -10,8 +11,6 @@ from ugmm_prob.checkpoints import CheckpointError, load_checkpoint, save_checkpo
 from ugmm_prob.datasets import iris_split, load_mnist, mnist_subset, standardize
 from ugmm_prob.networks import JointScoreModel, UGMMClassifier
 from ugmm_prob.training import TrainingDivergedError, evaluate, fit
-
-MNIST = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +37,9 @@ def test_learns_iris(iris):
     assert set(history[0]) == {"epoch", "loss", "accuracy", "nll", "ece", "lr", "seconds"}
 
 
-def test_learns_a_2000_image_mnist_subset():
-    if not MNIST.is_dir():
-        pytest.skip(f"MNIST not found at {MNIST}")
-    x, y = mnist_subset(*load_mnist("train", root=MNIST), 2000, seed=0)
-    x_test, y_test = mnist_subset(*load_mnist("test", root=MNIST), 1000, seed=0)
+def test_learns_a_2000_image_mnist_subset(mnist_dir):
+    x, y = mnist_subset(*load_mnist("train", root=mnist_dir), 2000, seed=0)
+    x_test, y_test = mnist_subset(*load_mnist("test", root=mnist_dir), 1000, seed=0)
     model = UGMMClassifier(784, (32,), 10, layer_norm=False, backend="eager")
     fit(model, x, y, epochs=5, batch_size=64, lr=1e-2, progress=False)
     # 83.2% measured on 1,000 test images with these seeds; 10% is chance.
@@ -253,3 +250,16 @@ def test_keep_best_needs_a_metric_and_held_out_data(iris):
         fit(_small_model(), x, y, x_val=x_test, y_val=y_test, keep_best="loss", progress=False)
     with pytest.raises(ValueError, match="give x_val and y_val"):
         fit(_small_model(), x, y, keep_best="nll", progress=False)
+
+
+def test_progress_bars_redraw_a_few_times_a_second_not_per_step(capsys):
+    net = UGMMClassifier(4, (5,), 3, layer_norm=False)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    start = time.perf_counter()
+    fit(net, x, y, epochs=40, batch_size=4, progress=True)  # 640 steps
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert "epochs: 100%" in err
+    # at most 4 redraws a second (PROGRESS_INTERVAL_S), plus the first and the last; an
+    # epoch's own bar only for epochs longer than PROGRESS_DELAY_S
+    assert err.count("\r") <= 4 * seconds + 3, err.count("\r")

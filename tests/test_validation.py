@@ -81,3 +81,34 @@ def test_fit_checks_the_data_once_and_runs_its_steps_without_validation():
     x[3, 1] = math.nan
     with pytest.raises(ValueError, match="training data: x has 1 non-finite"):
         fit(net, x, y, epochs=1, progress=False)
+
+
+def test_em_steps_run_without_validation_and_svi_steps_keep_it(monkeypatch):
+    from ugmm_prob.bayes import fit_svi, make_bayesian
+    from ugmm_prob.circuits import UGMMCircuit, em, fit_em
+
+    x, y = torch.randn(24, 3), torch.randint(0, 2, (24,))
+    seen = []
+    statistics = em.expected_statistics
+
+    def spying(*args, **kwargs):
+        seen.append(is_validation_enabled())
+        return statistics(*args, **kwargs)
+
+    monkeypatch.setattr(em, "expected_statistics", spying)
+    fit_em(
+        UGMMCircuit(3, 2, repetitions=2, channels=2), x, y, epochs=1, batch_size=8, progress=False
+    )
+    assert seen == [False] * 3
+
+    bayesian = make_bayesian(UGMMClassifier(3, (4,), 2, layer_norm=False))
+    seen.clear()
+    original = bayesian.logits
+
+    def logits(inputs):
+        seen.append(is_validation_enabled())
+        return original(inputs)
+
+    bayesian.logits = logits
+    fit_svi(bayesian, x, y, epochs=1, batch_size=8, predictive_samples=2, progress=False)
+    assert seen and all(seen)

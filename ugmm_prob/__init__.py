@@ -12,6 +12,8 @@ for, since scikit-learn is optional).
 Where things live:
 
 - :mod:`ugmm_prob.kernels`: the numerical core (the fused input-coupled log-density);
+- :mod:`ugmm_prob.native`: hand-written C++ kernels, built on first use (PyTorch
+  fallbacks where no compiler is available);
 - :mod:`ugmm_prob.distributions`: Pyro distributions (the neurons' mixtures);
 - :mod:`ugmm_prob.layers`: modules built on them (:class:`UGMMLayer`, component dropout);
 - :mod:`ugmm_prob.networks`: classifiers, baselines and the joint-score model;

@@ -41,8 +41,7 @@ from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import IRIS_CLASSES, CorruptDatasetError, DatasetNotFoundError
 from .experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
-from .plotting import plot_history, plot_neuron_mixtures, plot_posteriors
-from .sklearn import save_estimator
+from .plotting import figure_grid, plot_history, plot_neuron_mixtures, plot_posteriors
 from .tables import Table, TableError, read_table, write_table
 from .training import (
     DeviceUnavailableError,
@@ -120,8 +119,7 @@ def _demo(args: argparse.Namespace) -> int:
         cells = "  ".join(f"{float(p):>10.4f}" for p in posterior[i])
         print(f"{i:>6}  {IRIS_CLASSES[int(data.y_test[i])]:<10}  {cells}")
 
-    fig = Figure(figsize=(12, 7.5))
-    axes = fig.subplots(2, 2)
+    fig, axes = figure_grid(2, 2, size=(12, 7.5))
     plot_posteriors(posterior, data.y_test, class_names=IRIS_CLASSES, ax=axes[0, 0])
     axes[0, 0].set_title("exact p(c | x) on the 30 test flowers")
     plot_history(history, ax=axes[0, 1])
@@ -375,14 +373,14 @@ def _fit_table(args: argparse.Namespace) -> int:
         metrics["classes"] = [str(c) for c in estimator.classes_]
         metrics["train_accuracy"] = float(estimator.score(x, np.array(labels)))
     metrics["history"] = estimator.history_
-    save_estimator(
+    estimators.save_estimator(
         estimator,
         model_path,
         extra={"columns": features, "target": target, "source": str(args.data)},
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    fig = Figure(figsize=(12, 4))
-    axes = fig.subplots(1, 2)
+    fig, grid = figure_grid(1, 2, size=(12, 4))
+    axes = grid[0]
     _plot_training(estimator.history_, axes[0])
     if labels is not None:
         proba = torch.as_tensor(estimator.predict_proba(x))

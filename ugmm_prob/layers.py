@@ -13,10 +13,13 @@ import itertools
 import math
 from typing import Any
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.runtime import am_i_wrapped
+from torch.distributions import transform_to
 
 from .boundary import NonFiniteError
 from .distributions import neuron_mixture
@@ -25,9 +28,11 @@ from .validation import is_validation_enabled
 
 __all__ = [
     "FreshPyroNameOnCopy",
+    "LayerNorm",
     "NonFiniteError",
     "UGMMLayer",
     "component_dropout",
+    "parameter_value",
     "rename_pyro_module",
     "unique_pyro_name",
 ]
@@ -57,6 +62,42 @@ def rename_pyro_module(module: PyroModule, name: str) -> None:
     for key, child in module._modules.items():
         if isinstance(child, PyroModule):
             rename_pyro_module(child, f"{name}.{key}")
+
+
+def parameter_value(module: PyroModule, name: str) -> torch.Tensor:
+    """``getattr(module, name)`` for a parameter of a ``PyroModule``, cheaply when it can be.
+
+    Pyro computes a parameter through its effect machinery on every access (settings, the
+    parameter store, ``pyro.param``, a ``PyroParam``'s constraint transform): tens of
+    microseconds, which a small network's training step pays for every parameter. When no
+    Pyro handler is active (plain PyTorch training and prediction) and the parameter store
+    holds the module's own tensor under the parameter's name, all that machinery returns
+    ``transform_to(constraint)(tensor)``, computed here directly: the same operations on the
+    same tensor. Otherwise (inside SVI, MCMC, ``pyro.condition``, priors from
+    :func:`~ugmm_prob.bayes.make_bayesian`, a store holding other values, a parameter not
+    yet registered or None) the attribute is read as usual.
+    """
+    if not am_i_wrapped():
+        if name in module.__dict__["_pyro_params"]:
+            tensor = module._parameters.get(f"{name}_unconstrained")
+        else:
+            tensor = module._parameters.get(name)
+        prefix = module._pyro_name
+        fullname = f"{prefix}.{name}" if prefix else name
+        store = pyro.get_param_store()
+        if tensor is not None and store._params.get(fullname) is tensor:
+            return transform_to(store._constraints[fullname])(tensor)
+    return getattr(module, name)
+
+
+class LayerNorm(PyroModule[torch.nn.LayerNorm]):
+    """``torch.nn.LayerNorm`` as a ``PyroModule`` (its weight and bias in Pyro's parameter
+    store, learnable by SVI) whose forward reads them through :func:`parameter_value`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``layer_norm(x)`` over the last ``normalized_shape`` dimensions."""
+        weight, bias = parameter_value(self, "weight"), parameter_value(self, "bias")
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
 class FreshPyroNameOnCopy:
@@ -259,7 +300,7 @@ class UGMMLayer(FreshPyroNameOnCopy, PyroModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Activations, shape ``(..., out_features)``, of ``x`` of shape ``(..., in_features)``."""
-        loc, scale, logits = self.loc, self.scale, self.logits
+        loc, scale, logits = (self._parameter(name) for name in ("loc", "scale", "logits"))
         if is_validation_enabled():  # off in the inner training loop: no host sync there
             check_kernel_inputs(x, loc, scale, logits, owner=self.label)
             if not bool(torch.isfinite(x).all()):
@@ -271,6 +312,11 @@ class UGMMLayer(FreshPyroNameOnCopy, PyroModule):
         if self.training and self.dropout > 0:
             logits = component_dropout(logits, self.dropout)
         return coupled_log_density(x, loc, scale, logits, backend=self.backend)
+
+    def _parameter(self, name: str) -> torch.Tensor:
+        """``getattr(self, name)`` for ``loc``, ``scale`` or ``logits``, through
+        :func:`parameter_value` (cheap outside Pyro inference)."""
+        return parameter_value(self, name)
 
     @property
     def mixture(self) -> dist.MixtureSameFamily:

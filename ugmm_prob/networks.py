@@ -16,6 +16,7 @@ treatment use only that interface plus :attr:`Classifier.config`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from .boundary import NonFiniteError, as_batch, check_labels
 from .kernels import Backend
-from .layers import FreshPyroNameOnCopy, UGMMLayer
+from .layers import FreshPyroNameOnCopy, LayerNorm, UGMMLayer
 from .metrics import classification_metrics
 from .roles import Model
 from .validation import is_validation_enabled
@@ -225,15 +226,6 @@ def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _per_layer(value: float | Sequence[float], count: int, what: str) -> list[float]:
-    if isinstance(value, (int, float)):
-        return [float(value)] * count
-    values = [float(v) for v in value]
-    if len(values) != count:
-        raise ValueError(f"expected {count} {what} values (one per layer), got {len(values)}")
-    return values
-
-
 class UGMMStack(FreshPyroNameOnCopy, PyroModule):
     """uGMM layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
@@ -262,9 +254,11 @@ class UGMMStack(FreshPyroNameOnCopy, PyroModule):
         if len(sizes) < 2:
             raise ValueError(f"UGMMStack: expected at least two sizes, got {sizes}")
         count = len(sizes) - 1
-        if isinstance(dropout, (int, float)):
+        if isinstance(dropout, (int, float)):  # the first layer only, as in the paper
             dropout = [float(dropout)] + [0.0] * (count - 1)
-        rates = _per_layer(dropout, count, "dropout")
+        rates = [float(rate) for rate in dropout]
+        if len(rates) != count:
+            raise ValueError(f"expected {count} dropout values (one per layer), got {len(rates)}")
         self.layers = PyroModule[nn.ModuleList](
             [
                 UGMMLayer(n_in, n_out, dropout=p, scale_floor=scale_floor, backend=backend)
@@ -272,7 +266,7 @@ class UGMMStack(FreshPyroNameOnCopy, PyroModule):
             ]
         )
         self.norms = PyroModule[nn.ModuleList](
-            [PyroModule[nn.LayerNorm](width) for width in sizes[1:-1]] if layer_norm else []
+            [LayerNorm(width) for width in sizes[1:-1]] if layer_norm else []
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -372,10 +366,11 @@ class MLPClassifier(Classifier):
         super().__init__()
         self.num_classes = num_classes
         self.config = config
+        widths = [in_features, *hidden]
         blocks: list[nn.Module] = []
-        for n_in, n_out in zip([in_features, *hidden[:-1]], hidden, strict=True):
+        for n_in, n_out in itertools.pairwise(widths):
             blocks += [PyroModule[nn.Linear](n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
-        blocks.append(PyroModule[nn.Linear](hidden[-1] if hidden else in_features, num_classes))
+        blocks.append(PyroModule[nn.Linear](widths[-1], num_classes))  # hidden=(): logistic
         self.net = PyroModule[nn.Sequential](*blocks)
 
     def _input_features(self) -> int:
@@ -457,7 +452,7 @@ class ConvUGMMClassifier(Classifier):
         self.config = config
         self.features = ConvFeatures(features=features)
         # LayerNorm brings the ReLU features to the scale of the uGMM initialisation.
-        self.feature_norm = PyroModule[nn.LayerNorm](features)
+        self.feature_norm = LayerNorm(features)
         self.head = UGMMStack(
             [features, *head_hidden, num_classes],
             layer_norm=layer_norm,
@@ -563,7 +558,7 @@ class JointScoreModel(Classifier):
         return self._score(x, c)
 
     def _score(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        batch = torch.broadcast_shapes(x.shape[:-1], c.shape)
+        batch = torch.broadcast_tensors(x[..., 0], c)[0].shape  # broadcast_shapes is slower
         inputs = torch.cat(
             [x.expand(*batch, x.shape[-1]), c.to(x.dtype).expand(batch)[..., None]], dim=-1
         )

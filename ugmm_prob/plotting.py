@@ -16,6 +16,7 @@ from .distributions import neuron_mixture
 from .layers import UGMMLayer
 
 __all__ = [
+    "figure_grid",
     "plot_accuracy_coverage",
     "plot_entropy_histograms",
     "plot_history",
@@ -24,6 +25,19 @@ __all__ = [
     "plot_posteriors",
     "plot_reliability",
 ]
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    # constrained layout: titles, axis labels and legends are placed so none overprints another
+    return Figure(figsize=size, layout="constrained")
+
+
+def figure_grid(rows: int, cols: int, *, size: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure of ``rows x cols`` panels and its ``(rows, cols)`` array of axes, laid out so
+    that no panel's title, axis labels or legend overprints another's (matplotlib's
+    constrained layout); pass the axes to the ``plot_*`` functions as ``ax=``."""
+    fig = _figure(size)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 @torch.no_grad()
@@ -46,7 +60,7 @@ def plot_neuron_mixtures(
     grid = torch.linspace(lo, hi, points, dtype=loc.dtype, device=loc.device)
     density = mixture.log_prob(grid[:, None]).exp().cpu()
     if ax is None:
-        fig = Figure(figsize=(7, 4))
+        fig = _figure((7, 4))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -71,7 +85,7 @@ def plot_posteriors(
     n, classes = probs.shape
     names = list(class_names) if class_names is not None else [str(c) for c in range(classes)]
     if ax is None:
-        fig = Figure(figsize=(max(6, 0.25 * n), 3.5))
+        fig = _figure((max(6, 0.25 * n), 3.5))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -99,7 +113,7 @@ def plot_posteriors(
 def plot_history(history: Sequence[dict[str, float]], *, ax: Any = None) -> Figure:
     """Training loss and accuracy per epoch, from :func:`ugmm_prob.training.fit`'s history."""
     if ax is None:
-        fig = Figure(figsize=(7, 3.5))
+        fig = _figure((7, 3.5))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -116,7 +130,7 @@ def plot_history(history: Sequence[dict[str, float]], *, ax: Any = None) -> Figu
 def _axes(ax: Any, size: tuple[float, float]) -> tuple[Figure, Any]:
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=size)
+    fig = _figure(size)
     return fig, fig.add_subplot()
 
 
@@ -199,6 +213,21 @@ def _layer_draws(
     return out
 
 
+def _densities_per_draw(
+    loc: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor, points: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grid framing a typical draw and the mixture density of each draw on it, ``(G, S)``."""
+    weight = torch.softmax(logits, -1)
+    visible = weight >= 0.01 * weight.amax(-1, keepdim=True)
+    # Frame a typical draw: the median over draws of each draw's +-4 sigma range of its
+    # weighted components (a few draws with huge scales would squash the plot).
+    inf = torch.full_like(loc, float("inf"))
+    lo = float(torch.where(visible, loc - 4 * scale, inf).amin(-1).median())
+    hi = float(torch.where(visible, loc + 4 * scale, -inf).amax(-1).median())
+    grid = torch.linspace(lo, hi, points, dtype=loc.dtype, device=loc.device)
+    return grid, neuron_mixture(loc, scale, logits).log_prob(grid[:, None]).exp().cpu()
+
+
 @torch.no_grad()
 def plot_neuron_posterior(
     model: Any,
@@ -249,15 +278,7 @@ def plot_neuron_posterior(
     )
     params = _layer_draws(model, layer, draws)
     loc, scale, logits = (params[kind][:, neuron] for kind in ("loc", "scale", "logits"))
-    weight = torch.softmax(logits, -1)
-    visible = weight >= 0.01 * weight.amax(-1, keepdim=True)
-    # Frame a typical draw: the median over draws of each draw's +-4 sigma range of its
-    # weighted components (a few draws with huge scales would squash the plot).
-    inf = torch.full_like(loc, float("inf"))
-    lo = float(torch.where(visible, loc - 4 * scale, inf).amin(-1).median())
-    hi = float(torch.where(visible, loc + 4 * scale, -inf).amax(-1).median())
-    grid = torch.linspace(lo, hi, points, dtype=loc.dtype, device=loc.device)
-    density = neuron_mixture(loc, scale, logits).log_prob(grid[:, None]).exp().cpu()  # (G, S)
+    grid, density = _densities_per_draw(loc, scale, logits, points)
     low, high = torch.quantile(density.double(), torch.tensor(band, dtype=torch.float64), dim=1)
     fig, ax = _axes(ax, (6, 4))
     xs = grid.cpu().numpy()

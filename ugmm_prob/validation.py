@@ -10,9 +10,10 @@ instead of an error naming their source. Conversions that make an input usable (
 to the model's dtype and device, to the flat shape) always happen, with their type and shape
 errors.
 
-The training loops check their data once, before the first step, and run their steps with
-validation disabled (:func:`ugmm_prob.training.train_loop`); the NaN guard there works on the
-loss, not on these checks.
+The training loops (:func:`ugmm_prob.training.fit`, :func:`ugmm_prob.circuits.fit_em`)
+check their data once, before the first step, and run their steps with validation disabled;
+the NaN guard works on the loss, not on these checks. (:func:`ugmm_prob.bayes.fit_svi`
+keeps them on: there they are how a diverged model reports itself to Pyro's sites.)
 
 Example:
     >>> from ugmm_prob.validation import is_validation_enabled, validation_enabled

@@ -65,6 +65,9 @@ class _VariationalTrainer:
     """:class:`~ugmm_prob.training.Trainer` for SVI on a Bayesian model (:func:`fit_svi`)."""
 
     loss_name = "elbo_loss"
+    # Checks stay on in the steps: a model that computes non-finite logits from finite
+    # parameters reports it through them (NonFiniteError), which the NaN guard recognises.
+    keeps_checks = True
     _MODEL = "{model}"
 
     def __init__(

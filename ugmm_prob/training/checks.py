@@ -2,7 +2,8 @@
 choose the device (:func:`prepare_training`).
 
 The data are checked once here, at the API boundary (when validation is enabled, see
-:mod:`ugmm_prob.validation`); the steps of the loop then run without input checks.
+:mod:`ugmm_prob.validation`); the loop's steps then run without them (but for
+trainers that keep them, as SVI's).
 """
 
 from __future__ import annotations

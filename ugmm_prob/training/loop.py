@@ -9,6 +9,7 @@ A :class:`Trainer` supplies the update step and its own state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pathlib
 import time
@@ -27,7 +28,14 @@ from .history import BestEpoch, MetricsWriter
 from .resume import check_resumable, data_fingerprint
 from .settings import LoopSettings
 
-__all__ = ["Trainer", "train_loop"]
+__all__ = ["PROGRESS_DELAY_S", "PROGRESS_INTERVAL_S", "Trainer", "train_loop"]
+
+PROGRESS_INTERVAL_S = 0.25
+"""Progress bars redraw at most this often (seconds), whatever the number of steps."""
+
+PROGRESS_DELAY_S = 1.0
+"""An epoch's own bar (minibatches) appears only once the epoch has run this long, so short
+epochs draw one bar, the epochs'."""
 
 
 class Trainer(Protocol):
@@ -44,13 +52,15 @@ class Trainer(Protocol):
 
     def step(
         self, x: torch.Tensor, y: torch.Tensor | None, *, weight: float, num_data: int
-    ) -> float:
+    ) -> float | torch.Tensor:
         """One update on this rank's share ``(x, y)`` of a global minibatch.
 
         ``weight`` is ``len(x) * world_size / global_batch``: the factor that makes the
         average over ranks of this rank's gradient equal the gradient of the global batch.
-        Returns the global batch's mean loss, identical on every rank; when it is not
-        finite the update must not have been kept.
+        Returns the global batch's mean loss, identical on every rank: a float (checked at
+        once; when it is not finite the update must not have been kept), or a 0-dimensional
+        tensor, which the loop reads at the epoch's end without a host synchronisation per
+        step (a non-finite one then undoes the whole epoch).
         """
 
     def end_epoch(self) -> dict[str, Any]:
@@ -76,7 +86,9 @@ class Trainer(Protocol):
 
     # Optional (checked with getattr, so older trainers keep working):
     # run_settings() -> dict of plain values that must not change across a resume, with the
-    # learning rate under "lr"; set_lr(lr) -> None applies a new base learning rate.
+    # learning rate under "lr"; set_lr(lr) -> None applies a new base learning rate;
+    # keeps_checks = True: its steps run with validation as the caller set it (otherwise
+    # disabled: the data were checked before the loop).
 
 
 class _EpochLoop:
@@ -152,23 +164,38 @@ class _EpochLoop:
         )
 
     def train_epoch(self, epoch: int) -> float:
-        """The epoch's updates; returns the sum over examples of the minibatch losses."""
+        """The epoch's updates; returns the sum over examples of the minibatch losses.
+
+        Losses a trainer returns as tensors stay on the device until the epoch's end, where
+        one transfer reads them all: the first non-finite one stops the run as if it had been
+        seen at its step (the updates after it are undone with the rest of the epoch).
+        """
         n, batch_size = len(self.x), self.settings.batch_size
         self.trainer.model.train()
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(self.settings.seed + epoch)
         )
-        total = 0.0
+        losses: list[tuple[int, float | torch.Tensor, int]] = []
         batches = tqdm(
-            range(0, n, batch_size), desc=f"epoch {epoch + 1}", leave=False, disable=not self.show
+            range(0, n, batch_size),
+            desc=f"epoch {epoch + 1}",
+            leave=False,
+            disable=not self.show,
+            delay=PROGRESS_DELAY_S,
+            mininterval=PROGRESS_INTERVAL_S,
         )
-        with validation_enabled(False):  # the data were checked before the loop
+        keep = getattr(self.trainer, "keeps_checks", False)
+        with contextlib.nullcontext() if keep else validation_enabled(False):
             for step, begin in enumerate(batches):
-                total += self._step(epoch, step, order[begin : begin + batch_size])
-        return total
+                index = order[begin : begin + batch_size]
+                loss = self._step(index)
+                if not isinstance(loss, torch.Tensor):
+                    self._check_finite(loss, epoch, step)
+                losses.append((step, loss, len(index)))
+        return self._epoch_total(losses, epoch)
 
-    def _step(self, epoch: int, step: int, index: torch.Tensor) -> float:
-        """One update on the global minibatch ``index``; its loss times its size."""
+    def _step(self, index: torch.Tensor) -> float | torch.Tensor:
+        """One update on the global minibatch ``index``; the trainer's loss for it."""
         ctx = self.ctx
         local = ctx.shard(index)
         if len(local) == 0:
@@ -178,15 +205,30 @@ class _EpochLoop:
         else:
             weight = len(local) * ctx.world_size / len(index)
         labels = None if self.y is None else self.y[local].to(self.device)
-        loss = self.trainer.step(
+        return self.trainer.step(
             self.x[local].to(self.device), labels, weight=weight, num_data=len(self.x)
         )
+
+    def _check_finite(self, loss: float, epoch: int, step: int) -> None:
         if not math.isfinite(loss):
             raise self.diverge(
                 f"{self.trainer.loss_name} became {loss} at epoch {epoch + 1}, step {step + 1}",
                 epoch,
             )
-        return loss * len(index)
+
+    def _epoch_total(
+        self, losses: list[tuple[int, float | torch.Tensor, int]], epoch: int
+    ) -> float:
+        """The sum of loss times batch size over the epoch's steps, in order (the NaN guard
+        for losses that stayed on the device)."""
+        pending = [loss for _, loss, _ in losses if isinstance(loss, torch.Tensor)]
+        values = iter(torch.stack(pending).tolist() if pending else [])
+        total = 0.0
+        for step, loss, size in losses:
+            value = next(values) if isinstance(loss, torch.Tensor) else loss
+            self._check_finite(value, epoch, step)
+            total += value * size
+        return total
 
     def validate(self, epoch: int) -> dict[str, float]:
         """The model's validation metrics after ``epoch`` (gathered over ranks)."""
@@ -269,12 +311,15 @@ class _EpochLoop:
             disable=not self.show,
             initial=self.start_epoch,
             total=epochs,
+            mininterval=PROGRESS_INTERVAL_S,
         )
         for epoch in epoch_bar:
             row = self.run_epoch(epoch)
             shown = "accuracy" if "accuracy" in row else "nll"
-            epoch_bar.set_postfix(
-                loss=f"{row[self.trainer.loss_name]:.4f}", **{shown: f"{row[shown]:.4f}"}
+            epoch_bar.set_postfix(  # drawn with the bar's next update, not now
+                loss=f"{row[self.trainer.loss_name]:.4f}",
+                **{shown: f"{row[shown]:.4f}"},
+                refresh=False,
             )
         if self.best is not None and self.best.snapshot is not None:
             self.trainer.restore(self.best.snapshot)

@@ -1,0 +1,34 @@
+"""``benchmarks/speed.py --no-write`` runs, in a subprocess, with tiny settings: its plain
+module computes the library's loss from the same parameters (the script checks it) and the
+table has a row per step it compares; docs/ is left alone."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_overhead_part_runs_and_writes_nothing(tmp_path):
+    docs = REPO / "docs"
+    before = {p.name: p.read_bytes() for p in docs.glob("*.*")}
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--parts", "overhead"]
+    command += ["--rounds", "1", "--steps-per-round", "3", "--demo-epochs", "1", "--no-write"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    names = [row.split(" | ")[0][2:] for row in rows[1:]]  # after the header
+    assert names[:3] == [
+        "fit's step (library)",
+        "the same with validation on",
+        "plain torch.nn.Module, same kernel",
+    ]
+    assert names[3].startswith("whole `fit` of the preset, per step (1 epochs, 6 steps")
+    assert "nothing written" in done.stdout
+    assert {p.name: p.read_bytes() for p in docs.glob("*.*")} == before
