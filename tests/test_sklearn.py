@@ -233,7 +233,7 @@ def test_errors_name_what_was_expected(iris, monkeypatch):
     model = UGMMCircuitDensity(max_iter=2, random_state=0).fit(x)
     with pytest.raises(ValueError, match="4 features"):
         model.score_samples(x[:, :3])
-    monkeypatch.setattr(usk, "_SKLEARN_ERROR", ImportError("no sklearn"))
+    monkeypatch.setattr(usk.base, "_SKLEARN_ERROR", ImportError("no sklearn"))
     with pytest.raises(ImportError, match="needs scikit-learn"):
         UGMMCircuitDensity().fit(x)
 
@@ -242,3 +242,15 @@ def test_hybrid_objective_trains_with_gradient_descent(iris):
     x, y = iris
     model = UGMMCircuitClassifier(likelihood_weight=0.5, max_iter=10, random_state=0).fit(x, y)
     assert model.score(x, y) > 0.8 and model.history_[-1]["lr"] > 0
+
+
+def test_the_package_does_not_shadow_scikit_learn():
+    """``ugmm_prob.sklearn`` imports the real scikit-learn (absolute imports), whatever is
+    imported first."""
+    import sys
+
+    import ugmm_prob.sklearn.base as base
+
+    assert sys.modules["sklearn"] is sklearn and "ugmm_prob" not in sklearn.__file__
+    assert base.BaseEstimator.__module__ == "sklearn.base"
+    assert usk.UGMMNetClassifier.__module__ == "ugmm_prob.sklearn.classifiers"
