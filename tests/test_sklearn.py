@@ -254,3 +254,28 @@ def test_the_package_does_not_shadow_scikit_learn():
     assert sys.modules["sklearn"] is sklearn and "ugmm_prob" not in sklearn.__file__
     assert base.BaseEstimator.__module__ == "sklearn.base"
     assert usk.UGMMNetClassifier.__module__ == "ugmm_prob.sklearn.classifiers"
+
+
+def test_training_rows_with_missing_cells_by_estimator(iris):
+    """Circuits: rows with NaN cells are left out of training (warning) and marginalised at
+    prediction; the uGMM-NN refuses NaN cells in fit and predict, saying what to use."""
+    x, y = iris
+    holes = x.copy()
+    holes[::10, 2] = np.nan  # 15 of 150 rows
+    with pytest.warns(UserWarning, match="15 of 150 training rows"):
+        circuit = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(holes, y)
+    complete = ~np.isnan(holes).any(axis=1)
+    reference = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(x[complete], y[complete])
+    np.testing.assert_allclose(circuit.predict_proba(holes), reference.predict_proba(holes))
+    assert np.isfinite(circuit.predict_proba(holes)).all()
+    every_row = x.copy()
+    every_row[:, 0] = np.nan
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="at least 2 complete rows"):
+        UGMMCircuitDensity(max_iter=2).fit(every_row)
+    with pytest.raises(ValueError, match=r"fit: X has missing \(NaN\) cells in 15 of 150 rows"):
+        UGMMNetClassifier(max_iter=2).fit(holes, y)
+    net = UGMMNetClassifier(max_iter=2, random_state=0).fit(x, y)
+    with pytest.raises(ValueError, match=r"predict_proba: .* Use UGMMCircuitClassifier"):
+        net.predict(holes)
+    with pytest.raises(ValueError, match="infinity"):
+        net.predict(np.where(np.isnan(holes), np.inf, holes))

@@ -341,6 +341,8 @@ def _fit_table(args: argparse.Namespace) -> int:
     if not features:
         raise UsageError(f"{args.data}: no feature columns besides the target {target!r}")
     x = table.numbers(features)
+    if args.model == "net":
+        _refuse_missing_cells(table, x, features)
     options = {"random_state": args.seed, "verbose": not args.quiet, "device": args.device}
     if args.max_iter is not None:
         options["max_iter"] = args.max_iter
@@ -424,6 +426,18 @@ def _load_fitted(folder: str):
     return estimator, list(extra["columns"]), extra.get("target")
 
 
+def _refuse_missing_cells(table: Table, x: np.ndarray, columns: list[str]) -> None:
+    """The uGMM-NN (``--model net``) cannot marginalise missing cells: name the first one."""
+    empty = np.argwhere(np.isnan(x))
+    if len(empty):
+        row, column = (int(v) for v in empty[0])
+        raise TableError(
+            f"{table.where(row, columns[column])}: empty, and the uGMM-NN (--model net) cannot "
+            f"marginalise missing cells ({len(empty)} in all); fit with --model circuit, which "
+            "marginalises them exactly, or fill them first (ugmm-prob impute)"
+        )
+
+
 def _features_of(table: Table, columns: list[str]) -> np.ndarray:
     missing = [c for c in columns if c not in table.columns]
     if missing:
@@ -462,6 +476,8 @@ def _score_table(args: argparse.Namespace) -> int:
     table = read_table(args.data)
     x = _features_of(table, columns)
     labels = _known_labels(table, target, estimator)
+    if not hasattr(estimator, "score_samples"):
+        _refuse_missing_cells(table, x, columns)
     header: list[str] = []
     parts: list[np.ndarray] = []
     if hasattr(estimator, "score_samples"):
@@ -492,6 +508,8 @@ def _posterior_table(args: argparse.Namespace) -> int:
     table = read_table(args.data)
     x = _features_of(table, columns)
     _known_labels(table, target, estimator)
+    if not hasattr(estimator, "score_samples"):
+        _refuse_missing_cells(table, x, columns)
     proba = estimator.predict_proba(x)
     header = [*(f"p({c})" for c in estimator.classes_), "predicted"]
     rows = [[*p, estimator.classes_[int(np.argmax(p))]] for p in proba.tolist()]

@@ -148,7 +148,12 @@ class _TorchEstimator(BaseEstimator):
 
     # -- data ---------------------------------------------------------------------------
     def _complete_rows(self, X: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Training rows without missing cells (a warning says how many were left out)."""
+        """Training rows without missing cells (a warning says how many were left out).
+
+        The circuit's trainers (EM, and the gradient objective) take complete rows only, so
+        a row with a NaN cell is left out of training, standardisation and the validation
+        split; at prediction its missing cells are marginalised exactly.
+        """
         keep = ~np.isnan(X).any(axis=1)
         if not keep.all():
             warnings.warn(
@@ -161,7 +166,8 @@ class _TorchEstimator(BaseEstimator):
         if keep.sum() < 2:
             raise ValueError(
                 f"{type(self).__name__}.fit: expected at least 2 complete rows (n_samples >= 2 "
-                f"without NaN), got {int(keep.sum())} sample(s)"
+                f"without NaN), got {int(keep.sum())} sample(s); rows with missing (NaN) cells "
+                "are left out of training"
             )
         return (X[keep], *(a[keep] for a in arrays))
 

@@ -274,7 +274,8 @@ class UGMMNetClassifier(_ClassifierBase):
     def fit(self, X: Any, y: Any) -> UGMMNetClassifier:
         """Train the network on rows ``X`` and labels ``y``; returns ``self``."""
         _require_sklearn()
-        X, y = self._validate(X, y, reset=True)
+        X, y = self._validate(X, y, reset=True, allow_nan=True)
+        self._refuse_missing(X, "fit")
         self._check_common()
         encoded = self._encode(y)
         if len(X) < 2:
@@ -313,10 +314,24 @@ class UGMMNetClassifier(_ClassifierBase):
         self.best_iter_ = self.history_[-1].get("best_epoch") if self.history_ else None
         return self
 
+    def _refuse_missing(self, X: np.ndarray, method: str) -> None:
+        """A ``ValueError`` naming the rows with NaN cells, and what to do instead."""
+        rows = np.isnan(X).any(axis=1)
+        if rows.any():
+            raise ValueError(
+                f"UGMMNetClassifier.{method}: X has missing (NaN) cells in {int(rows.sum())} of "
+                f"{len(X)} rows (the first: row {int(np.argmax(rows))}); the uGMM-NN cannot "
+                "marginalise missing inputs. Use UGMMCircuitClassifier, which marginalises "
+                "them exactly, fill them first (UGMMCircuitDensity().fit(X).impute(X), or "
+                "SimpleImputer in a Pipeline), or drop those rows"
+            )
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        """``p(c | x)`` of the network, shape ``(n, n_classes)``."""
+        """``p(c | x)`` of the network, shape ``(n, n_classes)`` (rows with NaN cells are
+        refused: see :meth:`fit`)."""
         check_is_fitted(self)
-        X = self._validate(X, reset=False)
+        X = self._validate(X, reset=False, allow_nan=True)
+        self._refuse_missing(X, "predict_proba")
         z, _ = self._to_z(X)
         with torch.no_grad():
             return self.model_.predict_proba(z).cpu().numpy().astype(np.float64)
