@@ -405,15 +405,20 @@ def _fit_table(args: argparse.Namespace) -> int:
 
 
 def _plot_training(history: list[dict], ax) -> None:
-    """Training loss per epoch and, where there were held-out rows, their NLL."""
-    epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row["loss"] for row in history], label="training loss")
-    if history and "nll" in history[0]:
-        ax.plot(epochs, [row["nll"] for row in history], label="held-out NLL per row")
-    if history and history[-1].get("best_epoch"):
-        ax.axvline(history[-1]["best_epoch"], color="grey", ls=":", label="epoch kept")
+    """Training loss per epoch and, where there were held-out rows, their NLL (one line of
+    each per member of a committee, whose rows carry ``member``)."""
+    members = sorted({row.get("member", 0) for row in history})
+    for m in members:
+        rows = [row for row in history if row.get("member", 0) == m]
+        suffix = f", member {m}" if len(members) > 1 else ""
+        epochs = [row["epoch"] for row in rows]
+        ax.plot(epochs, [row["loss"] for row in rows], label=f"training loss{suffix}")
+        if rows and "nll" in rows[0]:
+            ax.plot(epochs, [row["nll"] for row in rows], label=f"held-out NLL per row{suffix}")
+        if rows and rows[-1].get("best_epoch") and len(members) == 1:
+            ax.axvline(rows[-1]["best_epoch"], color="grey", ls=":", label="epoch kept")
     ax.set(xlabel="epoch", title="training")
-    ax.legend()
+    ax.legend(fontsize="small")
 
 
 def _load_fitted(folder: str):

@@ -13,16 +13,19 @@ they work inside ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``:
 - :class:`~ugmm_prob.sklearn.classifiers.UGMMCircuitClassifier`: the same circuit with one
   root per class, a generative classifier whose ``predict_proba`` is the exact
   ``p(c | x)``, also for rows with NaN cells;
-- :class:`~ugmm_prob.sklearn.classifiers.UGMMNetClassifier`: the paper's uGMM-NN
-  (:class:`~ugmm_prob.networks.UGMMClassifier`), a discriminative classifier.
+- :class:`~ugmm_prob.sklearn.net.UGMMNetClassifier`: the paper's uGMM-NN
+  (:class:`~ugmm_prob.networks.UGMMClassifier`), a discriminative classifier: a committee of
+  networks, each early-stopped on its own held-out rows, whose probabilities are averaged.
 
 Each standardises the columns inside (with the training rows' mean and standard deviation)
 and reports densities in the original units: ``log p(x) = log p_z(z) - sum_d log sd_d`` over
 the observed columns (the exact Jacobian of the standardisation). With ``early_stopping``
 (default) a ``validation_fraction`` of the training rows is held out and the parameters of
 the epoch with the best held-out negative log-likelihood are kept (``keep_best="nll"``).
-Training rows with missing cells are left out of training (with a warning); missing cells
-are marginalised exactly at prediction.
+Missing (NaN) cells: the circuit estimators leave training rows with missing cells out of
+training (with a warning; their trainers take complete rows) and marginalise missing cells
+exactly at prediction; the uGMM-NN cannot marginalise them and refuses NaN cells in ``fit``
+and ``predict`` with a message saying what to use instead.
 
 A pickled estimator holds its model's class path, configuration and weights (never a torch
 module), so the model rebuilt on unpickling gets a Pyro name of its own.
@@ -32,7 +35,8 @@ digest-verified checkpoint (:mod:`ugmm_prob.checkpoints`).
 
 Modules: :mod:`~ugmm_prob.sklearn.base` (shared machinery: validation, standardisation,
 the validation split, pickling), :mod:`~ugmm_prob.sklearn.density`,
-:mod:`~ugmm_prob.sklearn.classifiers`, :mod:`~ugmm_prob.sklearn.persistence`.
+:mod:`~ugmm_prob.sklearn.classifiers`, :mod:`~ugmm_prob.sklearn.net`,
+:mod:`~ugmm_prob.sklearn.persistence`.
 
 scikit-learn is an optional dependency (``pip install "scikit-learn>=1.3"``): this package
 imports without it, and fitting an estimator then raises an ``ImportError`` saying so.
@@ -42,8 +46,9 @@ from ugmm_prob.sklearn.base import (
     _require_sklearn,  # noqa: F401 (``ugmm-prob fit`` calls it)
     count_free_parameters,
 )
-from ugmm_prob.sklearn.classifiers import UGMMCircuitClassifier, UGMMNetClassifier
+from ugmm_prob.sklearn.classifiers import UGMMCircuitClassifier
 from ugmm_prob.sklearn.density import UGMMCircuitDensity
+from ugmm_prob.sklearn.net import UGMMNetClassifier
 from ugmm_prob.sklearn.persistence import load_estimator, save_estimator
 
 __all__ = [

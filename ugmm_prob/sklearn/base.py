@@ -83,8 +83,15 @@ def _model_payload(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
+def _model_classes() -> tuple[type, ...]:
+    """The package's own model classes, which checkpoints and pickles may rebuild."""
+    from ugmm_prob.sklearn.net import UGMMNetCommittee
+
+    return (UGMMNetCommittee,)
+
+
 def _rebuild_model(payload: dict[str, Any], device: Any) -> torch.nn.Module:
-    cls = resolve_model_class(payload["model_class"])
+    cls = resolve_model_class(payload["model_class"], extra=_model_classes())
     with torch.random.fork_rng(devices=[]):
         model = cls(**payload["config"])  # a fresh Pyro name of its own
     model.to(torch.float64)

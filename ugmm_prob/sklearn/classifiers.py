@@ -1,5 +1,7 @@
-"""The classifiers: :class:`UGMMCircuitClassifier` (generative, exact ``p(c | x)``, also for
-rows with NaN cells) and :class:`UGMMNetClassifier` (the paper's discriminative uGMM-NN)."""
+"""The generative classifier :class:`UGMMCircuitClassifier` (exact ``p(c | x)``, also for rows
+with NaN cells) and what every classifier of the package shares (labels of any kind mapped to
+``0..C-1``, ``predict``, ``predict_log_proba``); the uGMM-NN is in
+:mod:`~ugmm_prob.sklearn.net`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import numpy as np
 import torch
 
 from ugmm_prob.circuits import UGMMCircuit
-from ugmm_prob.networks import UGMMClassifier
 from ugmm_prob.sklearn.base import (
     ClassifierMixin,
     _require_sklearn,
@@ -20,7 +21,7 @@ from ugmm_prob.sklearn.base import (
 from ugmm_prob.sklearn.density import _CircuitMixin
 from ugmm_prob.training import fit
 
-__all__ = ["UGMMCircuitClassifier", "UGMMNetClassifier"]
+__all__ = ["UGMMCircuitClassifier"]
 
 
 class _ClassifierBase(ClassifierMixin, _TorchEstimator):
@@ -216,122 +217,3 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
         if c is not None and method == "mode":
             raise ValueError("impute: method='mode' chooses the class itself; pass y=None")
         return self._complete(X, method, c)
-
-
-class UGMMNetClassifier(_ClassifierBase):
-    """The paper's uGMM-NN (:class:`~ugmm_prob.networks.UGMMClassifier`) as a classifier.
-
-    A discriminative network of uGMM neurons: ``predict_proba`` is the softmax of the output
-    neurons' activations. Trained with Adam on the cross-entropy, starting from prototypes
-    of the training rows; with ``early_stopping`` the epoch with the best held-out NLL is
-    kept, which together with ``weight_decay`` keeps small tables from overconfidence.
-
-    Args:
-        hidden: widths of the hidden uGMM layers.
-        layer_norm: LayerNorm after each hidden layer.
-        dropout: component dropout of the hidden layers.
-        scale_floor: lower bound of every neuron scale.
-        max_iter: epochs; batch_size: rows per step; learning_rate, weight_decay: Adam's.
-        early_stopping, validation_fraction, random_state, device, verbose: as for
-            :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
-
-    Attributes:
-        classes_, model_, mean_, scale_, history_, n_iter_, best_iter_: as for
-            :class:`UGMMCircuitClassifier` (``model_`` is a ``UGMMClassifier``).
-    """
-
-    def __init__(
-        self,
-        *,
-        hidden: tuple[int, ...] = (16,),
-        layer_norm: bool = False,
-        dropout: float = 0.0,
-        scale_floor: float = 1e-3,
-        max_iter: int = 200,
-        batch_size: int = 32,
-        learning_rate: float = 1e-2,
-        weight_decay: float = 1e-4,
-        early_stopping: bool = True,
-        validation_fraction: float = 0.1,
-        random_state: Any = None,
-        device: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        self.hidden = hidden
-        self.layer_norm = layer_norm
-        self.dropout = dropout
-        self.scale_floor = scale_floor
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
-        self.device = device
-        self.verbose = verbose
-
-    def fit(self, X: Any, y: Any) -> UGMMNetClassifier:
-        """Train the network on rows ``X`` and labels ``y``; returns ``self``."""
-        _require_sklearn()
-        X, y = self._validate(X, y, reset=True, allow_nan=True)
-        self._refuse_missing(X, "fit")
-        self._check_common()
-        encoded = self._encode(y)
-        if len(X) < 2:
-            raise ValueError(f"UGMMNetClassifier.fit: expected n_samples >= 2, got {len(X)} sample")
-        data = self._training_data(X, encoded)
-        with self._rng():
-            torch.manual_seed(data["seed"])
-            net = UGMMClassifier(
-                X.shape[1],
-                tuple(int(h) for h in self.hidden),
-                len(self.classes_),
-                layer_norm=bool(self.layer_norm),
-                dropout=float(self.dropout),
-                scale_floor=float(self.scale_floor),
-            ).to(torch.float64)
-            generator = torch.Generator().manual_seed(data["seed"])
-            net.init_from_data(data["x"].cpu(), generator=generator)
-            net = net.to(data["x"].device)
-            self.history_ = fit(
-                net,
-                data["x"],
-                data["y"],
-                x_val=data["x_val"],
-                y_val=data["y_val"],
-                epochs=int(self.max_iter),
-                batch_size=int(self.batch_size),
-                lr=float(self.learning_rate),
-                weight_decay=float(self.weight_decay),
-                seed=data["seed"],
-                progress=bool(self.verbose),
-                keep_best="nll" if data["x_val"] is not None else None,
-                device=data["x"].device,
-            )
-        self.model_ = net.eval()
-        self.n_iter_ = len(self.history_)
-        self.best_iter_ = self.history_[-1].get("best_epoch") if self.history_ else None
-        return self
-
-    def _refuse_missing(self, X: np.ndarray, method: str) -> None:
-        """A ``ValueError`` naming the rows with NaN cells, and what to do instead."""
-        rows = np.isnan(X).any(axis=1)
-        if rows.any():
-            raise ValueError(
-                f"UGMMNetClassifier.{method}: X has missing (NaN) cells in {int(rows.sum())} of "
-                f"{len(X)} rows (the first: row {int(np.argmax(rows))}); the uGMM-NN cannot "
-                "marginalise missing inputs. Use UGMMCircuitClassifier, which marginalises "
-                "them exactly, fill them first (UGMMCircuitDensity().fit(X).impute(X), or "
-                "SimpleImputer in a Pipeline), or drop those rows"
-            )
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """``p(c | x)`` of the network, shape ``(n, n_classes)`` (rows with NaN cells are
-        refused: see :meth:`fit`)."""
-        check_is_fitted(self)
-        X = self._validate(X, reset=False, allow_nan=True)
-        self._refuse_missing(X, "predict_proba")
-        z, _ = self._to_z(X)
-        with torch.no_grad():
-            return self.model_.predict_proba(z).cpu().numpy().astype(np.float64)

@@ -11,9 +11,15 @@ import numpy as np
 import torch
 
 from ugmm_prob.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from ugmm_prob.sklearn.base import _torch_device, _TorchEstimator, check_is_fitted
-from ugmm_prob.sklearn.classifiers import UGMMCircuitClassifier, UGMMNetClassifier
+from ugmm_prob.sklearn.base import (
+    _model_classes,
+    _torch_device,
+    _TorchEstimator,
+    check_is_fitted,
+)
+from ugmm_prob.sklearn.classifiers import UGMMCircuitClassifier
 from ugmm_prob.sklearn.density import UGMMCircuitDensity
+from ugmm_prob.sklearn.net import UGMMNetClassifier
 
 __all__ = ["load_estimator", "save_estimator"]
 
@@ -62,7 +68,7 @@ def load_estimator(path: str | os.PathLike) -> tuple[_TorchEstimator, dict[str, 
     Raises:
         CheckpointError: the file is not a checkpoint, is corrupt, or holds no estimator.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, extra_classes=_model_classes())
     state = checkpoint.training_state.get("sklearn_estimator")
     if not isinstance(state, dict) or state.get("estimator") not in _ESTIMATORS:
         raise CheckpointError(f"{path}: holds a model but no scikit-learn estimator")
