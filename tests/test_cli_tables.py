@@ -197,6 +197,18 @@ def test_net_model_classifies_but_does_not_sample(fitted, tmp_path, capsys):
     assert len(_csv(capsys.readouterr().out)) == 121
     assert main(["sample", str(out)]) == 2
     assert "models p(class | x) only" in capsys.readouterr().err
+    # missing cells: the uGMM-NN cannot marginalise them; one line names the first one
+    rows = _data(8, seed=2)
+    rows[3][1] = ""
+    holes = _write(tmp_path / "holes.csv", rows)
+    for command in (["posterior", str(out)], ["score", str(out)]):
+        assert main([*command, str(holes)]) == 2
+        err = capsys.readouterr().err
+        assert "line 5, column 'weight': empty" in err and "--model circuit" in err
+    args = ["fit", str(holes), "--out", str(tmp_path / "net2"), "--target", "kind"]
+    assert main([*args, "--model", "net", "--quiet"]) == 2
+    assert "cannot marginalise missing cells (1 in all)" in capsys.readouterr().err
+    assert not (tmp_path / "net2" / "model.pt").exists()
 
 
 def test_read_table_names_duplicate_columns(tmp_path):

@@ -34,7 +34,7 @@ from ugmm_prob.sklearn import (  # noqa: E402
 FAST = [
     UGMMCircuitDensity(max_iter=3, random_state=0),
     UGMMCircuitClassifier(max_iter=3, random_state=0),
-    UGMMNetClassifier(max_iter=8, random_state=0),
+    UGMMNetClassifier(max_iter=8, n_members=2, random_state=0),
 ]
 
 
@@ -233,7 +233,7 @@ def test_errors_name_what_was_expected(iris, monkeypatch):
     model = UGMMCircuitDensity(max_iter=2, random_state=0).fit(x)
     with pytest.raises(ValueError, match="4 features"):
         model.score_samples(x[:, :3])
-    monkeypatch.setattr(usk, "_SKLEARN_ERROR", ImportError("no sklearn"))
+    monkeypatch.setattr(usk.base, "_SKLEARN_ERROR", ImportError("no sklearn"))
     with pytest.raises(ImportError, match="needs scikit-learn"):
         UGMMCircuitDensity().fit(x)
 
@@ -242,3 +242,66 @@ def test_hybrid_objective_trains_with_gradient_descent(iris):
     x, y = iris
     model = UGMMCircuitClassifier(likelihood_weight=0.5, max_iter=10, random_state=0).fit(x, y)
     assert model.score(x, y) > 0.8 and model.history_[-1]["lr"] > 0
+
+
+def test_the_package_does_not_shadow_scikit_learn():
+    """``ugmm_prob.sklearn`` imports the real scikit-learn (absolute imports), whatever is
+    imported first."""
+    import sys
+
+    import ugmm_prob.sklearn.base as base
+
+    assert sys.modules["sklearn"] is sklearn and "ugmm_prob" not in sklearn.__file__
+    assert base.BaseEstimator.__module__ == "sklearn.base"
+    assert usk.UGMMNetClassifier.__module__ == "ugmm_prob.sklearn.net"
+
+
+def test_training_rows_with_missing_cells_by_estimator(iris):
+    """Circuits: rows with NaN cells are left out of training (warning) and marginalised at
+    prediction; the uGMM-NN refuses NaN cells in fit and predict, saying what to use."""
+    x, y = iris
+    holes = x.copy()
+    holes[::10, 2] = np.nan  # 15 of 150 rows
+    with pytest.warns(UserWarning, match="15 of 150 training rows"):
+        circuit = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(holes, y)
+    complete = ~np.isnan(holes).any(axis=1)
+    reference = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(x[complete], y[complete])
+    np.testing.assert_allclose(circuit.predict_proba(holes), reference.predict_proba(holes))
+    assert np.isfinite(circuit.predict_proba(holes)).all()
+    every_row = x.copy()
+    every_row[:, 0] = np.nan
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="at least 2 complete rows"):
+        UGMMCircuitDensity(max_iter=2).fit(every_row)
+    with pytest.raises(ValueError, match=r"fit: X has missing \(NaN\) cells in 15 of 150 rows"):
+        UGMMNetClassifier(max_iter=2).fit(holes, y)
+    net = UGMMNetClassifier(max_iter=2, random_state=0).fit(x, y)
+    with pytest.raises(ValueError, match=r"predict_proba: .* Use UGMMCircuitClassifier"):
+        net.predict(holes)
+    with pytest.raises(ValueError, match="infinity"):
+        net.predict(np.where(np.isnan(holes), np.inf, holes))
+
+
+def test_net_committee_members_hold_out_stratified_blocks(iris, tmp_path):
+    """With the defaults (5 members x 0.2) the members' held-out rows are the folds of a
+    stratified 5-fold split; predict_proba is the members' average; save/load and pickling
+    rebuild the committee."""
+    x, y = iris
+    model = UGMMNetClassifier(max_iter=3, random_state=0)
+    blocks = model._member_validation(y, seed=7)
+    assert len(blocks) == 5
+    counts = np.bincount(np.concatenate(blocks), minlength=len(y))
+    assert counts.min() == counts.max() == 1  # every row validates exactly one member
+    for block in blocks:
+        assert len(block) == 30 and set(np.bincount(y[block])) == {10}  # 1/3 of each class
+    model.fit(x, y)
+    assert len(model.best_iter_) == 5 and {row["member"] for row in model.history_} == set(range(5))
+    z = torch.tensor((x - model.mean_) / model.scale_)
+    with torch.no_grad():
+        members = [torch.softmax(m.logits(z), -1).numpy() for m in model.model_.members]
+    np.testing.assert_allclose(model.predict_proba(x), np.mean(members, 0), atol=1e-12)
+    loaded, _ = load_estimator(save_estimator(model, tmp_path / "net.pt"))
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+    single = UGMMNetClassifier(n_members=1, early_stopping=False, max_iter=3, random_state=0)
+    assert single.fit(x, y).best_iter_ == [None] and len(single.model_.members) == 1
+    with pytest.raises(ValueError, match="n_members must be an int >= 1"):
+        UGMMNetClassifier(n_members=0).fit(x, y)

@@ -339,6 +339,8 @@ def _fit_table(args: argparse.Namespace) -> int:
     if not features:
         raise UsageError(f"{args.data}: no feature columns besides the target {target!r}")
     x = table.numbers(features)
+    if args.model == "net":
+        _refuse_missing_cells(table, x, features)
     options = {"random_state": args.seed, "verbose": not args.quiet, "device": args.device}
     if args.max_iter is not None:
         options["max_iter"] = args.max_iter
@@ -401,15 +403,20 @@ def _fit_table(args: argparse.Namespace) -> int:
 
 
 def _plot_training(history: list[dict], ax) -> None:
-    """Training loss per epoch and, where there were held-out rows, their NLL."""
-    epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row["loss"] for row in history], label="training loss")
-    if history and "nll" in history[0]:
-        ax.plot(epochs, [row["nll"] for row in history], label="held-out NLL per row")
-    if history and history[-1].get("best_epoch"):
-        ax.axvline(history[-1]["best_epoch"], color="grey", ls=":", label="epoch kept")
+    """Training loss per epoch and, where there were held-out rows, their NLL (one line of
+    each per member of a committee, whose rows carry ``member``)."""
+    members = sorted({row.get("member", 0) for row in history})
+    for m in members:
+        rows = [row for row in history if row.get("member", 0) == m]
+        suffix = f", member {m}" if len(members) > 1 else ""
+        epochs = [row["epoch"] for row in rows]
+        ax.plot(epochs, [row["loss"] for row in rows], label=f"training loss{suffix}")
+        if rows and "nll" in rows[0]:
+            ax.plot(epochs, [row["nll"] for row in rows], label=f"held-out NLL per row{suffix}")
+        if rows and rows[-1].get("best_epoch") and len(members) == 1:
+            ax.axvline(rows[-1]["best_epoch"], color="grey", ls=":", label="epoch kept")
     ax.set(xlabel="epoch", title="training")
-    ax.legend()
+    ax.legend(fontsize="small")
 
 
 def _load_fitted(folder: str):
@@ -420,6 +427,18 @@ def _load_fitted(folder: str):
     path = path / MODEL_FILE if path.is_dir() else path
     estimator, extra = load_estimator(path)
     return estimator, list(extra["columns"]), extra.get("target")
+
+
+def _refuse_missing_cells(table: Table, x: np.ndarray, columns: list[str]) -> None:
+    """The uGMM-NN (``--model net``) cannot marginalise missing cells: name the first one."""
+    empty = np.argwhere(np.isnan(x))
+    if len(empty):
+        row, column = (int(v) for v in empty[0])
+        raise TableError(
+            f"{table.where(row, columns[column])}: empty, and the uGMM-NN (--model net) cannot "
+            f"marginalise missing cells ({len(empty)} in all); fit with --model circuit, which "
+            "marginalises them exactly, or fill them first (ugmm-prob impute)"
+        )
 
 
 def _features_of(table: Table, columns: list[str]) -> np.ndarray:
@@ -460,6 +479,8 @@ def _score_table(args: argparse.Namespace) -> int:
     table = read_table(args.data)
     x = _features_of(table, columns)
     labels = _known_labels(table, target, estimator)
+    if not hasattr(estimator, "score_samples"):
+        _refuse_missing_cells(table, x, columns)
     header: list[str] = []
     parts: list[np.ndarray] = []
     if hasattr(estimator, "score_samples"):
@@ -490,6 +511,8 @@ def _posterior_table(args: argparse.Namespace) -> int:
     table = read_table(args.data)
     x = _features_of(table, columns)
     _known_labels(table, target, estimator)
+    if not hasattr(estimator, "score_samples"):
+        _refuse_missing_cells(table, x, columns)
     proba = estimator.predict_proba(x)
     header = [*(f"p({c})" for c in estimator.classes_), "predicted"]
     rows = [[*p, estimator.classes_[int(np.argmax(p))]] for p in proba.tolist()]

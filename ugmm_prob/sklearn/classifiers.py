@@ -1,0 +1,219 @@
+"""The generative classifier :class:`UGMMCircuitClassifier` (exact ``p(c | x)``, also for rows
+with NaN cells) and what every classifier of the package shares (labels of any kind mapped to
+``0..C-1``, ``predict``, ``predict_log_proba``); the uGMM-NN is in
+:mod:`~ugmm_prob.sklearn.net`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ugmm_prob.circuits import UGMMCircuit
+from ugmm_prob.sklearn.base import (
+    ClassifierMixin,
+    _require_sklearn,
+    _TorchEstimator,
+    check_classification_targets,
+    check_is_fitted,
+)
+from ugmm_prob.sklearn.density import _CircuitMixin
+from ugmm_prob.training import fit
+
+__all__ = ["UGMMCircuitClassifier"]
+
+
+class _ClassifierBase(ClassifierMixin, _TorchEstimator):
+    """Labels: ``classes_`` (any labels, strings too) mapped to ``0..C-1``."""
+
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        check_classification_targets(y)
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        return encoded.reshape(-1)
+
+    def _training_data(self, X: np.ndarray, encoded: np.ndarray) -> dict[str, Any]:
+        """Standardise (fitting ``mean_``, ``scale_``) and split: tensors of the training
+        and validation rows (the latter None without early stopping) and the seed."""
+        self._standardise_fit(X)
+        seed = self._seed()
+        train, val = self._split(len(X), seed)
+        z = self._tensor((X - self.mean_) / self.scale_)
+        labels = self._tensor(encoded, torch.long)
+        return {
+            "x": z[train],
+            "y": labels[train],
+            "x_val": None if val is None else z[val],
+            "y_val": None if val is None else labels[val],
+            "seed": seed,
+        }
+
+    def encode_labels(self, y: Any) -> np.ndarray:
+        """Labels of ``classes_`` as indices ``0..C-1`` (a ``ValueError`` names unknown ones)."""
+        check_is_fitted(self)
+        y = np.asarray(y)
+        index = {label: i for i, label in enumerate(self.classes_.tolist())}
+        try:
+            return np.array([index[label] for label in y.tolist()], dtype=np.int64)
+        except KeyError as error:
+            raise ValueError(
+                f"unknown class label {error.args[0]!r}; the fitted classes are "
+                f"{self.classes_.tolist()}"
+            ) from None
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class label of every row, shape ``(n,)``."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """``log p(c | x)``, shape ``(n, n_classes)``."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+
+class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
+    """A generative classifier: the circuit models ``p(x, c)``, ``predict_proba`` is exact.
+
+    ``p(c | x) = p(x, c) / sum_c' p(x, c')``, computed exactly, also for rows with NaN cells
+    (marginalised). With ``likelihood_weight=1`` (default) the circuit is fitted by maximum
+    likelihood of ``(x, c)`` with EM; with ``likelihood_weight < 1`` the hybrid objective
+    ``lambda * NLL / D + (1 - lambda) * cross-entropy of p(c | x)`` is minimised with Adam
+    (:func:`~ugmm_prob.training.fit`, ``learning_rate``), keeping the epoch with the best
+    held-out class NLL.
+
+    Args:
+        likelihood_weight: ``lambda`` in ``[0, 1]``.
+        learning_rate: Adam's learning rate (hybrid objective only).
+        **others: ``depth``, ``repetitions``, ``channels``, ``components``,
+            ``scale_floor``, ``max_iter``, ``batch_size``, ``step_size``, ``pseudo_count``,
+            ``early_stopping``, ``validation_fraction``, ``random_state``, ``device`` and
+            ``verbose`` are as for :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
+
+    Attributes:
+        classes_: the labels, sorted; column ``k`` of ``predict_proba`` is ``classes_[k]``.
+        model_, mean_, scale_, n_parameters_, history_, n_iter_, best_iter_: as for
+            :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
+    """
+
+    _allow_nan = True
+
+    def __init__(
+        self,
+        *,
+        likelihood_weight: float = 1.0,
+        depth: int | None = 1,
+        repetitions: int = 8,
+        channels: int = 2,
+        components: int = 2,
+        scale_floor: float = 1e-2,
+        max_iter: int = 100,
+        batch_size: int = 256,
+        step_size: float = 0.1,
+        pseudo_count: float = 1e-2,
+        learning_rate: float = 1e-2,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        random_state: Any = None,
+        device: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.likelihood_weight = likelihood_weight
+        self.depth = depth
+        self.repetitions = repetitions
+        self.channels = channels
+        self.components = components
+        self.scale_floor = scale_floor
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.step_size = step_size
+        self.pseudo_count = pseudo_count
+        self.learning_rate = learning_rate
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def fit(self, X: Any, y: Any) -> UGMMCircuitClassifier:
+        """Fit ``p(x, c)`` to rows ``X`` and labels ``y``; returns ``self``."""
+        _require_sklearn()
+        X, y = self._validate(X, y, reset=True)
+        self._check_common()
+        if not 0.0 <= float(self.likelihood_weight) <= 1.0:
+            raise ValueError(
+                f"UGMMCircuitClassifier: likelihood_weight must be in [0, 1], got "
+                f"{self.likelihood_weight!r}"
+            )
+        encoded = self._encode(y)
+        X, encoded = self._complete_rows(X, encoded)
+        data = self._training_data(X, encoded)
+        with self._rng():
+            generator = torch.Generator().manual_seed(data["seed"])
+            circuit = UGMMCircuit.from_data(
+                data["x"].cpu(),
+                data["y"].cpu(),
+                len(self.classes_),
+                seed=data["seed"],
+                generator=generator,
+                likelihood_weight=float(self.likelihood_weight),
+                **self._circuit_options(),
+            )
+            circuit = circuit.to(torch.float64).to(data["x"].device)
+            self.history_ = self._train(circuit, data)
+        self.model_ = circuit.eval()
+        self._record_history()
+        return self
+
+    def _train(self, circuit: UGMMCircuit, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """EM for maximum likelihood (``likelihood_weight=1``), else Adam on the hybrid
+        objective, keeping the epoch with the best held-out class NLL."""
+        x, y, x_val, y_val, seed = (data[k] for k in ("x", "y", "x_val", "y_val", "seed"))
+        if float(self.likelihood_weight) == 1.0:
+            return self._em(circuit, x, y, x_val, y_val, seed)
+        keep = None
+        if x_val is not None:
+            keep = "class_nll" if len(self.classes_) > 1 else "nll"
+        return fit(
+            circuit,
+            x,
+            y,
+            x_val=x_val,
+            y_val=y_val,
+            epochs=int(self.max_iter),
+            batch_size=int(self.batch_size),
+            lr=float(self.learning_rate),
+            seed=seed,
+            progress=bool(self.verbose),
+            keep_best=keep,
+            device=x.device,
+        )
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The exact class posterior ``p(c | x)``, shape ``(n, n_classes)``; NaN cells are
+        marginalised."""
+        check_is_fitted(self)
+        X = self._validate(X, reset=False)
+        joint = self._joint(X)
+        joint = joint - joint.max(axis=1, keepdims=True)
+        proba = np.exp(joint)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def sample(self, n_samples: int = 1, c: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact samples ``(X, y)`` of ``p(x, c)``; ``c`` (a label of ``classes_``) fixes the
+        class, else classes are drawn from the fitted prior. ``y`` holds labels."""
+        index = None if c is None else int(self.encode_labels([c])[0])
+        X, classes = self._draw(n_samples, index)
+        return X, self.classes_[classes]
+
+    def impute(self, X: Any, y: Any = None, method: str = "sample") -> np.ndarray:
+        """``X`` with its NaN cells filled, given the class ``y`` of each row if known.
+
+        Without ``y`` the class is drawn from ``p(c | x_observed)`` (``"sample"``) or chosen
+        with the cells (``"mode"``, max-product); see
+        :meth:`~ugmm_prob.sklearn.density.UGMMCircuitDensity.impute`.
+        """
+        c = None if y is None else self.encode_labels(y)
+        if c is not None and method == "mode":
+            raise ValueError("impute: method='mode' chooses the class itself; pass y=None")
+        return self._complete(X, method, c)

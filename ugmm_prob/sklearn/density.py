@@ -1,0 +1,259 @@
+"""The density estimator :class:`UGMMCircuitDensity` (like ``GaussianMixture``), and the
+queries it shares with the circuit classifier: ``score_samples`` in the original units,
+exact marginals of rows with NaN cells, sampling, imputation, BIC and AIC."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ugmm_prob.circuits import UGMMCircuit, fit_em
+from ugmm_prob.sklearn.base import (
+    DensityMixin,
+    _require_sklearn,
+    _torch_device,
+    _TorchEstimator,
+    check_is_fitted,
+    count_free_parameters,
+)
+
+__all__ = ["UGMMCircuitDensity"]
+
+
+class _CircuitMixin:
+    """What the two circuit estimators share (``self.model_`` is a circuit): building and
+    training the circuit, and the queries of its density."""
+
+    # -- fitting ------------------------------------------------------------------------
+    def _circuit_options(self) -> dict[str, Any]:
+        depth = self.depth
+        if depth is not None:  # at most log2(D) splits: every leaf region needs a column
+            depth = min(int(depth), int(self.n_features_in_).bit_length() - 1)
+        return {
+            "depth": depth,
+            "repetitions": self.repetitions,
+            "channels": self.channels,
+            "components": self.components,
+            "scale_floor": self.scale_floor,
+        }
+
+    def _em(self, circuit, z, y, z_val, y_val, seed) -> list[dict[str, Any]]:
+        return fit_em(
+            circuit,
+            z,
+            y,
+            x_val=z_val,
+            y_val=y_val,
+            epochs=int(self.max_iter),
+            batch_size=int(self.batch_size),
+            step_size=float(self.step_size),
+            pseudo_count=float(self.pseudo_count),
+            seed=seed,
+            progress=bool(self.verbose),
+            keep_best="nll" if z_val is not None else None,
+            device=_torch_device(self.device),
+        )
+
+    def _record_history(self) -> None:
+        self.n_iter_ = len(self.history_)
+        self.best_iter_ = self.history_[-1].get("best_epoch") if self.history_ else None
+        self.n_parameters_ = count_free_parameters(self.model_)
+
+    # -- queries ------------------------------------------------------------------------
+    def _log_jacobian(self, mask: torch.Tensor | None, n: int) -> np.ndarray:
+        log_sd = np.log(self.scale_)
+        if mask is None:
+            return np.full(n, log_sd.sum())
+        return mask.cpu().numpy() @ log_sd
+
+    def _joint(self, X: np.ndarray) -> np.ndarray:
+        """``log p(x_obs, c)`` in the original units, ``(n, C)``."""
+        z, mask = self._to_z(X)
+        with torch.no_grad():
+            joint = self.model_.joint_log_prob(z, mask).cpu().numpy()
+        return joint - self._log_jacobian(mask, len(X))[:, None]
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """``log p(x)`` of each row in the units of ``X``, shape ``(n,)``; NaN cells are
+        marginalised exactly (the log-density of the observed cells)."""
+        check_is_fitted(self)
+        X = self._validate(X, reset=False, allow_nan=True)
+        joint = self._joint(X)
+        top = joint.max(axis=1, keepdims=True)
+        return (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
+
+    def _complete(self, X: Any, method: str, c: np.ndarray | None) -> np.ndarray:
+        check_is_fitted(self)
+        if method not in ("sample", "mode"):
+            raise ValueError(f"impute: method must be 'sample' or 'mode', got {method!r}")
+        X = self._validate(X, reset=False, allow_nan=True)
+        z, mask = self._to_z(X)
+        if mask is None:
+            return X.copy()
+        with self._rng(), torch.no_grad():
+            torch.manual_seed(self._seed())
+            if method == "mode":
+                filled = self.model_.mpe(z, mask)[0]
+            else:
+                classes = None if c is None else torch.as_tensor(c, device=z.device)
+                filled = self.model_.impute(z, mask, c=classes)
+        values = filled.cpu().numpy() * self.scale_ + self.mean_
+        return np.where(np.isnan(X), values, X)
+
+    def _draw(self, n_samples: int, c: Any) -> tuple[np.ndarray, np.ndarray]:
+        check_is_fitted(self)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
+            raise ValueError(f"sample: n_samples must be an int >= 1, got {n_samples!r}")
+        if n_samples < 1:
+            raise ValueError(f"sample: n_samples must be >= 1, got {n_samples}")
+        with self._rng(), torch.no_grad():
+            torch.manual_seed(self._seed())
+            z, classes = self.model_.sample(int(n_samples), c)
+        return z.cpu().numpy() * self.scale_ + self.mean_, classes.cpu().numpy()
+
+    def conditional_sample(self, X: Any, n_samples: int = 1) -> np.ndarray:
+        """``n_samples`` exact draws of the NaN cells of every row given its observed cells.
+
+        Returns an array ``(n_samples, n, n_features)``: ``draws[s]`` is ``X`` with its NaN
+        cells filled by the ``s``-th draw (observed cells unchanged).
+        """
+        check_is_fitted(self)
+        X = self._validate(X, reset=False, allow_nan=True)
+        if n_samples < 1:
+            raise ValueError(f"conditional_sample: n_samples must be >= 1, got {n_samples}")
+        repeated = np.tile(X, (int(n_samples), 1))
+        return self._complete(repeated, "sample", None).reshape(n_samples, *X.shape)
+
+    def _bic_aic(self, X: Any, penalty: float) -> float:
+        X = self._validate(X, reset=False, allow_nan=True)
+        log_likelihood = float(self.score_samples(X).sum())
+        return -2.0 * log_likelihood + penalty * self.n_parameters_
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion ``-2 log L + p log n`` of ``log p(x)`` on ``X``
+        (lower is better)."""
+        n = len(self._validate(X, reset=False, allow_nan=True))
+        return self._bic_aic(X, math.log(n))
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion ``-2 log L + 2 p`` of ``log p(x)`` on ``X`` (lower is
+        better)."""
+        return self._bic_aic(X, 2.0)
+
+
+class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
+    """A density estimator (like ``GaussianMixture``): the generative uGMM circuit.
+
+    ``fit(X)`` standardises the columns, builds a circuit on a region graph chosen for the
+    data (:meth:`UGMMCircuit.from_data`: correlated columns share regions; input units start
+    at training rows) and trains it by maximum likelihood with online EM
+    (:func:`~ugmm_prob.circuits.fit_em`).
+
+    Args:
+        depth: splits of each region-graph tree (at most ``log2(n_features)``, lowered to
+            that for narrow tables; ``None``: the circuit's default for the width).
+        repetitions: trees (repetitions) of the region graph.
+        channels: sum units per region (and input units per column).
+        components: Gaussian components of each input unit (a univariate mixture).
+        scale_floor: lower bound of every input scale, in standard deviations.
+        max_iter: EM epochs.
+        batch_size: rows per online-EM step.
+        step_size: online EM's step size.
+        pseudo_count: Dirichlet pseudo-count added to every expected count.
+        early_stopping: hold out ``validation_fraction`` of the rows (at least
+            10 rows needed) and keep the epoch with the best held-out log-likelihood.
+        validation_fraction: share of the rows held out for ``early_stopping``.
+        random_state: seed (int), ``RandomState`` or None, for the region graph, the
+            initialisation, the data order, the validation split and ``sample``/``impute``.
+        device: torch device (``"cpu"``, ``"cuda"``); default CPU.
+        verbose: show progress bars while training.
+
+    Attributes:
+        model_: the fitted :class:`~ugmm_prob.circuits.UGMMCircuit` (on standardised columns).
+        mean_, scale_: the standardisation (training rows' mean and standard deviation).
+        n_parameters_: free parameters
+            (:func:`~ugmm_prob.sklearn.base.count_free_parameters`), for ``bic``/``aic``.
+        history_: per-epoch metrics; n_iter_: epochs run; best_iter_: epoch kept (or None).
+        n_features_in_, feature_names_in_: as in scikit-learn.
+    """
+
+    _allow_nan = True
+
+    def __init__(
+        self,
+        *,
+        depth: int | None = 1,
+        repetitions: int = 8,
+        channels: int = 2,
+        components: int = 2,
+        scale_floor: float = 1e-2,
+        max_iter: int = 100,
+        batch_size: int = 256,
+        step_size: float = 0.1,
+        pseudo_count: float = 1e-2,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        random_state: Any = None,
+        device: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.depth = depth
+        self.repetitions = repetitions
+        self.channels = channels
+        self.components = components
+        self.scale_floor = scale_floor
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.step_size = step_size
+        self.pseudo_count = pseudo_count
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def fit(self, X: Any, y: Any = None) -> UGMMCircuitDensity:
+        """Fit the circuit to the rows of ``X`` (``y`` is ignored); returns ``self``."""
+        _require_sklearn()
+        X = self._validate(X, reset=True)
+        self._check_common()
+        (X,) = self._complete_rows(X)
+        self._standardise_fit(X)
+        seed = self._seed()
+        train, val = self._split(len(X), seed)
+        z = self._tensor((X - self.mean_) / self.scale_)
+        z_val = None if val is None else z[val]
+        with self._rng():
+            generator = torch.Generator().manual_seed(seed)
+            circuit = UGMMCircuit.from_data(
+                z[train].cpu(), seed=seed, generator=generator, **self._circuit_options()
+            )
+            circuit = circuit.to(torch.float64).to(z.device)
+            self.history_ = self._em(circuit, z[train], None, z_val, None, seed)
+        self.model_ = circuit.eval()
+        self._record_history()
+        return self
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean ``log p(x)`` per row (``y`` is ignored)."""
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Exact samples ``(X, y)``: ``X`` ``(n_samples, n_features)`` in the original units.
+
+        Like ``GaussianMixture.sample`` a pair is returned; ``y`` is all zeros (the circuit
+        is one density, not a flat mixture with a component label per sample). With an int
+        ``random_state`` every call returns the same draws.
+        """
+        return self._draw(n_samples, None)
+
+    def impute(self, X: Any, method: str = "sample") -> np.ndarray:
+        """``X`` with its NaN cells filled.
+
+        ``method="sample"``: one exact draw from ``p(x_missing | x_observed)``; ``"mode"``:
+        the max-product completion (:meth:`UGMMCircuit.mpe`). Observed cells are unchanged.
+        """
+        return self._complete(X, method, None)
