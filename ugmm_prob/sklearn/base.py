@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ugmm_prob.networks import model_class_path, resolve_model_class
+from ugmm_prob.checkpoints import model_class_path, resolve_model_class
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, DensityMixin
