@@ -21,20 +21,33 @@ tables to docs/performance.md (between ``speed-<part>`` markers).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 from _results import REPO, run_parts
+from generative import MaterialisedCircuit
 
+from ugmm_prob.circuits import UGMMCircuit
+from ugmm_prob.circuits.layers import region_products
 from ugmm_prob.experiments import EXPERIMENTS, load_data, train_experiment
 from ugmm_prob.kernels import coupled_log_density
-from ugmm_prob.networks import JointScoreModel
+from ugmm_prob.networks import JointScoreModel, MLPClassifier, UGMMClassifier
 from ugmm_prob.training.point import _make_optimizer, _PointEstimateTrainer
 from ugmm_prob.validation import validation_enabled
 
 PERFORMANCE_PAGE = REPO / "docs" / "performance.md"
+MNIST_CIRCUIT = {
+    "num_classes": 10,
+    "depth": 4,
+    "repetitions": 10,
+    "channels": 10,
+    "components": 2,
+    "scale_floor": 1e-2,
+}
+"""The MNIST-sized circuit of issue 15's measurements."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -202,7 +215,191 @@ def part_overhead(args: argparse.Namespace) -> tuple[list[dict], str]:
     return records, table
 
 
-PARTS = {"overhead": part_overhead}
+def _medians(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each step, alternating rounds of one call each."""
+    return {name: us / 1e6 for name, us in _median_us(steps, rounds, 1).items()}
+
+
+# ------------------------------------------------------------------------------------------
+# circuit
+# ------------------------------------------------------------------------------------------
+class PreviousCircuit(UGMMCircuit):
+    """The circuit as evaluated before the fused leaf regions (issue 15's "today"): input
+    units through the compiled tied-mixture kernel into a ``B x R x D x I`` tensor, leaf
+    regions by gathering it, every product layer's ``W^2`` log-values formed before its sum
+    layer."""
+
+    def _leaf_region_values(self, x, mask, mode):
+        return region_products(self.inputs.log_values(x, mask, mode), self.region_index)
+
+    def _internal_upward(self, h, mode="sum", probes=None, keep_products=False):
+        return super()._internal_upward(h, mode, probes, keep_products=True)
+
+
+def exp_per_second(rounds: int = 7) -> float:
+    """This machine's exponentials per second (float32, all threads, vectorised)."""
+    x = -torch.rand(1 << 24) * 20
+    out = torch.empty_like(x)
+    torch.exp(x, out=out)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        torch.exp(x, out=out)
+        times.append(time.perf_counter() - start)
+    return x.numel() / statistics.median(times)
+
+
+def _circuit_steps(batch: int) -> tuple[dict[str, Callable[[], None]], dict[str, UGMMCircuit]]:
+    kinds = {
+        "ugmm_prob": UGMMCircuit,
+        "previous": PreviousCircuit,
+        "straightforward": MaterialisedCircuit,
+    }
+    steps, circuits = {}, {}
+    x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(2))
+    for name, kind in kinds.items():
+        torch.manual_seed(0)  # the same parameters for every implementation
+        circuit = kind(784, **MNIST_CIRCUIT)
+        optimiser = torch.optim.Adam(circuit.parameters(), lr=1e-3)
+
+        def train(circuit=circuit, optimiser=optimiser):
+            optimiser.zero_grad()
+            circuit.training_loss(x, y).backward()
+            optimiser.step()
+
+        def score(circuit=circuit):
+            with torch.no_grad():
+                circuit.log_prob(x)
+
+        steps[f"train {name}"], steps[f"log_prob {name}"] = train, score
+        circuits[name] = circuit
+    return steps, circuits
+
+
+def part_circuit(args: argparse.Namespace) -> tuple[list[dict], str]:
+    batch = 128
+    steps, circuits = _circuit_steps(batch)
+    probe = torch.rand(batch, 784, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = circuits["straightforward"].log_prob(probe)
+        agreement = max(
+            float((circuits[name].log_prob(probe) - reference).abs().max())
+            for name in ("ugmm_prob", "previous")
+        )
+    ms = {name: 1000 * t for name, t in _medians(steps, args.rounds).items()}
+    exps = exp_per_second()
+    units = batch * MNIST_CIRCUIT["repetitions"] * 784 * MNIST_CIRCUIT["channels"]
+    # K = 2 components: one exponential per unit forward, one more for the backward pass
+    floors = {"log_prob": 1000 * units / exps, "train": 1000 * 2 * units / exps}
+    rows, records = [], []
+    for operation, label in (("train", "train step"), ("log_prob", "`log_prob`")):
+        new, old = ms[f"{operation} ugmm_prob"], ms[f"{operation} previous"]
+        plain = ms[f"{operation} straightforward"]
+        rows.append(
+            f"| {label} | **{new:.1f}** ({batch / new * 1000:,.0f}/s) | {old:.1f} "
+            f"({batch / old * 1000:,.0f}/s) | {plain:.1f} ({batch / plain * 1000:,.0f}/s) | "
+            f"**{old / new:.1f}x** | {plain / new:.1f}x | {floors[operation]:.1f} "
+            f"({new / floors[operation]:.0f}x above) |"
+        )
+        records += [
+            {
+                "experiment": f"speed-circuit-{operation}",
+                "metric": "images_per_second",
+                "value": round(batch / new * 1000),
+                "paper": None,
+            },
+            {
+                "experiment": f"speed-circuit-{operation}",
+                "metric": "speedup_vs_previous",
+                "value": round(old / new, 2),
+                "paper": None,
+            },
+        ]
+    table = "\n".join(
+        [
+            "### The MNIST circuit: train step and `log_prob`",
+            "",
+            f"Command: `python benchmarks/speed.py --parts circuit --rounds {args.rounds}`; "
+            f"784 variables, 10 classes, depth 4, 10 repetitions, 10 channels, K = 2, batch "
+            f"{batch}, float32; medians of {args.rounds} alternating rounds in one process. "
+            "*ugmm_prob*: fused leaf regions (C++) and sums of never-formed products; "
+            "*previous*: the compiled input layer, a gathered `B x R x D x I` tensor and "
+            "formed products (the code before issue 15); *straightforward*: "
+            "`MixtureSameFamily` inputs, per-region gathers and broadcast sums "
+            "(`benchmarks/generative.py`). All three give the same `log_prob` (largest "
+            f"difference {agreement:.1e} nats on values near "
+            f"{float(reference.abs().mean()):,.0f}). Floor: one exponential per input unit and "
+            f"example forward (two with the backward pass) at this machine's measured "
+            f"{exps / 1e9:.2f} G exponentials/s.",
+            "",
+            "| operation | ugmm_prob ms (images/s) | previous ms | straightforward ms | vs "
+            "previous | vs straightforward | exp floor ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
+    return records, table
+
+
+# ------------------------------------------------------------------------------------------
+# classifier
+# ------------------------------------------------------------------------------------------
+def part_classifier(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """The paper's MNIST uGMM-NN train step against an MLP of the same widths."""
+    batch, widths = 128, (784, 128, 64, 10)
+    x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(2))
+    steps = {}
+    for name, model in (
+        ("uGMM-NN", UGMMClassifier(784, widths[1:-1], 10)),
+        ("MLP", MLPClassifier(784, widths[1:-1], 10, dropout=0.0)),
+    ):
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def train(model=model, optimiser=optimiser):
+            optimiser.zero_grad()
+            model.training_loss(x, y).backward()
+            optimiser.step()
+
+        steps[name] = train
+    ms = {name: 1000 * t for name, t in _medians(steps, args.rounds).items()}
+    elements = batch * sum(a * b for a, b in itertools.pairwise(widths))
+    # forward, the batch reductions and the input reduction each evaluate every exponential
+    floor = 1000 * 3 * elements / exp_per_second()
+    ratio = ms["uGMM-NN"] / ms["MLP"]
+    table = "\n".join(
+        [
+            "### The paper's MNIST uGMM-NN against an MLP of the same widths",
+            "",
+            f"Command: `python benchmarks/speed.py --parts classifier --rounds {args.rounds}`; "
+            f"784-128-64-10, batch {batch}, Adam, float32; medians of alternating rounds. "
+            "Floor: three exponentials per (example, neuron, input) at the measured rate.",
+            "",
+            "| model | train step ms | images/s | exp floor ms |",
+            "|---|---:|---:|---:|",
+            f"| uGMM-NN (`UGMMClassifier`) | {ms['uGMM-NN']:.1f} | "
+            f"{batch / ms['uGMM-NN'] * 1000:,.0f} | {floor:.1f} |",
+            f"| MLP (`MLPClassifier`, ReLU) | {ms['MLP']:.2f} | "
+            f"{batch / ms['MLP'] * 1000:,.0f} | |",
+            "",
+            f"A uGMM-NN step costs {ratio:.0f} MLP steps of the same shape: each of its "
+            f"{elements // batch:,} (neuron, input) pairs is a two-component mixture evaluated "
+            "with exponentials where the MLP multiplies and adds.",
+        ]
+    )
+    records = [
+        {
+            "experiment": "speed-classifier",
+            "metric": "ugmm_over_mlp_step",
+            "value": round(ratio, 1),
+            "paper": None,
+        }
+    ]
+    return records, table
+
+
+PARTS = {"overhead": part_overhead, "circuit": part_circuit, "classifier": part_classifier}
 """The parts of this script by name, each ``(args) -> (records, markdown)``."""
 
 
