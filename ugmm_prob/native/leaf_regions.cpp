@@ -23,6 +23,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -44,9 +45,12 @@ template <typename T>
 inline void exponents(const Units<T>& u, int64_t offset, Vectorized<T> x, Vectorized<T>* z,
                       Vectorized<T>* t) {
   const Vectorized<T> half(T(0.5));
+  // t^2 may overflow (x far out): the lowest finite exponent instead of -inf keeps the
+  // differences of exponents finite (no inf - inf), and sums of them still reach -inf
+  const Vectorized<T> lowest(std::numeric_limits<T>::lowest());
   for (int64_t k = 0; k < u.components; ++k) {
     t[k] = (x - Vectorized<T>(u.mu[offset + k])) * Vectorized<T>(u.rs[offset + k]);
-    z[k] = Vectorized<T>(u.w[offset + k]) - half * t[k] * t[k];
+    z[k] = at::vec::maximum(Vectorized<T>(u.w[offset + k]) - half * t[k] * t[k], lowest);
   }
 }
 
