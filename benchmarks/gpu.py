@@ -23,6 +23,7 @@ status is 1 when a correctness check fails.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -184,6 +185,14 @@ def median_ms(steps: dict[str, Callable[[], object]], device: torch.device, roun
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def plain_formula(x, loc, scale, logits):
+    """The layer's log-density written as plain tensor operations (what ``torch.compile``
+    can trace whole): ``logsumexp_k(log pi - log sigma - log sqrt(2 pi) - t^2 / 2)``."""
+    t = (x[..., None, :] - loc) / scale
+    log_terms = torch.log_softmax(logits, -1) - torch.log(scale) - 0.5 * t * t
+    return torch.logsumexp(log_terms, -1) - 0.5 * math.log(2 * math.pi)
+
+
 def kernel_steps(device: torch.device, quick: bool) -> dict[str, Callable[[], object]]:
     batch, inputs, neurons = (16, 32, 16) if quick else (128, 784, 128)
     g = torch.Generator().manual_seed(0)
@@ -194,13 +203,13 @@ def kernel_steps(device: torch.device, quick: bool) -> dict[str, Callable[[], ob
         torch.randn(neurons, inputs, generator=g),
     ]
     params = [p.to(device).requires_grad_() for p in params]
-    compiled = torch.compile(reference_log_density, fullgraph=True)
+    compiled = torch.compile(plain_formula, fullgraph=True)
 
     def step(function):
         return lambda: function(x, *params).sum().backward()
 
     return {
-        "plain formula": step(reference_log_density),
+        "plain formula": step(plain_formula),
         "torch.compile(plain formula)": step(compiled),
         "ugmm_prob kernel": step(coupled_log_density),
     }
