@@ -4,7 +4,8 @@ Compared at batch 128, N = 784 inputs, J = 128 neurons, float32, on the CPU:
 
 (a) ``naive``: the plain broadcast formula as the paper's code writes it (materialises
     ``batch x J x N`` tensors, autograd keeps them for backward);
-(b) ``eager`` and ``compiled``: :func:`ugmm_prob.kernels.coupled_log_density` with each backend;
+(b) ``eager``, ``compiled`` and ``native``: :func:`ugmm_prob.kernels.coupled_log_density` with
+    each backend (``native`` is the hand-written C++ kernel that ``"auto"`` uses on CPU);
 (c) ``linear_relu``: ``nn.Linear`` + ReLU of the same shape, for scale.
 
 Timings alternate between the methods round by round (so drifts in machine load hit all of
@@ -32,7 +33,8 @@ from _results import MEMORY_CHILD_ENV, machine, step_peak_mib
 
 from ugmm_prob.kernels import coupled_log_density
 
-METHODS = ("naive", "eager", "compiled", "linear_relu")
+METHODS = ("naive", "eager", "compiled", "native", "linear_relu")
+BACKENDS = ("eager", "compiled", "native")
 
 
 def naive_layer(x, loc, scale, logits):
@@ -148,13 +150,13 @@ def main() -> None:
     for m in METHODS:
         mem = "n/a" if memory[m] is None else f"{memory[m]:.1f}"
         print(f"{m:<12} {medians[m]:>10.2f} {mem:>15}")
-    speedup = {b: medians["naive"] / medians[b] for b in ("eager", "compiled")}
-    vs_linear = {b: medians[b] / medians["linear_relu"] for b in ("eager", "compiled")}
+    speedup = {b: medians["naive"] / medians[b] for b in BACKENDS}
+    vs_linear = {b: medians[b] / medians["linear_relu"] for b in BACKENDS}
     memory_ratio = {
         b: (memory[b] / memory["naive"]) if memory[b] is not None and memory["naive"] else None
-        for b in ("eager", "compiled")
+        for b in BACKENDS
     }
-    for b in ("eager", "compiled"):
+    for b in BACKENDS:
         ratio = "n/a" if memory_ratio[b] is None else f"{memory_ratio[b]:.3f}"
         print(
             f"a/b ({b}): {speedup[b]:.1f}x faster than naive;  b/c: {vs_linear[b]:.1f}x the "

@@ -173,6 +173,78 @@ def test_stress_inputs_up_to_1e4(dtype, where):
         assert torch.isfinite(grad).all()
 
 
+NATIVE = pytest.param(
+    "native",
+    marks=pytest.mark.skipif(
+        not kernels.native_coupled_usable(torch.zeros(1)), reason="native kernel not built"
+    ),
+)
+
+
+@pytest.mark.parametrize("backend", ["eager", NATIVE])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (10, 5), (17, 19), (4, 40)])
+def test_backends_match_plain_formula_and_its_gradients(backend, dtype, shape):
+    """Values and all four gradients against autograd of the term-by-term formula, for
+    layers narrower and wider than a SIMD vector, with a dropped component."""
+    out_features, in_features = shape
+    loc, scale, logits = _params(out_features, in_features, seed=5)
+    if in_features > 1:
+        logits[0, 0] = -math.inf
+    x = torch.randn(23, in_features, dtype=torch.float64)
+    upstream = torch.randn(23, out_features, dtype=torch.float64)
+    args = [t.to(dtype).requires_grad_() for t in (x, loc, scale, logits)]
+    got = coupled_log_density(*args, backend=backend)
+    got_grads = torch.autograd.grad((got * upstream.to(dtype)).sum(), args)
+    reference = [t.clone().requires_grad_() for t in (x, loc, scale, logits)]
+    want = _plain(*reference)
+    want_grads = torch.autograd.grad((want * upstream).sum(), reference)
+    tolerance = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {}
+    torch.testing.assert_close(got.double(), want, **(tolerance or {"rtol": 1e-5, "atol": 1e-5}))
+    for g, w in zip(got_grads, want_grads, strict=True):
+        w = w.nan_to_num(0.0)  # the plain formula's gradient of a -inf logit is NaN
+        torch.testing.assert_close(g.double(), w, **(tolerance or {"rtol": 1e-4, "atol": 1e-4}))
+    if in_features > 1:
+        assert got_grads[3][0, 0] == 0 and got_grads[1][0, 0] == 0
+
+
+@pytest.mark.parametrize("backend", ["eager", NATIVE])
+def test_backend_gradcheck(backend):
+    loc, scale, logits = _params(3, 11, seed=2)
+    x = torch.randn(6, 11, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, loc, scale, logits)]
+    assert torch.autograd.gradcheck(
+        lambda *a: coupled_log_density(*a, backend=backend), args, eps=1e-6, atol=1e-7
+    )
+
+
+def test_native_backend_is_one_autograd_node_saving_no_large_tensor():
+    if not kernels.native_coupled_usable(torch.zeros(1)):
+        pytest.skip("native kernel not built")
+    batch, out_features, in_features = 64, 32, 48
+    loc, scale, logits = (p.float().requires_grad_() for p in _params(out_features, in_features))
+    x = torch.randn(batch, in_features, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.numel()) or t, lambda t: t
+    ):
+        out = coupled_log_density(x, loc, scale, logits, backend="native")
+    (node, _), *_ = out.grad_fn.next_functions  # past the reshape to the batch shape
+    assert type(node).__name__ == "_NativeCoupledLogDensityBackward"
+    assert sum(saved) == batch * (in_features + out_features) + 3 * out_features * in_features
+
+
+def test_auto_uses_eager_without_the_native_kernel_and_native_says_why(monkeypatch):
+    monkeypatch.setattr(kernels, "_coupled_extension", lambda: None)
+    loc, scale, logits = _params(3, 4)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(
+        coupled_log_density(x, loc, scale, logits), _plain(x, loc, scale, logits)
+    )
+    with pytest.raises(RuntimeError, match="backend='native' needs"):
+        coupled_log_density(x, loc, scale, logits, backend="native")
+
+
 def test_empty_batch():
     loc, scale, logits = _params(3, 4)
     assert coupled_log_density(
@@ -203,6 +275,7 @@ def test_auto_falls_back_to_eager_when_compilation_fails(monkeypatch):
         raise RuntimeError("no compiler here")
 
     fake = kernels._Runner("compiled", broken, broken, broken, blocked=False)
+    monkeypatch.setattr(kernels, "_coupled_extension", lambda: None)  # as on a GPU
     monkeypatch.setattr(kernels, "_compiled_runner", lambda: fake)
     monkeypatch.setattr(kernels, "compiled_backend_available", lambda device_type: True)
     monkeypatch.setattr(kernels, "AUTO_COMPILE_MIN_ELEMENTS", 0)
@@ -257,6 +330,7 @@ def test_explicit_compiled_backend_does_not_hide_failures(monkeypatch):
         raise RuntimeError("no compiler here")
 
     fake = kernels._Runner("compiled", broken, broken, broken, blocked=False)
+    monkeypatch.setattr(kernels, "_coupled_extension", lambda: None)  # as on a GPU
     monkeypatch.setattr(kernels, "_compiled_runner", lambda: fake)
     monkeypatch.setattr(kernels, "compiled_backend_available", lambda device_type: True)
     with pytest.raises(RuntimeError, match="no compiler here"):

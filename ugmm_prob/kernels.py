@@ -26,8 +26,16 @@ The per-block functions below are the single definition of the arithmetic. Two b
 them: ``"eager"`` (plain PyTorch, in batch blocks whose size bounds peak memory; always
 available, any device) and ``"compiled"`` (the same functions through ``torch.compile``, which
 fuses each into one loop that never writes a ``batch x J x N`` tensor; C++/OpenMP on CPU,
-Triton on CUDA). ``"auto"`` picks the compiled backend for large layers when it can be used,
-and falls back to eager, once and with a warning, if compilation fails.
+Triton on CUDA). A third, ``"native"``, is the same arithmetic written once more by hand in
+C++ (``ugmm_prob/native/coupled_layer.cpp``: one call forward, one backward) for CPU tensors:
+small and medium layers there cost the eager backend's dozens of tensor operations per call
+rather than exponentials. ``"auto"`` picks native on CPU when the extension is built, else
+the compiled backend for large layers when it can be used, and falls back to eager, once and
+with a warning, if compilation fails. The tests hold every backend to the plain formula.
+
+This module stays one file past 400 lines because its sections share the arithmetic's
+constants and dispatch rules: the layer kernel, the tied input units and the fused leaf
+regions of the circuit are the library's numerical core and nothing else lives here.
 """
 
 from __future__ import annotations
@@ -47,13 +55,15 @@ __all__ = [
     "Backend",
     "compiled_backend_available",
     "coupled_log_density",
+    "native_coupled_usable",
     "native_leaf_regions_usable",
     "tied_leaf_region_log_density",
     "tied_mixture_log_density",
 ]
 
-Backend = Literal["auto", "eager", "compiled"]
-"""Kernel backends: ``"auto"`` (compiled for large layers when available), eager, compiled."""
+Backend = Literal["auto", "eager", "compiled", "native"]
+"""Kernel backends: ``"auto"`` (native on CPU, else compiled for large layers when available),
+eager, compiled, native (hand-written C++, CPU)."""
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -243,8 +253,10 @@ def _use_compiled(backend: str, device: torch.device, dtype: torch.dtype, work: 
                 "backend='auto' or 'eager'"
             )
         return True
-    if backend != "auto":
-        raise ValueError(f"backend must be 'auto', 'eager' or 'compiled', got {backend!r}")
+    if backend not in ("auto", "native"):
+        raise ValueError(
+            f"backend must be 'auto', 'eager', 'compiled' or 'native', got {backend!r}"
+        )
     return (
         work >= AUTO_COMPILE_MIN_ELEMENTS
         and (device.type, dtype) not in _COMPILE_FAILED
@@ -333,6 +345,55 @@ class _CoupledLogDensity(torch.autograd.Function):
         return grad_x, grad_loc, grad_rscale, grad_weights, None
 
 
+def _coupled_extension():
+    from .native import load
+
+    return load("coupled_layer", ("coupled_forward", "coupled_backward"))
+
+
+def native_coupled_usable(x: torch.Tensor) -> bool:
+    """Whether the hand-written C++ layer kernel can run for ``x``: CPU, float32/float64,
+    not inside ``torch.compile``, and the extension built (see :mod:`ugmm_prob.native`)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in SUPPORTED_DTYPES
+        and not torch.compiler.is_compiling()
+        and _coupled_extension() is not None
+    )
+
+
+class _NativeCoupledLogDensity(torch.autograd.Function):
+    """Autograd for the C++ layer kernel: one node for the whole layer (the log-softmax of
+    the logits and the scale terms are computed inside); saves the inputs and the output."""
+
+    @staticmethod
+    def forward(ctx, x, loc, scale, logits):  # type: ignore[override]
+        out = _coupled_extension().coupled_forward(x, loc, scale, logits)
+        ctx.save_for_backward(x, loc, scale, logits, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        need_x, *need_parameters = ctx.needs_input_grad
+        return tuple(
+            _coupled_extension().coupled_backward(
+                grad, *ctx.saved_tensors, need_x, any(need_parameters)
+            )
+        )
+
+
+def _use_native(backend: str, x: torch.Tensor) -> bool:
+    if backend == "native":
+        if not native_coupled_usable(x):
+            raise RuntimeError(
+                "backend='native' needs float32/float64 CPU tensors and the C++ extension "
+                f"(got {x.dtype} on {x.device}; see ugmm_prob.native); use backend='auto'"
+            )
+        return True
+    return backend == "auto" and native_coupled_usable(x)
+
+
 def check_kernel_inputs(
     x: torch.Tensor,
     loc: torch.Tensor,
@@ -399,7 +460,8 @@ def coupled_log_density(
         scale: standard deviations ``sigma > 0``, shape ``(J, N)``.
         logits: mixing logits ``l`` (``pi = softmax(l, -1)``), shape ``(J, N)``; ``-inf``
             drops a component.
-        backend: ``"eager"``, ``"compiled"`` (``torch.compile``-fused) or ``"auto"``.
+        backend: ``"eager"``, ``"compiled"`` (``torch.compile``-fused), ``"native"``
+            (hand-written C++, CPU) or ``"auto"``.
 
     Returns:
         Activations of shape ``(..., J)``.
@@ -407,13 +469,21 @@ def coupled_log_density(
     check_kernel_inputs(x, loc, scale, logits)
     out_features, in_features = loc.shape
     batch_shape = x.shape[:-1]
-    log_weights = torch.log_softmax(logits, dim=-1) - torch.log(scale) - LOG_SQRT_2PI
     flat = x.reshape(-1, in_features)
     if flat.shape[0] == 0:
         return x.new_empty(*batch_shape, out_features)
-    out = _CoupledLogDensity.apply(
-        flat.contiguous(), loc.contiguous(), scale.reciprocal(), log_weights.contiguous(), backend
-    )
+    if _use_native(backend, flat):
+        parameters = (loc.contiguous(), scale.contiguous(), logits.contiguous())
+        out = _NativeCoupledLogDensity.apply(flat.contiguous(), *parameters)
+    else:
+        log_weights = torch.log_softmax(logits, dim=-1) - torch.log(scale) - LOG_SQRT_2PI
+        out = _CoupledLogDensity.apply(
+            flat.contiguous(),
+            loc.contiguous(),
+            scale.reciprocal(),
+            log_weights.contiguous(),
+            backend,
+        )
     return out.reshape(*batch_shape, out_features)
 
 

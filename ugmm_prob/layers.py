@@ -9,6 +9,7 @@ as one ``MixtureSameFamily`` through :attr:`UGMMLayer.mixture`.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 from typing import Any
@@ -64,6 +65,14 @@ def rename_pyro_module(module: PyroModule, name: str) -> None:
             rename_pyro_module(child, f"{name}.{key}")
 
 
+@functools.lru_cache(maxsize=1024)
+def _transform_to(constraint: constraints.Constraint) -> torch.distributions.Transform:
+    """``transform_to(constraint)``, built once per constraint object: the transforms it
+    returns keep no state (no cache), and building one costs more than applying it to a
+    small parameter."""
+    return transform_to(constraint)
+
+
 def parameter_value(module: PyroModule, name: str) -> torch.Tensor:
     """``getattr(module, name)`` for a parameter of a ``PyroModule``, cheaply when it can be.
 
@@ -86,7 +95,7 @@ def parameter_value(module: PyroModule, name: str) -> torch.Tensor:
         fullname = f"{prefix}.{name}" if prefix else name
         store = pyro.get_param_store()
         if tensor is not None and store._params.get(fullname) is tensor:
-            return transform_to(store._constraints[fullname])(tensor)
+            return _transform_to(store._constraints[fullname])(tensor)
     return getattr(module, name)
 
 
@@ -170,7 +179,7 @@ class UGMMLayer(FreshPyroNameOnCopy, PyroModule):
         dropout: component-dropout probability in training mode (see
             :func:`component_dropout`).
         scale_floor: lower bound on every ``sigma``, so variances cannot collapse.
-        backend: kernel backend, ``"auto"``, ``"eager"`` or ``"compiled"``.
+        backend: kernel backend, ``"auto"``, ``"eager"``, ``"compiled"`` or ``"native"``.
         device, dtype: where and in which floating type the parameters live.
         name: prefix of the layer's Pyro parameter names (``"{name}.loc"`` etc.); by default
             a fresh one per instance (see :func:`unique_pyro_name`). Layers inside a
