@@ -357,6 +357,11 @@ def _mnist_split(args: argparse.Namespace, inputs: str) -> dict[str, torch.Tenso
     }
 
 
+def _metrics_path(args: argparse.Namespace, name: str) -> pathlib.Path | None:
+    """Where a run's per-epoch metrics go (``--metrics-dir``), to follow a long run."""
+    return pathlib.Path(args.metrics_dir) / f"{name}.jsonl" if args.metrics_dir else None
+
+
 _EM_FITS: dict[str, tuple] = {}
 """EM circuits fitted in this process (``mnist-hybrid`` starts from the ``mnist-em`` one)."""
 
@@ -396,6 +401,7 @@ def _em_circuit(args: argparse.Namespace, inputs: str):
         device=args.device,
         keep_best="nll",
         progress=sys.stderr.isatty(),
+        metrics_path=_metrics_path(args, f"em-{inputs}"),
     )
     circuit.cpu()
     _EM_FITS[inputs] = (circuit, history, (time.perf_counter() - started) / 60, split)
@@ -445,12 +451,12 @@ def _protocol(args: argparse.Namespace) -> str:
     )
 
 
-def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], str]:
+def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], dict[str, str]]:
     """Maximum likelihood by online EM, one circuit per class; epoch kept by validation
     ``-log p(x, y)``. ``gaussian``: uGMM inputs on logit-space pixels (bits/dim on the
     dequantised pixels with the exact Jacobian); ``categorical``: 256-value inputs on the
     8-bit pixels (discrete bits/dim, comparable with published discrete circuits)."""
-    records, lines, figures = [], [], ""
+    records, tables = [], {}
     for inputs in args.em_inputs:
         circuit, history, minutes, split = _em_circuit(args, inputs)
         bpd, accuracy = _test_scores(args, circuit, split, inputs)
@@ -466,31 +472,27 @@ def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], str]:
             flush=True,
         )
         space = "logit-space pixels" if inputs == "gaussian" else "8-bit pixels, discrete"
-        lines.append(
-            f"| quad-tree circuit, {inputs} inputs ({space}), one circuit per class, online EM "
-            f"| {sum(p.numel() for p in circuit.parameters()):,} | **{bpd:.3f}** | "
-            f"{100 * accuracy:.2f}% | {args.epochs} epochs ({kept} kept), {minutes:.1f} min; "
-            f"validation bits/dim (their own space) / accuracy per epoch: {curve} |"
+        table = "\n".join(
+            [
+                f"### MNIST by EM (maximum likelihood), {inputs} inputs",
+                "",
+                f"Command: `python benchmarks/generative.py --parts mnist-em --epochs "
+                f"{args.epochs} --em-repetitions {args.em_repetitions} --em-channels "
+                f"{args.em_channels} --em-inputs {inputs}`; {_protocol(args)}",
+                "",
+                "| model | parameters | bits/dim | accuracy argmax p(c\\|x) | training |",
+                "|---|---:|---:|---:|---|",
+                f"| quad-tree circuit, {inputs} inputs ({space}), one circuit per class, "
+                f"online EM | {sum(p.numel() for p in circuit.parameters()):,} | **{bpd:.3f}** | "
+                f"{100 * accuracy:.2f}% | {args.epochs} epochs ({kept} kept), {minutes:.1f} min; "
+                f"validation bits/dim (their own space) / accuracy per epoch: {curve} |",
+            ]
         )
         if inputs == "gaussian":
-            figures = _figures(args, circuit, split)
-    table = "\n".join(
-        [
-            "### MNIST by EM (maximum likelihood)",
-            "",
-            f"Command: `python benchmarks/generative.py --parts mnist-em --epochs {args.epochs} "
-            f"--em-repetitions {args.em_repetitions} --em-channels {args.em_channels} "
-            f"--em-inputs {' '.join(args.em_inputs)}`; {_protocol(args)}",
-            "",
-            "| model | parameters | bits/dim | accuracy argmax p(c\\|x) | training |",
-            "|---|---:|---:|---:|---|",
-            *lines,
-            "",
-            figures,
-        ]
-    )
-    print(table, flush=True)
-    return records, table
+            table += "\n\n" + _figures(args, circuit, split)
+        print(table, flush=True)
+        tables[f"mnist-em-{inputs}"] = table
+    return records, tables
 
 
 def part_mnist_hybrid(args: argparse.Namespace) -> tuple[list[dict], str]:
@@ -517,6 +519,7 @@ def part_mnist_hybrid(args: argparse.Namespace) -> tuple[list[dict], str]:
             device=args.device,
             keep_best="class_nll",
             progress=sys.stderr.isatty(),
+            metrics_path=_metrics_path(args, f"hybrid-{weight}"),
         )
         tuned.cpu()
         best = min(history, key=lambda row: row["class_nll"])
@@ -571,15 +574,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10, help="MNIST EM epochs")
     parser.add_argument("--lr", type=float, default=3e-3, help="mnist-hybrid: Adam")
-    parser.add_argument("--hybrid-weights", type=float, nargs="+", default=[0.1, 0.5])
-    parser.add_argument("--hybrid-epochs", type=int, default=3)
+    parser.add_argument("--hybrid-weights", type=float, nargs="+", default=[0.01, 0.1, 0.5])
+    parser.add_argument("--hybrid-epochs", type=int, default=10)
     parser.add_argument("--alpha", type=float, default=1e-6, help="logit-space margin")
     parser.add_argument("--mnist-dir", default=None)
     parser.add_argument("--train-rows", type=int, default=None, help="MNIST: first N images")
     parser.add_argument("--device", default=None, help="MNIST training device, e.g. cuda")
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     parser.add_argument("--val-rows", type=int, default=5000, help="mnist-em: held out")
-    parser.add_argument("--em-repetitions", type=int, default=30)
+    parser.add_argument("--em-repetitions", type=int, default=10)
     parser.add_argument("--em-channels", type=int, default=10)
     parser.add_argument("--em-step-size", type=float, default=0.1)
     parser.add_argument(
@@ -588,6 +591,7 @@ def main() -> None:
         default=["gaussian", "categorical"],
         choices=["gaussian", "categorical"],
     )
+    parser.add_argument("--metrics-dir", default=None, help="per-epoch metrics, JSON lines")
     parser.add_argument("--measure-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_memory:
@@ -607,7 +611,7 @@ def main() -> None:
             "mnist-hybrid": part_mnist_hybrid,
         }[part](args)
         records += new
-        tables[part] = table
+        tables.update(table if isinstance(table, dict) else {part: table})
     if args.no_write:
         print("nothing written (--no-write)", flush=True)
         return
