@@ -265,11 +265,11 @@ def _selected_model_note(model: torch.nn.Module, history: list[dict], out: pathl
 
 def _evaluate(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
-    name = args.data or ("iris" if state.model.input_size == 4 else "mnist")
+    name = args.data or ("iris" if state.model.in_features == 4 else "mnist")
     data = load_data(name, mnist_root=args.mnist_dir)
-    if state.model.input_size not in (None, data.x_test[0].numel()):
+    if state.model.in_features not in (None, data.x_test[0].numel()):
         raise UsageError(
-            f"{args.checkpoint} holds a model of {state.model.input_size} inputs; the {name} "
+            f"{args.checkpoint} holds a model of {state.model.in_features} inputs; the {name} "
             f"test split has {data.x_test[0].numel()} (choose the data set with --data)"
         )
     metrics = evaluate(state.model, data.x_test, data.y_test)

@@ -28,6 +28,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam, pyro_method
 
+from .._deprecation import accepts_old_spellings
 from ..boundary import to_tensor
 from ..datasets import check_classification_data
 from ..networks import constructor_config
@@ -88,7 +89,7 @@ class UGMMCircuit(DensityModel):
     """A probabilistic circuit over ``D`` variables (and a class), normalised by construction.
 
     Args:
-        num_vars: number of variables ``D``.
+        in_features: number of variables ``D``.
         num_classes: number of classes ``C`` (1 for a plain density model).
         graph: the region graph (a :class:`~ugmm_prob.circuits.region_graphs.RegionGraph`
             or its ``to_config()`` dict); default: :func:`random_binary_trees` with
@@ -115,11 +116,14 @@ class UGMMCircuit(DensityModel):
         seed: seed of the default region graph (not of the parameters).
     """
 
+    @accepts_old_spellings(
+        renamed={"num_vars": "in_features"}, formerly_positional=("num_classes",)
+    )
     def __init__(
         self,
-        num_vars: int,
-        num_classes: int = 1,
+        in_features: int,
         *,
+        num_classes: int = 1,
         graph: RegionGraph | dict[str, Any] | None = None,
         depth: int | None = None,
         repetitions: int = 4,
@@ -149,14 +153,17 @@ class UGMMCircuit(DensityModel):
         if isinstance(graph, dict):
             graph = RegionGraph.from_config(graph)
         if graph is None:
-            depth = default_depth(num_vars) if depth is None else depth
-            graph = random_binary_trees(num_vars, depth=depth, repetitions=repetitions, seed=seed)
-        if graph.num_vars != num_vars:
+            depth = default_depth(in_features) if depth is None else depth
+            graph = random_binary_trees(
+                in_features, depth=depth, repetitions=repetitions, seed=seed
+            )
+        if graph.in_features != in_features:
             raise ValueError(
-                f"UGMMCircuit: the region graph covers {graph.num_vars} variables, not {num_vars}"
+                f"UGMMCircuit: the region graph covers {graph.in_features} variables, not "
+                f"{in_features}"
             )
         self.graph = graph
-        self.num_vars, self.num_classes = num_vars, num_classes
+        self.in_features, self.num_classes = in_features, num_classes
         self.likelihood_weight = likelihood_weight
         self.config = {
             **config,
@@ -175,7 +182,7 @@ class UGMMCircuit(DensityModel):
             options: dict[str, Any] = {"components": components, "scale_floor": scale_floor}
         else:
             options = {"num_values": num_values}
-        self.inputs: InputLayer = INPUT_TYPES[inputs](num_vars, reps, input_channels, **options)
+        self.inputs: InputLayer = INPUT_TYPES[inputs](in_features, reps, input_channels, **options)
         widths = [input_channels] + [channels] * max(graph.depth - 1, 0)
         self.products = torch.nn.ModuleList([ProductLayer(w) for w in widths[: graph.depth]])
         self.sums = PyroModule[torch.nn.ModuleList](
@@ -226,7 +233,7 @@ class UGMMCircuit(DensityModel):
         patches of neighbouring pixels. ``options`` go to the constructor."""
         depth = default_depth(height * width) if depth is None else depth
         graph = quad_tree(height, width, depth=depth, repetitions=repetitions, seed=seed)
-        return cls(height * width, num_classes, graph=graph, seed=seed, **options)
+        return cls(height * width, num_classes=num_classes, graph=graph, seed=seed, **options)
 
     @classmethod
     def from_data(
@@ -253,7 +260,7 @@ class UGMMCircuit(DensityModel):
             num_classes = 1 if y is None else int(torch.as_tensor(y).max()) + 1
         depth = default_depth(x.shape[-1]) if depth is None else depth
         graph = data_driven_tree(x, depth=depth, repetitions=repetitions, seed=seed)
-        circuit = cls(x.shape[-1], num_classes, graph=graph, seed=seed, **options)
+        circuit = cls(x.shape[-1], num_classes=num_classes, graph=graph, seed=seed, **options)
         circuit.init_from_data(x.to(circuit.class_logits.dtype), y, generator=generator)
         return circuit
 
@@ -270,7 +277,7 @@ class UGMMCircuit(DensityModel):
         x = self._check_data(x, "init_leaves_from_data")
         shape = (*self._unit_shape(), self.inputs.examples_per_unit)
         rows = torch.randint(0, len(x), shape, generator=generator).to(x.device)
-        variables = torch.arange(self.num_vars, device=x.device)[None, :, None, None]
+        variables = torch.arange(self.in_features, device=x.device)[None, :, None, None]
         self.inputs.init_from_examples(x[rows, variables], x.std(0))
 
     @torch.no_grad()
@@ -320,7 +327,7 @@ class UGMMCircuit(DensityModel):
         examples = x[rows.to(x.device)].permute(0, 3, 1, 2)  # (R, I, M, D) -> (R, D, I, M)
         centred = x - _class_means(x, labels)[labels]
         spread = centred.pow(2).mean(0).sqrt().median()
-        self.inputs.init_from_examples(examples, spread.expand(self.num_vars))
+        self.inputs.init_from_examples(examples, spread.expand(self.in_features))
         if y is not None and self.num_classes > 1:
             bias = torch.zeros(self.num_classes, reps, self.top_width, device=x.device)
             bias[owner.to(x.device), torch.arange(reps, device=x.device)] = class_bias
@@ -328,13 +335,13 @@ class UGMMCircuit(DensityModel):
             self.root.logits = PyroParam(logits)
 
     def _unit_shape(self) -> tuple[int, int, int]:
-        return self.graph.repetitions, self.num_vars, self.inputs.channels
+        return self.graph.repetitions, self.in_features, self.inputs.channels
 
     def _check_data(self, x: torch.Tensor, caller: str) -> torch.Tensor:
         x = self._check_x(x).detach()
         if x.dim() != 2 or len(x) == 0 or not bool(torch.isfinite(x).all()):
             raise ValueError(
-                f"UGMMCircuit.{caller}: expected finite x of shape (n >= 1, {self.num_vars}), "
+                f"UGMMCircuit.{caller}: expected finite x of shape (n >= 1, {self.in_features}), "
                 f"got {tuple(x.shape)}"
             )
         return x
@@ -350,15 +357,12 @@ class UGMMCircuit(DensityModel):
             raise TypeError(f"UGMMCircuit: expected real numbers in x, got dtype {x.dtype}")
         reference = self.class_logits
         x = x.to(dtype=reference.dtype, device=reference.device)
-        if x.shape[-1:] != (self.num_vars,):
+        if x.shape[-1:] != (self.in_features,):
             raise ValueError(
-                f"UGMMCircuit(num_vars={self.num_vars}): expected x of shape (..., "
-                f"{self.num_vars}), got {tuple(x.shape)}"
+                f"UGMMCircuit(in_features={self.in_features}): expected x of shape (..., "
+                f"{self.in_features}), got {tuple(x.shape)}"
             )
         return x
-
-    def _input_features(self) -> int:
-        return self.num_vars
 
     def as_input(self, x: Any) -> torch.Tensor:
         """``x`` checked and converted as every query method does."""
@@ -398,8 +402,8 @@ class UGMMCircuit(DensityModel):
         x = self._check_x(x)
         mask = self._check_mask(x, mask)
         batch_shape = x.shape[:-1]
-        flat_mask = None if mask is None else mask.reshape(-1, self.num_vars)
-        return x.reshape(-1, self.num_vars), flat_mask, batch_shape
+        flat_mask = None if mask is None else mask.reshape(-1, self.in_features)
+        return x.reshape(-1, self.in_features), flat_mask, batch_shape
 
     # ----------------------------------------------------------------------------------
     # Upward pass
@@ -550,9 +554,9 @@ class UGMMCircuit(DensityModel):
                     f"likelihood_weight={self.likelihood_weight} mixes in the cross-entropy of "
                     "p(c | x), which needs labels y"
                 )
-            return -torch.logsumexp(joint, -1).mean() / self.num_vars
+            return -torch.logsumexp(joint, -1).mean() / self.in_features
         picked = joint.gather(-1, y[:, None]).squeeze(-1)
-        nll = -picked.mean() / self.num_vars
+        nll = -picked.mean() / self.in_features
         if self.likelihood_weight == 1.0:
             return nll
         cross_entropy = -(picked - torch.logsumexp(joint, dim=-1)).mean()
@@ -609,7 +613,7 @@ class UGMMCircuit(DensityModel):
             c = dist.Categorical(logits=self.class_logits).sample((max(num_samples, 1),))
             c = c[:num_samples]
         c = self._check_classes(c, num_samples)
-        x = torch.full((num_samples, self.num_vars), self.inputs.fill_value(), device=device)
+        x = torch.full((num_samples, self.in_features), self.inputs.fill_value(), device=device)
         mask = torch.zeros_like(x, dtype=torch.bool)
         return self._sample_given(x.to(dtype), mask, c), c
 
@@ -628,7 +632,7 @@ class UGMMCircuit(DensityModel):
             joint = self._upward(flat, flat_mask).root + self.class_log_prior()
             c = sample_index(joint)
         c = self._check_classes(c, len(flat))
-        return self._sample_given(flat, flat_mask, c).reshape(*batch_shape, self.num_vars)
+        return self._sample_given(flat, flat_mask, c).reshape(*batch_shape, self.in_features)
 
     def _check_classes(self, c: Any, count: int) -> torch.Tensor:
         """Classes ``c`` (an int or ``count`` of them) as a long tensor of length ``count``."""
@@ -665,7 +669,7 @@ class UGMMCircuit(DensityModel):
         value, c = (up.root + self.class_log_prior()).max(-1)
         completed = self._downward(up, c, flat, flat_mask, _argmax)
         return (
-            completed.reshape(*batch_shape, self.num_vars),
+            completed.reshape(*batch_shape, self.in_features),
             c.reshape(batch_shape),
             value.reshape(batch_shape),
         )
@@ -703,7 +707,7 @@ def _region_index(graph: RegionGraph) -> torch.Tensor:
     """``(R, P, V)`` variables of every leaf region, padded with ``D`` to the largest size."""
     members = graph.leaf_regions
     size = int(members.sum(-1).max())
-    index = torch.full((*members.shape[:2], size), graph.num_vars, dtype=torch.long)
+    index = torch.full((*members.shape[:2], size), graph.in_features, dtype=torch.long)
     for r in range(members.shape[0]):
         for p in range(members.shape[1]):
             variables = members[r, p].nonzero()[:, 0]
