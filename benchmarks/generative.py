@@ -112,7 +112,9 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
 
     data = load_data("iris")
     torch.manual_seed(args.seed)
-    circuit = UGMMCircuit(4, 3, depth=1, repetitions=4, channels=4, components=2, scale_floor=0.05)
+    circuit = UGMMCircuit(
+        4, num_classes=3, depth=1, repetitions=4, channels=4, components=2, scale_floor=0.05
+    )
     circuit.init_leaves_from_data(data.x_train)
     started = time.perf_counter()
     fit(
