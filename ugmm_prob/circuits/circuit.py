@@ -141,27 +141,8 @@ class UGMMCircuit(DensityModel):
         config = constructor_config(locals())
         super().__init__(name=name)
         input_channels = input_channels or channels
-        if min(num_classes, channels, input_channels) < 1:
-            raise ValueError(
-                "UGMMCircuit: expected num_classes, channels and input_channels >= 1, got "
-                f"{num_classes}, {channels}, {input_channels}"
-            )
-        if not 0.0 <= likelihood_weight <= 1.0:
-            raise ValueError(f"likelihood_weight must be in [0, 1], got {likelihood_weight}")
-        if inputs not in INPUT_TYPES:
-            raise ValueError(f"inputs must be one of {sorted(INPUT_TYPES)}, got {inputs!r}")
-        if isinstance(graph, dict):
-            graph = RegionGraph.from_config(graph)
-        if graph is None:
-            depth = default_depth(in_features) if depth is None else depth
-            graph = random_binary_trees(
-                in_features, depth=depth, repetitions=repetitions, seed=seed
-            )
-        if graph.in_features != in_features:
-            raise ValueError(
-                f"UGMMCircuit: the region graph covers {graph.in_features} variables, not "
-                f"{in_features}"
-            )
+        _check_options(num_classes, channels, input_channels, likelihood_weight, inputs)
+        graph = _region_graph(graph, in_features, depth=depth, repetitions=repetitions, seed=seed)
         self.graph = graph
         self.in_features, self.num_classes = in_features, num_classes
         self.likelihood_weight = likelihood_weight
@@ -172,7 +153,6 @@ class UGMMCircuit(DensityModel):
             "repetitions": graph.repetitions,
             "input_channels": input_channels,
         }
-        reps = graph.repetitions
         # region_index[r, p, v]: the v-th variable of leaf region p of repetition r, padded
         # with D (a column of log 1 = 0), so a region's product is a gather and a sum (a
         # matrix product with a 0/1 matrix would turn a -inf log-density into NaN).
@@ -182,29 +162,26 @@ class UGMMCircuit(DensityModel):
             options: dict[str, Any] = {"components": components, "scale_floor": scale_floor}
         else:
             options = {"num_values": num_values}
+        reps = graph.repetitions
         self.inputs: InputLayer = INPUT_TYPES[inputs](in_features, reps, input_channels, **options)
-        widths = [input_channels] + [channels] * max(graph.depth - 1, 0)
-        self.products = torch.nn.ModuleList([ProductLayer(w) for w in widths[: graph.depth]])
-        self.sums = PyroModule[torch.nn.ModuleList](
-            [
-                SumLayer(reps, 2 ** (graph.depth - 1 - level), channels, widths[level] ** 2)
-                for level in range(graph.depth - 1)
-            ]
-        )
-        self.top_width = widths[-1] ** 2 if graph.depth > 0 else input_channels
-        allowed = None
-        if not shared_structure:
-            if reps < num_classes:
-                raise ValueError(
-                    f"UGMMCircuit: shared_structure=False gives each class its own "
-                    f"repetitions; {reps} repetitions cannot serve {num_classes} classes"
-                )
-            owner = torch.arange(reps) % num_classes  # repetition r serves class r mod C
-            allowed = (owner[None, :] == torch.arange(num_classes)[:, None]).repeat_interleave(
-                self.top_width, dim=1
-            )  # (C, R * Q_top)
+        self._add_internal_layers(channels, input_channels)
+        allowed = None if shared_structure else _own_repetitions(reps, num_classes, self.top_width)
         self.root = SumLayer(1, 1, num_classes, reps * self.top_width, allowed=allowed)
         self.class_logits = PyroParam(torch.zeros(num_classes))
+
+    def _add_internal_layers(self, channels: int, input_channels: int) -> None:
+        """The product layers, a sum layer after each but the top one, and ``top_width``,
+        the number of products each repetition hands the roots."""
+        depth, reps = self.graph.depth, self.graph.repetitions
+        widths = [input_channels] + [channels] * max(depth - 1, 0)
+        self.products = torch.nn.ModuleList([ProductLayer(w) for w in widths[:depth]])
+        self.sums = PyroModule[torch.nn.ModuleList](
+            [
+                SumLayer(reps, 2 ** (depth - 1 - level), channels, widths[level] ** 2)
+                for level in range(depth - 1)
+            ]
+        )
+        self.top_width = widths[-1] ** 2 if depth > 0 else input_channels
 
     prior_parameters = {"class_logits": "class_logits"}  # noqa: RUF012 - read-only table
     """Attribute -> parameter kind for priors (:mod:`ugmm_prob.bayes`)."""
@@ -701,6 +678,56 @@ class UGMMCircuit(DensityModel):
         mean = (selection * first).sum(dim=(0, 2))
         raw_second = (selection * second).sum(dim=(0, 2))
         return mean, raw_second - mean**2
+
+
+def _check_options(
+    num_classes: int, channels: int, input_channels: int, likelihood_weight: float, inputs: str
+) -> None:
+    """Refuse constructor values no circuit can have."""
+    if min(num_classes, channels, input_channels) < 1:
+        raise ValueError(
+            "UGMMCircuit: expected num_classes, channels and input_channels >= 1, got "
+            f"{num_classes}, {channels}, {input_channels}"
+        )
+    if not 0.0 <= likelihood_weight <= 1.0:
+        raise ValueError(f"likelihood_weight must be in [0, 1], got {likelihood_weight}")
+    if inputs not in INPUT_TYPES:
+        raise ValueError(f"inputs must be one of {sorted(INPUT_TYPES)}, got {inputs!r}")
+
+
+def _region_graph(
+    graph: RegionGraph | dict[str, Any] | None,
+    in_features: int,
+    *,
+    depth: int | None,
+    repetitions: int,
+    seed: int,
+) -> RegionGraph:
+    """The given graph (or its ``to_config()`` dict), else the default random binary trees;
+    it must cover ``in_features`` variables."""
+    if isinstance(graph, dict):
+        graph = RegionGraph.from_config(graph)
+    if graph is None:
+        depth = default_depth(in_features) if depth is None else depth
+        graph = random_binary_trees(in_features, depth=depth, repetitions=repetitions, seed=seed)
+    if graph.in_features != in_features:
+        raise ValueError(
+            f"UGMMCircuit: the region graph covers {graph.in_features} variables, not {in_features}"
+        )
+    return graph
+
+
+def _own_repetitions(repetitions: int, num_classes: int, top_width: int) -> torch.Tensor:
+    """``(C, R * Q_top)``: which top products each class's root may mix when classes share
+    no structure (``shared_structure=False``): those of the repetitions ``r mod C = c``."""
+    if repetitions < num_classes:
+        raise ValueError(
+            f"UGMMCircuit: shared_structure=False gives each class its own "
+            f"repetitions; {repetitions} repetitions cannot serve {num_classes} classes"
+        )
+    owner = torch.arange(repetitions) % num_classes  # repetition r serves class r mod C
+    mine = owner[None, :] == torch.arange(num_classes)[:, None]
+    return mine.repeat_interleave(top_width, dim=1)
 
 
 def _region_index(graph: RegionGraph) -> torch.Tensor:
