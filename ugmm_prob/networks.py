@@ -12,6 +12,10 @@ treatment use only that interface plus :attr:`Classifier.config`.
 - :class:`MLPClassifier`, :class:`CNNClassifier`: the paper's baselines;
 - :class:`JointScoreModel`: the label fed in as an extra input, an unnormalised joint score
   ``s(x, c)`` and the exact class posterior ``p(c | x) = softmax_c s(x, c)``.
+
+Why one module past 400 lines: checkpoints record each network as
+``ugmm_prob.networks:<class>``, so moving a class would break every stored model, and the
+networks are short subclasses of one base read together.
 """
 
 from __future__ import annotations

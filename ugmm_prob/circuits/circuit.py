@@ -16,6 +16,12 @@ units set to ``log 1 = 0``, exact marginals. One downward pass, written once ove
 layers, picks a child of every sum unit on the way down: at random in proportion to
 ``weight x child value`` for exact (conditional) samples, the best one for the max-product
 MPE.
+
+Why one module of some 750 lines: it is one class, whose upward pass, downward pass,
+initialisation and input checks all read the same private layout (the padded
+``region_index``, ``top_width``, the order of the layers), and checkpoints name the class
+``ugmm_prob.circuits.circuit:UGMMCircuit``. The layers, region graphs, input units,
+distribution wrapper and EM it builds on are modules of their own.
 """
 
 from __future__ import annotations

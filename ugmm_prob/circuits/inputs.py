@@ -11,6 +11,10 @@ their dimension names). A new kind of input is one new subclass.
   Gaussian mixtures (the default; continuous data);
 - :class:`CategoricalInput`: a categorical distribution over ``0..V-1`` (e.g. 8-bit pixels
   with ``V = 256``), for discrete data.
+
+Why one module past 400 lines: the interface and its two implementations are read side by
+side (every method of :class:`InputLayer` is answered by both, and they inherit its
+leaf-region products); a third kind of unit would be the time to split.
 """
 
 from __future__ import annotations
