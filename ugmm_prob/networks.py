@@ -230,6 +230,17 @@ def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_STACK_OPTIONS = ("layer_norm", "dropout", "scale_floor", "backend")
+"""The constructor arguments a network hands on to its :class:`UGMMStack` unchanged (read
+back from its ``config``, so each stays an explicit, documented argument of the network)."""
+
+
+def _stack_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`_STACK_OPTIONS` of a network's ``config``, as keywords for
+    :class:`UGMMStack`."""
+    return {key: config[key] for key in _STACK_OPTIONS}
+
+
 class UGMMStack(FreshPyroNameOnCopy, PyroModule):
     """uGMM layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
@@ -343,13 +354,7 @@ class UGMMClassifier(Classifier):
         super().__init__()
         self.in_features, self.num_classes = in_features, num_classes
         self.config = config
-        self.stack = UGMMStack(
-            [in_features, *hidden, num_classes],
-            layer_norm=layer_norm,
-            dropout=dropout,
-            scale_floor=scale_floor,
-            backend=backend,
-        )
+        self.stack = UGMMStack([in_features, *hidden, num_classes], **_stack_options(config))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Output-layer activations (log-densities of the class neurons), ``(n, C)``."""
@@ -485,13 +490,7 @@ class ConvUGMMClassifier(Classifier):
         self.in_features = self.features.channels * self.features.image_size**2
         # LayerNorm brings the ReLU features to the scale of the uGMM initialisation.
         self.feature_norm = LayerNorm(features)
-        self.head = UGMMStack(
-            [features, *head_hidden, num_classes],
-            layer_norm=layer_norm,
-            dropout=dropout,
-            scale_floor=scale_floor,
-            backend=backend,
-        )
+        self.head = UGMMStack([features, *head_hidden, num_classes], **_stack_options(config))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The uGMM head's output activations on the normalised CNN features, ``(n, C)``."""
@@ -565,13 +564,7 @@ class JointScoreModel(Classifier):
             raise ValueError(f"objective must be 'score' or 'conditional', got {objective!r}")
         self.in_features, self.num_classes, self.objective = in_features, num_classes, objective
         self.config = config
-        self.stack = UGMMStack(
-            [in_features + 1, *hidden, 1],
-            layer_norm=layer_norm,
-            dropout=dropout,
-            scale_floor=scale_floor,
-            backend=backend,
-        )
+        self.stack = UGMMStack([in_features + 1, *hidden, 1], **_stack_options(config))
 
     def score(self, x: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
         """Joint score ``s(x, c)``: ``x`` is ``(n, D)``; labels ``c`` broadcast with ``(n,)``.

@@ -96,6 +96,14 @@ class InputLayer(PyroModule):
         """
         raise NotImplementedError
 
+    def _selected_units(
+        self, rep: torch.Tensor, channel: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The index of unit ``(rep[b], d, channel[b, d])`` for every example and variable,
+        broadcasting to ``(B, D)``: what :meth:`draw` reads its parameters at."""
+        variables = torch.arange(self.in_features, device=channel.device)
+        return rep[:, None], variables[None, :], channel
+
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact mean and second raw moment ``E[x^2]`` of every unit, each ``(R, D, I)``."""
         raise NotImplementedError
@@ -269,8 +277,7 @@ class GaussianMixtureInput(InputLayer):
 
     def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
         """A draw (or the most peaked component's mean) of the selected units."""
-        variables = torch.arange(self.in_features, device=channel.device)
-        index = (rep[:, None], variables[None, :], channel)
+        index = self._selected_units(rep, channel)
         loc, scale = self.loc[index], self.scale[index]  # (B, D, K)
         if mode:
             component = self._peaks()[index].argmax(-1, keepdim=True)
@@ -396,8 +403,7 @@ class CategoricalInput(InputLayer):
 
     def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
         """A draw (or the most probable value) of the selected units, as floats."""
-        variables = torch.arange(self.in_features, device=channel.device)
-        logits = self.logits[rep[:, None], variables[None, :], channel]  # (B, D, V)
+        logits = self.logits[self._selected_units(rep, channel)]  # (B, D, V)
         value = logits.argmax(-1) if mode else sample_index(logits)
         return value.to(self.logits.dtype)
 
