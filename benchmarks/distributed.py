@@ -40,7 +40,7 @@ def worker(args: argparse.Namespace) -> None:
     ctx = init_distributed() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     x, y = mnist_subset(*load_mnist("train", root=args.mnist_dir), args.images, seed=0)
     torch.manual_seed(args.seed)
-    model = UGMMClassifier(784, (128, 64), 10, layer_norm=True)
+    model = UGMMClassifier(784, hidden=(128, 64), num_classes=10, layer_norm=True)
     history = fit(
         model,
         x,

@@ -5,11 +5,6 @@ Parts (``--parts``, default all):
 - ``iris``: the circuit on Iris (4 features + class, the paper's 80/20 split, standardised),
   fitted by maximum likelihood: test log-likelihood per flower and exact posterior accuracy,
   beside a full-covariance Gaussian mixture (scikit-learn) fitted on the same data.
-- ``speed``: the MNIST-sized circuit (784 variables, 10 classes) at batch 128: ``log_prob``
-  and train-step throughput (images/s) of the layer-wise evaluation (each sum layer one
-  batched matrix product) against the same circuit evaluated by a straightforward version
-  that materialises every ``batch x units x inputs`` product tensor; alternating rounds in
-  one process, medians, their ratio, and each one's peak memory in a fresh subprocess.
 - ``mnist-em``: MNIST by maximum likelihood with online EM, one quad-tree circuit per class:
   uGMM inputs on logit-space pixels (bits/dim of the uniformly dequantised 8-bit pixels with
   the exact Jacobian) and 256-value categorical inputs (discrete bits/dim); generative
@@ -19,12 +14,13 @@ Parts (``--parts``, default all):
 
 Every MNIST choice is made on the last ``--val-rows`` training images; the test split is
 scored once per row. The baselines (diagonal and per-class GMMs, PCA + GMM) are fitted by
-``benchmarks/mnist_baselines.py``.
+``benchmarks/mnist_baselines.py``. The circuit's speed, against the straightforward
+:class:`MaterialisedCircuit` below, is measured by ``benchmarks/speed.py --parts circuit``.
 
 Records go to docs/results.json, tables to docs/results.md (between generative markers).
 
     pip install -e ".[bench]"           # scikit-learn for the baselines
-    python benchmarks/generative.py --parts iris speed
+    python benchmarks/generative.py --parts iris
     python benchmarks/generative.py --parts mnist-em mnist-hybrid --epochs 10
 """
 
@@ -32,23 +28,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import pathlib
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
 from _results import (
-    MEMORY_CHILD_ENV,
     REPO,
     default_mnist_dir,
     machine,
     replace_block,
-    step_peak_mib,
     update_results,
 )
 
@@ -112,7 +103,9 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
 
     data = load_data("iris")
     torch.manual_seed(args.seed)
-    circuit = UGMMCircuit(4, 3, depth=1, repetitions=4, channels=4, components=2, scale_floor=0.05)
+    circuit = UGMMCircuit(
+        4, num_classes=3, depth=1, repetitions=4, channels=4, components=2, scale_floor=0.05
+    )
     circuit.init_leaves_from_data(data.x_train)
     started = time.perf_counter()
     fit(
@@ -197,89 +190,6 @@ def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
         ]
     )
     print(table, flush=True)
-    return records, table
-
-
-# ------------------------------------------------------------------------------------------
-# Speed
-# ------------------------------------------------------------------------------------------
-def _speed_step(kind: str, evaluation: str, batch: int, seed: int = 0):
-    """A closure for one ``log_prob`` (``kind='eval'``) or train step (``'train'``)."""
-    torch.manual_seed(seed)
-    circuit = mnist_circuit(materialised=evaluation == "materialised")
-    x = torch.rand(batch, 784)
-    y = torch.randint(0, 10, (batch,))
-    optimizer = torch.optim.Adam(circuit.parameters(), lr=1e-3)
-
-    def run():
-        if kind == "eval":
-            with torch.no_grad():
-                circuit.log_prob(x)
-        else:
-            loss = circuit.training_loss(x, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    return run
-
-
-def part_speed(args: argparse.Namespace) -> tuple[list[dict], str]:
-    batch = 128
-    steps = {
-        (kind, ev): _speed_step(kind, ev, batch)
-        for kind in ("eval", "train")
-        for ev in ("layerwise", "materialised")
-    }
-    for step in steps.values():
-        step()
-    times: dict = {key: [] for key in steps}
-    for _ in range(args.rounds):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - start)
-    medians = {key: statistics.median(t) for key, t in times.items()}
-    memory = {}
-    for key in steps:
-        command = [sys.executable, __file__, "--measure-memory", *key]
-        out = subprocess.run(
-            command, capture_output=True, text=True, env=MEMORY_CHILD_ENV, check=True
-        )
-        memory[key] = json.loads(out.stdout.strip().splitlines()[-1])["extra_mib"]
-    rows = []
-    ratio = {}
-    for kind in ("eval", "train"):
-        fast, slow = medians[(kind, "layerwise")], medians[(kind, "materialised")]
-        ratio[kind] = slow / fast
-        label = "log_prob" if kind == "eval" else "train step"
-        rows.append(
-            f"| {label} | {batch / fast:,.0f} | {batch / slow:,.0f} | **{ratio[kind]:.1f}x** | "
-            f"{memory[(kind, 'layerwise')]:.0f} | {memory[(kind, 'materialised')]:.0f} |"
-        )
-    table = "\n".join(
-        [
-            "### Speed of the MNIST circuit (784 variables, 10 classes, depth 4, 10 repetitions, "
-            "10 channels, K=2; batch 128)",
-            "",
-            f"Command: `python benchmarks/generative.py --parts speed --rounds {args.rounds}`; "
-            f"medians of {args.rounds} alternating rounds.",
-            "",
-            "| operation | layer-wise images/s | materialised images/s | speed-up "
-            "| layer-wise peak MiB | materialised peak MiB |",
-            "|---|---:|---:|---:|---:|---:|",
-            *rows,
-        ]
-    )
-    print(table, flush=True)
-    records = [
-        {
-            "experiment": "mnist-circuit-speed",
-            "metric": "speedup",
-            "value": round(ratio["train"], 2),
-            "paper": None,
-        }
-    ]
     return records, table
 
 
@@ -566,12 +476,11 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="*",
-        default=["iris", "speed", "mnist-em", "mnist-hybrid"],
-        choices=["iris", "speed", "mnist-em", "mnist-hybrid"],
+        default=["iris", "mnist-em", "mnist-hybrid"],
+        choices=["iris", "mnist-em", "mnist-hybrid"],
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iris-epochs", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10, help="MNIST EM epochs")
     parser.add_argument("--lr", type=float, default=3e-3, help="mnist-hybrid: Adam")
     parser.add_argument("--hybrid-weights", type=float, nargs="+", default=[0.01, 0.1, 0.5])
@@ -594,19 +503,12 @@ def main() -> None:
     parser.add_argument("--metrics-dir", default=None, help="per-epoch metrics, JSON lines")
     parser.add_argument("--measure-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure_memory:
-        step = _speed_step(*args.measure_memory, batch=128)
-        step()
-        step()
-        print(json.dumps({"extra_mib": step_peak_mib(step)}))
-        return
     args.mnist_dir = args.mnist_dir or default_mnist_dir()
     print(f"machine: {machine()}", flush=True)
     records, tables = [], {}
     for part in args.parts:
         new, table = {
             "iris": part_iris,
-            "speed": part_speed,
             "mnist-em": part_mnist_em,
             "mnist-hybrid": part_mnist_hybrid,
         }[part](args)

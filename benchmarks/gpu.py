@@ -13,8 +13,9 @@ Three parts, each independent (one that fails is reported and the others still r
    formula and ``torch.compile`` of it; the MNIST-sized circuit's train step and
    ``log_prob`` against the straightforward circuit of ``benchmarks/generative.py``.
 3. ``training``: one EM epoch of the MNIST circuit and one epoch of the paper's uGMM-NN
-   (``UGMMClassifier(784, (128, 64), 10)``), images per second; MNIST from ``--mnist-dir``
-   or ``UGMM_PROB_MNIST_DIR`` when present, otherwise random images of the same shape.
+   (``UGMMClassifier(784, hidden=(128, 64), num_classes=10)``), images per second; MNIST
+   from ``--mnist-dir`` or ``UGMM_PROB_MNIST_DIR`` when present, otherwise random images of
+   the same shape.
 
 The tables go to docs/performance.md (block ``gpu-<device>``) unless ``--no-write``; the exit
 status is 1 when a correctness check fails.
@@ -65,12 +66,20 @@ def model_cases(quick: bool) -> dict[str, tuple[Callable[[], torch.nn.Module], t
     images = torch.rand(6, 1, 28, 28, generator=g)
     table = torch.randn(6, 4, generator=g)
     cases = {
-        "UGMMClassifier": (lambda: UGMMClassifier(4, (5, 3), 3, layer_norm=True), table),
-        "MLPClassifier": (lambda: MLPClassifier(4, (5,), 3, dropout=0.0), table),
-        "JointScoreModel": (lambda: JointScoreModel(4, 3, (5, 3)), table),
-        "UGMMCircuit (gaussian)": (lambda: UGMMCircuit(4, 3, depth=2, repetitions=2), table),
+        "UGMMClassifier": (
+            lambda: UGMMClassifier(4, hidden=(5, 3), num_classes=3, layer_norm=True),
+            table,
+        ),
+        "MLPClassifier": (lambda: MLPClassifier(4, hidden=(5,), num_classes=3, dropout=0.0), table),
+        "JointScoreModel": (lambda: JointScoreModel(4, num_classes=3, hidden=(5, 3)), table),
+        "UGMMCircuit (gaussian)": (
+            lambda: UGMMCircuit(4, num_classes=3, depth=2, repetitions=2),
+            table,
+        ),
         "UGMMCircuit (categorical)": (
-            lambda: UGMMCircuit(4, 3, depth=2, repetitions=2, inputs="categorical", num_values=5),
+            lambda: UGMMCircuit(
+                4, num_classes=3, depth=2, repetitions=2, inputs="categorical", num_values=5
+            ),
             torch.randint(0, 5, (6, 4), generator=g).double(),
         ),
     }
@@ -130,7 +139,7 @@ def check_kernels(device: torch.device) -> list[tuple[str, float, bool]]:
 def check_training(device: torch.device) -> list[tuple[str, float, bool]]:
     torch.manual_seed(0)
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    model = UGMMCircuit(4, 3, depth=2, repetitions=2)
+    model = UGMMCircuit(4, num_classes=3, depth=2, repetitions=2)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "circuit.pt"
         fit(
@@ -217,16 +226,16 @@ def kernel_steps(device: torch.device, quick: bool) -> dict[str, Callable[[], ob
 
 def circuit_steps(device: torch.device, quick: bool) -> dict[str, Callable[[], object]]:
     options = {"depth": 2, "repetitions": 2, "channels": 3} if quick else {}
-    num_vars = 16 if quick else 784
+    in_features = 16 if quick else 784
     steps = {}
     for label, materialised in (("ugmm_prob", False), ("straightforward", True)):
         torch.manual_seed(0)
         if quick:
             kind = MaterialisedCircuit if materialised else UGMMCircuit
-            circuit = kind(num_vars, num_classes=10, **options).to(device)
+            circuit = kind(in_features, num_classes=10, **options).to(device)
         else:
             circuit = mnist_circuit(materialised=materialised).to(device)
-        x = torch.rand(128, num_vars, device=device)
+        x = torch.rand(128, in_features, device=device)
         y = torch.randint(0, 10, (128,), device=device)
         optimiser = torch.optim.Adam(circuit.parameters(), lr=1e-3)
 

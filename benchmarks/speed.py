@@ -352,8 +352,8 @@ def part_classifier(args: argparse.Namespace) -> tuple[list[dict], str]:
     y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(2))
     steps = {}
     for name, model in (
-        ("uGMM-NN", UGMMClassifier(784, widths[1:-1], 10)),
-        ("MLP", MLPClassifier(784, widths[1:-1], 10, dropout=0.0)),
+        ("uGMM-NN", UGMMClassifier(784, hidden=widths[1:-1], num_classes=10)),
+        ("MLP", MLPClassifier(784, hidden=widths[1:-1], num_classes=10, dropout=0.0)),
     ):
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
 

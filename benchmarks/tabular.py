@@ -26,7 +26,7 @@ Models:
 - generative classifiers: ``GaussianNB``, per-class ``GaussianMixture`` (covariance type and
   components chosen by BIC per class on its training rows, class prior = training
   frequencies, argmax posterior) and, for reference, ``LogisticRegression``;
-- the class-conditional ``UGMMCircuit(D, C, ...)`` trained by maximum likelihood of
+- the class-conditional ``UGMMCircuit(D, num_classes=C, ...)`` trained by maximum likelihood of
   ``(x, c)`` (``likelihood_weight=1``). Every choice (the builder of ``MODEL_FACTORIES``,
   depth, repetitions, channels, components, scale floor, learning rate and number of epochs)
   is made on a validation split carved from the training data only (``--val-fraction``,
@@ -377,7 +377,7 @@ def _random_trees(
 ) -> UGMMCircuit:
     circuit = UGMMCircuit(
         x.shape[1],
-        num_classes,
+        num_classes=num_classes,
         depth=settings.depth,
         repetitions=settings.repetitions,
         channels=settings.channels,
@@ -532,9 +532,9 @@ class SearchSettings:
 
 
 def circuit_grid(
-    num_vars: int, num_rows: int, quick: bool, trainers: tuple[str, ...] = ("adam",)
+    in_features: int, num_rows: int, quick: bool, trainers: tuple[str, ...] = ("adam",)
 ) -> tuple[CircuitSettings, ...]:
-    """Settings tried for a data set with ``num_vars`` features and ``num_rows`` search rows.
+    """Settings tried for a data set with ``in_features`` features and ``num_rows`` search rows.
 
     Both builders of :data:`MODEL_FACTORIES`; depth 0 (one leaf region over all variables:
     per class a mixture of products of univariate mixtures) and the deepest default split;
@@ -548,9 +548,9 @@ def circuit_grid(
     data-driven tree too), depth 1 or the deepest default, 4 x 4, 8 x 2 or 16 x 8, and 1 or 2
     components (EM steps are cheap, so this grid is wider).
     """
-    deep = min(4, max(0, (num_vars // 2).bit_length() - 1))
+    deep = min(4, max(0, (in_features // 2).bit_length() - 1))
     batch = 16 if num_rows < 200 else 64
-    components = (1, 3) if num_vars <= 16 else (2,)
+    components = (1, 3) if in_features <= 16 else (2,)
     if quick:
         return (
             CircuitSettings(

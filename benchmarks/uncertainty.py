@@ -105,7 +105,7 @@ def _svi_predictive(args: argparse.Namespace, bayesian, data, guide: str):
 def part_iris(args: argparse.Namespace) -> tuple[list[dict], str]:
     data = load_data("iris")
     torch.manual_seed(args.seed)
-    point = UGMMClassifier(4, (4,), 3, layer_norm=False)
+    point = UGMMClassifier(4, hidden=(4,), num_classes=3, layer_norm=False)
     bayesian = make_bayesian(point, prior_scale=args.iris_prior_scale)
     started = time.perf_counter()
     mcmc = run_nuts(
@@ -240,7 +240,7 @@ def part_mnist(args: argparse.Namespace) -> tuple[list[dict], str] | None:
     x_test, y_test = data.x_test[: args.test_size], data.y_test[: args.test_size]
     x_val, y_val = data.x_test[-500:], data.y_test[-500:]  # per-epoch monitoring only
     torch.manual_seed(args.seed)
-    point = UGMMClassifier(784, (args.hidden,), 10, layer_norm=False)
+    point = UGMMClassifier(784, hidden=(args.hidden,), num_classes=10, layer_norm=False)
     point.init_from_data(x_train, y_train, generator=torch.Generator().manual_seed(args.seed))
     started = time.perf_counter()
     fit(

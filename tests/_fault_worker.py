@@ -24,7 +24,7 @@ def run(folder: str, epochs: int, started=None) -> None:
     folder_path = pathlib.Path(folder)
     data = load_data("iris")
     torch.manual_seed(0)
-    model = UGMMClassifier(4, (16,), 3, layer_norm=False, backend="eager")
+    model = UGMMClassifier(4, hidden=(16,), num_classes=3, layer_norm=False, backend="eager")
     fit(
         model,
         data.x_train,

@@ -19,20 +19,20 @@ VALUES = {1: 5, 2: 4, 3: 3, 4: 2}  # categories: V**D configurations stay enumer
 
 def build(graph_kind: str, depth: int, inputs: str, *, classes: int = 2, seed: int = 0):
     """A float64 circuit with ``2**depth`` variables and parameters spread off their start."""
-    num_vars = 2**depth
+    in_features = 2**depth
     generator = torch.Generator().manual_seed(seed)
     if graph_kind == "random":
-        graph = random_binary_trees(num_vars, depth=depth, repetitions=2, seed=seed)
+        graph = random_binary_trees(in_features, depth=depth, repetitions=2, seed=seed)
     elif graph_kind == "quad":
         graph = quad_tree(*IMAGE_SHAPES[depth], depth=depth, repetitions=2, seed=seed)
     else:
-        mixing = torch.randn(num_vars, num_vars, generator=generator)
-        data = torch.randn(300, num_vars, generator=generator) @ mixing
+        mixing = torch.randn(in_features, in_features, generator=generator)
+        data = torch.randn(300, in_features, generator=generator) @ mixing
         graph = data_driven_tree(data, depth=depth, repetitions=2, seed=seed)
     torch.manual_seed(seed)
     circuit = UGMMCircuit(
-        num_vars,
-        classes,
+        in_features,
+        num_classes=classes,
         graph=graph,
         channels=2,
         inputs=inputs,

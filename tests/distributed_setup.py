@@ -20,5 +20,7 @@ def make_model(kind: str = "fit") -> Classifier:
     """A dropout-free uGMM-NN, or (``kind="circuit"``) a hybrid-objective circuit."""
     torch.manual_seed(11)
     if kind == "circuit":
-        return UGMMCircuit(4, 3, repetitions=2, channels=3, likelihood_weight=0.5)
-    return UGMMClassifier(4, (8,), 3, layer_norm=True, dropout=0.0, backend="eager")
+        return UGMMCircuit(4, num_classes=3, repetitions=2, channels=3, likelihood_weight=0.5)
+    return UGMMClassifier(
+        4, hidden=(8,), num_classes=3, layer_norm=True, dropout=0.0, backend="eager"
+    )

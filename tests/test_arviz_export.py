@@ -30,7 +30,13 @@ from ugmm_prob.plotting import plot_neuron_posterior
 def _circuit(num_classes=2, depth=2):
     torch.manual_seed(0)
     return UGMMCircuit(
-        4, num_classes, depth=depth, repetitions=2, channels=2, components=2, scale_floor=0.05
+        4,
+        num_classes=num_classes,
+        depth=depth,
+        repetitions=2,
+        channels=2,
+        components=2,
+        scale_floor=0.05,
     )
 
 
@@ -116,7 +122,7 @@ def test_circuit_prior_choices_and_errors():
     trace = pyro.poutine.trace(custom.model).get_trace(*_toy_data())
     assert abs(float(trace.nodes[f"{custom._pyro_name}.inputs.loc"]["value"].mean()) - 2) < 0.1
     with pytest.raises(ValueError, match="'sum_logits'"):
-        make_bayesian(UGMMClassifier(4, (3,), 2), parameters=("sum_logits",))
+        make_bayesian(UGMMClassifier(4, hidden=(3,), num_classes=2), parameters=("sum_logits",))
     with pytest.raises(ValueError, match="event shape"):
         make_bayesian(circuit, prior=lambda kind, value, owner: dist.Normal(0.0, 1.0))
     with pytest.raises(ValueError, match="no uGMM parameters"):
@@ -145,8 +151,8 @@ def test_every_guide_fits_every_family(family, guide):
     x, y = _toy_data(classes=3)
     torch.manual_seed(0)
     model = {
-        "classifier": lambda: UGMMClassifier(4, (3,), 3, layer_norm=False),
-        "joint": lambda: JointScoreModel(4, 3, (3,)),
+        "classifier": lambda: UGMMClassifier(4, hidden=(3,), num_classes=3, layer_norm=False),
+        "joint": lambda: JointScoreModel(4, num_classes=3, hidden=(3,)),
         "circuit": lambda: _circuit(num_classes=3, depth=1),
     }[family]()
     bayesian = make_bayesian(model)
@@ -213,7 +219,7 @@ def test_circuit_svi_and_posterior_log_likelihood_from_a_guide():
 
 def test_classifier_posterior_log_likelihood_is_the_predictive_probability():
     x, y = _toy_data(classes=3)
-    bayesian = make_bayesian(UGMMClassifier(4, (3,), 3, layer_norm=False))
+    bayesian = make_bayesian(UGMMClassifier(4, hidden=(3,), num_classes=3, layer_norm=False))
     samples = {
         name: value.detach()
         for name, value in pyro.infer.Predictive(bayesian.model, num_samples=5)(x).items()
@@ -290,8 +296,8 @@ def test_classifier_inference_data_compare_and_plot_posterior():
     x, y = _toy_data(classes=3)
     datasets = {}
     for label, model in (
-        ("uGMM-NN", UGMMClassifier(4, (3,), 3, layer_norm=False)),
-        ("joint", JointScoreModel(4, 3, (3,))),
+        ("uGMM-NN", UGMMClassifier(4, hidden=(3,), num_classes=3, layer_norm=False)),
+        ("joint", JointScoreModel(4, num_classes=3, hidden=(3,))),
     ):
         bayesian = make_bayesian(model)
         guide, _ = fit_svi(bayesian, x, y, epochs=3, batch_size=12, lr=3e-2, progress=False)
@@ -313,7 +319,9 @@ def test_classifier_inference_data_compare_and_plot_posterior():
 
 def test_neuron_posterior_band_is_the_quantile_of_the_drawn_densities(tmp_path):
     x, y = _toy_data(classes=3)
-    bayesian = make_bayesian(UGMMClassifier(4, (3,), 3, layer_norm=False), parameters=("loc",))
+    bayesian = make_bayesian(
+        UGMMClassifier(4, hidden=(3,), num_classes=3, layer_norm=False), parameters=("loc",)
+    )
     layer = bayesian.stack.layers[0]
     generator = torch.Generator().manual_seed(1)
     samples = {

@@ -20,7 +20,7 @@ from ugmm_prob.uncertainty import accuracy_coverage, auroc, decompose_uncertaint
 
 
 def test_make_bayesian_leaves_the_point_model_untouched_and_adds_prior_sites():
-    model = UGMMClassifier(4, (3,), 2, layer_norm=True)
+    model = UGMMClassifier(4, hidden=(3,), num_classes=2, layer_norm=True)
     x = torch.randn(5, 4)
     before = model.logits(x).detach()
     bayesian = make_bayesian(model)
@@ -40,10 +40,15 @@ def test_make_bayesian_leaves_the_point_model_untouched_and_adds_prior_sites():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="parameters must be among"):
-        make_bayesian(UGMMClassifier(4, (3,), 2), parameters=("weight",))
+        make_bayesian(UGMMClassifier(4, hidden=(3,), num_classes=2), parameters=("weight",))
     with pytest.raises(ValueError, match="make_bayesian"):
-        fit_svi(UGMMClassifier(4, (3,), 2), torch.randn(4, 4), torch.zeros(4).long(), epochs=1)
-    bayesian = make_bayesian(UGMMClassifier(4, (3,), 2))
+        fit_svi(
+            UGMMClassifier(4, hidden=(3,), num_classes=2),
+            torch.randn(4, 4),
+            torch.zeros(4).long(),
+            epochs=1,
+        )
+    bayesian = make_bayesian(UGMMClassifier(4, hidden=(3,), num_classes=2))
     x, y = torch.randn(4, 4), torch.zeros(4).long()
     with pytest.raises(ValueError, match="give x_val and y_val"):
         fit_svi(bayesian, x, y, epochs=1, keep_best="nll")
@@ -52,7 +57,9 @@ def test_bad_arguments():
 def test_svi_lowers_the_elbo_on_iris():
     data = load_data("iris")
     torch.manual_seed(0)
-    bayesian = make_bayesian(UGMMClassifier(4, (8,), 3, layer_norm=False), prior_scale=2.0)
+    bayesian = make_bayesian(
+        UGMMClassifier(4, hidden=(8,), num_classes=3, layer_norm=False), prior_scale=2.0
+    )
     guide, history = fit_svi(
         bayesian,
         data.x_train,
@@ -142,7 +149,7 @@ def test_nuts_and_inference_data_for_arviz():
 
     data = load_data("iris")
     x, y = data.x_train[:40], data.y_train[:40]
-    bayesian = make_bayesian(UGMMClassifier(4, (3,), 3, layer_norm=False))
+    bayesian = make_bayesian(UGMMClassifier(4, hidden=(3,), num_classes=3, layer_norm=False))
     mcmc = run_nuts(
         bayesian, x, y, num_samples=20, warmup_steps=20, max_tree_depth=4, progress=False
     )

@@ -61,7 +61,7 @@ def test_every_graph_and_input_type_loads_in_a_fresh_process(tmp_path):
 def test_a_bayesian_circuits_checkpoint_loads_and_the_command_line_evaluates_it(tmp_path):
     data = load_data("iris")
     torch.manual_seed(0)
-    bayesian = make_bayesian(UGMMCircuit(4, 3, depth=1, repetitions=2, channels=2))
+    bayesian = make_bayesian(UGMMCircuit(4, num_classes=3, depth=1, repetitions=2, channels=2))
     path = tmp_path / "svi.pt"
     fit_svi(
         bayesian,

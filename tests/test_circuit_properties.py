@@ -43,7 +43,7 @@ def reference_joint(circuit: UGMMCircuit, x: torch.Tensor) -> torch.Tensor:
     else:
         table = torch.log_softmax(inputs.logits, -1)  # (R, D, I, V)
         leaf = torch.stack(
-            [table[:, d, :, int(x[d])] for d in range(circuit.num_vars)], 1
+            [table[:, d, :, int(x[d])] for d in range(circuit.in_features)], 1
         )  # (R, D, I)
     tops = []
     for r in range(graph.repetitions):
@@ -83,7 +83,7 @@ def reference_joint(circuit: UGMMCircuit, x: torch.Tensor) -> torch.Tensor:
 
 def _enumerate(circuit: UGMMCircuit) -> torch.Tensor:
     values = range(circuit.inputs.num_values)
-    return torch.tensor(list(itertools.product(values, repeat=circuit.num_vars))).double()
+    return torch.tensor(list(itertools.product(values, repeat=circuit.in_features))).double()
 
 
 @pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
@@ -98,7 +98,7 @@ def test_upward_pass_equals_plain_recursion(graph, depth, inputs):
 @pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
 def test_normalised_and_marginals_exact(graph, depth, inputs):
     circuit = build(graph, depth, inputs)
-    d = circuit.num_vars
+    d = circuit.in_features
     with torch.no_grad():
         everything_missing = torch.zeros(2, d, dtype=torch.bool)
         torch.testing.assert_close(
@@ -140,10 +140,10 @@ def test_normalised_and_marginals_exact(graph, depth, inputs):
 def _check_importance_sampling(circuit: UGMMCircuit, draws: int = 400_000) -> None:
     """``E_q[p(x) / q(x)] = 1`` for a broad product-of-Normals proposal ``q``."""
     generator = torch.Generator().manual_seed(7)
-    centre, spread = torch.zeros(circuit.num_vars), torch.full((circuit.num_vars,), 3.0)
+    centre, spread = torch.zeros(circuit.in_features), torch.full((circuit.in_features,), 3.0)
     proposal = torch.distributions.Normal(centre.double(), spread.double())
     z = proposal.loc + proposal.scale * torch.randn(
-        draws, circuit.num_vars, generator=generator, dtype=torch.float64
+        draws, circuit.in_features, generator=generator, dtype=torch.float64
     )
     log_ratio = circuit.log_prob(z) - proposal.log_prob(z).sum(-1)
     ratio = log_ratio.exp()
@@ -157,13 +157,15 @@ def _check_chain_of_marginals(circuit: UGMMCircuit) -> None:
     every ``k``; with the 1-D marginal integrating to 1 this chains to normalisation."""
     grid = torch.linspace(-14, 14, 1401, dtype=torch.float64)
     points = _draw(circuit, 3, seed=5)
-    for k in range(2, circuit.num_vars + 1):
-        upto = torch.arange(circuit.num_vars) < k
+    for k in range(2, circuit.in_features + 1):
+        upto = torch.arange(circuit.in_features) < k
         for point in points:
             line = point.expand(len(grid), -1).clone()
             line[:, k - 1] = grid
             integral = torch.trapezoid(circuit.log_prob(line, mask=upto).exp(), grid)
-            marginal = circuit.log_prob(point, mask=upto & (torch.arange(circuit.num_vars) < k - 1))
+            marginal = circuit.log_prob(
+                point, mask=upto & (torch.arange(circuit.in_features) < k - 1)
+            )
             torch.testing.assert_close(integral, marginal.exp(), rtol=1e-5, atol=1e-12)
 
 
@@ -171,11 +173,11 @@ def _check_one_dimensional_marginal(circuit: UGMMCircuit) -> None:
     """``p(x_0)`` by masking equals the quadrature of ``p(x_0, x_1)`` over ``x_1``, and
     integrates to 1."""
     grid = torch.linspace(-14, 14, 1401, dtype=torch.float64)
-    first = torch.zeros(circuit.num_vars, dtype=torch.bool)
+    first = torch.zeros(circuit.in_features, dtype=torch.bool)
     first[0] = True
     pair = first.clone()
     pair[1] = True
-    x = torch.zeros(len(grid), circuit.num_vars, dtype=torch.float64)
+    x = torch.zeros(len(grid), circuit.in_features, dtype=torch.float64)
     x[:, 0] = grid
     single = circuit.log_prob(x, mask=first).exp()
     assert abs(float(torch.trapezoid(single, grid)) - 1) < 1e-5
@@ -206,7 +208,7 @@ def test_conditional_samples_follow_the_conditional(graph, depth, inputs):
     upward pass (KS test for Gaussian inputs, chi-square for categorical ones)."""
     circuit = build(graph, depth, inputs)
     evidence = _draw(circuit, 1, seed=3)[0]
-    observed = torch.ones(circuit.num_vars, dtype=torch.bool)
+    observed = torch.ones(circuit.in_features, dtype=torch.bool)
     observed[-1] = False
     torch.manual_seed(4)
     imputed = circuit.impute(evidence.expand(3000, -1), observed)
@@ -235,7 +237,7 @@ def test_conditional_samples_follow_the_conditional(graph, depth, inputs):
 @pytest.mark.parametrize(("graph", "depth", "inputs"), CASES[::5])
 def test_distribution_shapes_expand_and_support(graph, depth, inputs):
     circuit = build(graph, depth, inputs)
-    d = circuit.num_vars
+    d = circuit.in_features
     x = _draw(circuit, 5)
     whole = circuit()
     assert isinstance(whole, CircuitDistribution)

@@ -15,10 +15,10 @@ from ugmm_prob.circuits.layers import region_products, weighted_logsumexp
 from ugmm_prob.training import fit
 
 
-def make(num_vars, num_classes=2, *, seed=0, **kwargs):
+def make(in_features, num_classes=2, *, seed=0, **kwargs):
     torch.manual_seed(seed)
     options = {"repetitions": 2, "channels": 3, "components": 2, **kwargs}
-    circuit = UGMMCircuit(num_vars, num_classes, **options).double()
+    circuit = UGMMCircuit(in_features, num_classes=num_classes, **options).double()
     with torch.no_grad():  # spread the parameters away from their symmetric start
         circuit.inputs.loc_unconstrained.normal_(0, 1.5)
         circuit.inputs.scale_unconstrained.uniform_(-0.5, 0.3)
@@ -247,7 +247,9 @@ def test_maximum_likelihood_and_hybrid_training_with_fit():
     x = torch.cat([torch.randn(150, 4) * 0.5 - 1, torch.randn(150, 4) * 0.5 + 1])
     y = torch.cat([torch.zeros(150), torch.ones(150)]).long()
     for weight in (1.0, 0.5):
-        circuit = UGMMCircuit(4, 2, depth=1, repetitions=2, channels=3, likelihood_weight=weight)
+        circuit = UGMMCircuit(
+            4, num_classes=2, depth=1, repetitions=2, channels=3, likelihood_weight=weight
+        )
         circuit.init_leaves_from_data(x)
         before = float(-circuit.log_prob(x, y).mean().detach())
         fit(circuit, x, y, epochs=20, batch_size=50, lr=3e-2, progress=False)
@@ -270,7 +272,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_init_leaves_from_data_uses_data_values_and_spread():
     x = torch.randn(500, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([0.0, 10.0, -2.0])
-    circuit = UGMMCircuit(3, 1, repetitions=2, channels=2, components=3)
+    circuit = UGMMCircuit(3, num_classes=1, repetitions=2, channels=2, components=3)
     circuit.init_leaves_from_data(x, generator=torch.Generator().manual_seed(0))
     loc = circuit.inputs.loc.detach()
     for d in range(3):
@@ -297,7 +299,9 @@ def test_fast_paths_equal_the_straightforward_circuit(depth):
     straightforward implementation's loss and gradients (SPFlow's rule: speed work does not
     change outputs)."""
     fast = make(13, 3, depth=depth, repetitions=3, channels=4, seed=depth)
-    plain = _straightforward_circuit_class()(13, 3, depth=depth, repetitions=3, channels=4)
+    plain = _straightforward_circuit_class()(
+        13, num_classes=3, depth=depth, repetitions=3, channels=4
+    )
     plain = plain.double()
     plain.graph = fast.graph
     plain.load_state_dict(fast.state_dict())
@@ -343,7 +347,7 @@ def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
     torch.manual_seed(0)
     y = torch.arange(60) % 3
     x = torch.randn(60, 4) * 0.5 + 3.0 * y[:, None]  # class c sits near 3c
-    circuit = UGMMCircuit(4, 3, depth=1, repetitions=6, channels=2, components=2)
+    circuit = UGMMCircuit(4, num_classes=3, depth=1, repetitions=6, channels=2, components=2)
     before = circuit.root.logits.detach().clone()
     circuit.init_from_data(x, y, generator=torch.Generator().manual_seed(1), class_bias=5.0)
     loc = circuit.inputs.loc.detach()  # (R, D, I, K)
@@ -389,4 +393,4 @@ def test_separate_structure_gives_each_class_its_own_repetitions():
     assert (weights[0, 1::2] == 0).all() and (weights[1, 0::2] == 0).all()
     torch.testing.assert_close(weights.sum((1, 2)), torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="cannot serve 3 classes"):
-        UGMMCircuit(2, 3, depth=1, repetitions=2, shared_structure=False)
+        UGMMCircuit(2, num_classes=3, depth=1, repetitions=2, shared_structure=False)

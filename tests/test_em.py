@@ -15,7 +15,13 @@ def _single_mixture(components: int = 3) -> UGMMCircuit:
     """A depth-0 circuit with one variable, repetition and channel: one Gaussian mixture."""
     torch.manual_seed(0)
     circuit = UGMMCircuit(
-        1, 1, depth=0, repetitions=1, channels=1, components=components, scale_floor=1e-3
+        1,
+        num_classes=1,
+        depth=0,
+        repetitions=1,
+        channels=1,
+        components=components,
+        scale_floor=1e-3,
     ).double()
     with torch.no_grad():
         circuit.inputs.loc_unconstrained.normal_(0, 2)
@@ -145,7 +151,7 @@ def test_fit_em_resumes_exactly_and_checks_its_inputs(tmp_path):
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
-    hybrid = UGMMCircuit(4, 2, likelihood_weight=0.5)
+    hybrid = UGMMCircuit(4, num_classes=2, likelihood_weight=0.5)
     with pytest.raises(ValueError, match="likelihood_weight"):
         fit_em(hybrid, x, y, progress=False)
     with pytest.raises(ValueError, match="step_size"):

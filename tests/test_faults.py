@@ -46,7 +46,7 @@ def iris():
 
 
 def _tiny():
-    return UGMMClassifier(4, (8,), 3, layer_norm=False, backend="eager")
+    return UGMMClassifier(4, hidden=(8,), num_classes=3, layer_norm=False, backend="eager")
 
 
 # --------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_classes_off_the_allow_list_are_refused(tmp_path):
     class Mine(MLPClassifier):
         pass
 
-    model = Mine(4, (5,), 3)
+    model = Mine(4, hidden=(5,), num_classes=3)
     path = save_checkpoint(tmp_path / "mine.pt", model)
     with pytest.raises(CheckpointError, match=r"mine\.pt: model class .*Mine.* is not loadable"):
         load_checkpoint(path)
@@ -140,8 +140,8 @@ def test_checkpoints_load_in_a_fresh_process(tmp_path):
     x = torch.randn(5, 4)
     paths = []
     for name, model in (
-        ("classifier", UGMMClassifier(4, (6,), 3)),
-        ("circuit", UGMMCircuit(4, 3, depth=1, repetitions=2, channels=2)),
+        ("classifier", UGMMClassifier(4, hidden=(6,), num_classes=3)),
+        ("circuit", UGMMCircuit(4, num_classes=3, depth=1, repetitions=2, channels=2)),
     ):
         path = save_checkpoint(tmp_path / f"{name}.pt", model)
         torch.save(x, f"{path}.x")
@@ -250,8 +250,14 @@ def test_resume_refuses_changed_settings_and_accepts_more_epochs(iris, tmp_path)
         ({"batch_size": 16}, r"batch_size was 32 .* this run has 16"),
         ({"x": x + 0.5}, r"data was .*x_sum"),
         ({"optimizer": "sgd"}, r"optimizer was adam .* this run has sgd"),
-        ({"model": UGMMClassifier(4, (9,), 3, layer_norm=False)}, r"hidden': \[8\].*\[9\]"),
-        ({"model": JointScoreModel(4, 3)}, r"holds a UGMMClassifier .* trains a JointScore"),
+        (
+            {"model": UGMMClassifier(4, hidden=(9,), num_classes=3, layer_norm=False)},
+            r"hidden': \[8\].*\[9\]",
+        ),
+        (
+            {"model": JointScoreModel(4, num_classes=3)},
+            r"holds a UGMMClassifier .* trains a JointScore",
+        ),
         ({"lr": 1e6}, r"lr 0\.01, this run asks for lr 1000000\.0; pass override_lr=True"),
     ]
     for change, match in cases:
@@ -386,8 +392,8 @@ def test_zero_epochs_claims_no_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: UGMMClassifier(4, (8,), 3, layer_norm=True),
-        lambda: JointScoreModel(4, 3, (6,), objective="conditional"),
+        lambda: UGMMClassifier(4, hidden=(8,), num_classes=3, layer_norm=True),
+        lambda: JointScoreModel(4, num_classes=3, hidden=(6,), objective="conditional"),
     ],
 )
 def test_a_deep_copy_trains_on_its_own_parameters(iris, build):
@@ -452,9 +458,9 @@ def test_demo_refuses_an_existing_file_as_out(tmp_path, capsys):
 # --------------------------------------------------------------------------------------
 
 MODELS = {
-    "ugmm": lambda: UGMMClassifier(4, (6,), 3),
-    "mlp": lambda: MLPClassifier(4, (6,), 3),
-    "joint": lambda: JointScoreModel(4, 3, (6,)),
+    "ugmm": lambda: UGMMClassifier(4, hidden=(6,), num_classes=3),
+    "mlp": lambda: MLPClassifier(4, hidden=(6,), num_classes=3),
+    "joint": lambda: JointScoreModel(4, num_classes=3, hidden=(6,)),
 }
 
 
@@ -502,7 +508,7 @@ def test_inputs_of_every_kind(kind):
 
 
 def test_joint_model_entry_points():
-    model = JointScoreModel(4, 3, (6,))
+    model = JointScoreModel(4, num_classes=3, hidden=(6,))
     x = torch.randn(5, 4)
     torch.testing.assert_close(model.posterior(x.numpy()), model.predict_proba(x))
     assert model.posterior(torch.empty(0, 4)).shape == (0, 3)
@@ -525,15 +531,15 @@ def test_cnn_takes_images_flat_and_empty():
 
 
 def test_boundary_functions_directly():
-    assert as_batch([[1, 2]], num_features=2).dtype == torch.get_default_dtype()
+    assert as_batch([[1, 2]], in_features=2).dtype == torch.get_default_dtype()
     assert (
-        as_batch(np.ones((3, 2), dtype=np.int64), num_features=2, dtype=torch.float64).dtype
+        as_batch(np.ones((3, 2), dtype=np.int64), in_features=2, dtype=torch.float64).dtype
         == torch.float64
     )
     with pytest.raises(TypeError, match="floating dtype"):
-        as_batch([[1.0]], num_features=1, dtype=torch.int64)
+        as_batch([[1.0]], in_features=1, dtype=torch.int64)
     with pytest.raises(TypeError, match="does not convert"):
-        as_batch([[1.0, 2.0], [3.0]], num_features=2)
+        as_batch([[1.0, 2.0], [3.0]], in_features=2)
     assert check_labels(np.array([0.0, 2.0]), 3).tolist() == [0, 2]
     with pytest.raises(TypeError, match="non-integer"):
         check_labels([0.5], 3)
@@ -561,7 +567,7 @@ def test_a_deep_copied_layer_gets_its_own_name():
     layer = UGMMLayer(3, 2)
     twin = copy.deepcopy(layer)
     assert twin._pyro_name != layer._pyro_name
-    model = UGMMClassifier(4, (6,), 3)
+    model = UGMMClassifier(4, hidden=(6,), num_classes=3)
     twin_model = copy.deepcopy(model)
     assert twin_model.stack.layers[0]._pyro_name == f"{twin_model._pyro_name}.stack.layers.0"
 
@@ -586,7 +592,7 @@ def test_circuit_inputs_of_every_kind():
     from ugmm_prob.circuits import UGMMCircuit
 
     torch.manual_seed(0)
-    circuit = UGMMCircuit(4, 3, depth=1, repetitions=2, channels=2)
+    circuit = UGMMCircuit(4, num_classes=3, depth=1, repetitions=2, channels=2)
     x = torch.randn(5, 4)
     expected = circuit.predict_proba(x)
     torch.testing.assert_close(circuit.predict_proba(x.double()), expected)  # float64 in
@@ -620,7 +626,7 @@ def test_a_deep_copied_circuit_trains_on_its_own_parameters(iris):
     from ugmm_prob.circuits import UGMMCircuit
 
     x, y = iris
-    original = UGMMCircuit(4, 3, depth=1, repetitions=2, channels=2)
+    original = UGMMCircuit(4, num_classes=3, depth=1, repetitions=2, channels=2)
     fit(original, x, y, epochs=1, batch_size=32, lr=1e-2, progress=False)
     before = {k: v.clone() for k, v in original.state_dict().items()}
     copied = copy.deepcopy(original)

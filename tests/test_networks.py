@@ -1,13 +1,14 @@
-"""Networks: shapes, the Classifier interface, Pyro use, and the joint-score posterior."""
+"""Networks: paper shapes, Pyro use, and the joint-score posterior.
+
+The checks every model family shares (shapes, float64, gradients, checkpoints, SVI, ArviZ)
+are in tests/test_model_families.py."""
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
-from ugmm_prob.checkpoints import build_model
 from ugmm_prob.networks import (
     CNNClassifier,
     ConvUGMMClassifier,
@@ -17,37 +18,9 @@ from ugmm_prob.networks import (
     UGMMStack,
 )
 
-NETWORKS = [
-    lambda: UGMMClassifier(12, (6, 5), 3, dropout=0.2),
-    lambda: UGMMClassifier(12, (6,), 3, layer_norm=False),
-    lambda: MLPClassifier(12, (6, 5), 3),
-    lambda: JointScoreModel(12, 3, (6, 4)),
-]
-
-
-@pytest.mark.parametrize("make", NETWORKS)
-def test_classifier_interface(make):
-    net = make()
-    x, y = torch.randn(9, 12), torch.randint(0, 3, (9,))
-    logits = net.logits(x)
-    assert logits.shape == (9, 3)
-    predictive = net(x)
-    assert isinstance(predictive, dist.Categorical)
-    net.eval()
-    torch.testing.assert_close(
-        net.log_prob(x, y), torch.log_softmax(net.logits(x), -1)[range(9), y]
-    )
-    probs = net.predict_proba(x)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(9))
-    assert torch.equal(net.predict(x), probs.argmax(-1))
-    rebuilt = build_model(type(net).__name__, net.config)
-    rebuilt.load_state_dict(net.state_dict())
-    rebuilt.eval()
-    torch.testing.assert_close(rebuilt.logits(x), net.logits(x))
-
 
 def test_predict_proba_is_deterministic_and_restores_training_mode():
-    net = UGMMClassifier(12, (6,), 3, dropout=0.5)
+    net = UGMMClassifier(12, hidden=(6,), num_classes=3, dropout=0.5)
     x = torch.randn(5, 12)
     assert net.training
     torch.testing.assert_close(net.predict_proba(x), net.predict_proba(x))
@@ -63,12 +36,12 @@ def test_conv_networks_take_flat_or_image_input(make):
 
 
 def test_paper_shapes_and_parameter_counts():
-    net = UGMMClassifier(784, (128, 64), 10, layer_norm=True, dropout=0.3)
+    net = UGMMClassifier(784, hidden=(128, 64), num_classes=10, layer_norm=True, dropout=0.3)
     ugmm = 3 * (784 * 128 + 128 * 64 + 64 * 10)
     norms = 2 * (128 + 64)
     assert sum(p.numel() for p in net.parameters()) == ugmm + norms
     assert [layer.dropout for layer in net.stack.layers] == [0.3, 0.0, 0.0]
-    mlp = MLPClassifier(784, (128, 64), 10)
+    mlp = MLPClassifier(784, hidden=(128, 64), num_classes=10)
     assert (
         sum(p.numel() for p in mlp.parameters()) == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     )
@@ -81,7 +54,10 @@ def test_stack_rejects_wrong_number_of_dropout_rates():
 
 def test_instances_keep_their_own_pyro_parameters():
     """Two unnamed networks in one process do not share parameters through the param store."""
-    first, second = UGMMClassifier(4, (3,), 2), UGMMClassifier(4, (3,), 2)
+    first, second = (
+        UGMMClassifier(4, hidden=(3,), num_classes=2),
+        UGMMClassifier(4, hidden=(3,), num_classes=2),
+    )
     x = torch.randn(5, 4)
     before = first.logits(x).detach().clone()
     second.logits(x)
@@ -93,7 +69,7 @@ def test_network_is_a_pyro_model_trained_by_svi_with_minibatch_scaling():
     torch.manual_seed(0)
     x = torch.cat([torch.randn(60, 4) - 1.5, torch.randn(60, 4) + 1.5])
     y = torch.cat([torch.zeros(60), torch.ones(60)]).long()
-    net = UGMMClassifier(4, (3,), 2)
+    net = UGMMClassifier(4, hidden=(3,), num_classes=2)
     trace = pyro.poutine.trace(net.model).get_trace(x[:10], y[:10], num_data=120)
     trace.compute_log_prob()
     site = trace.nodes["y"]
@@ -104,7 +80,7 @@ def test_network_is_a_pyro_model_trained_by_svi_with_minibatch_scaling():
 
 
 def test_joint_score_posterior_is_softmax_of_scores_in_one_pass():
-    model = JointScoreModel(4, 3, (5, 3)).eval()
+    model = JointScoreModel(4, num_classes=3, hidden=(5, 3)).eval()
     x = torch.randn(7, 4)
     scores = torch.stack([model.score(x, torch.full((7,), c)) for c in range(3)], -1)
     torch.testing.assert_close(model.posterior(x), torch.softmax(scores, -1))
@@ -112,7 +88,7 @@ def test_joint_score_posterior_is_softmax_of_scores_in_one_pass():
 
 def test_joint_score_posterior_equals_pyro_enumeration():
     """Pyro's exact marginal of the enumerated label site equals posterior(x) to 1e-6."""
-    model = JointScoreModel(4, 3, (10, 5)).eval()
+    model = JointScoreModel(4, num_classes=3, hidden=(10, 5)).eval()
     x = torch.randn(11, 4, dtype=torch.float32)
     marginals = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(
         config_enumerate(model.joint_model), lambda x: None, x
@@ -123,18 +99,18 @@ def test_joint_score_posterior_equals_pyro_enumeration():
 
 def test_joint_score_objectives():
     x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
-    paper = JointScoreModel(4, 3, objective="score")
+    paper = JointScoreModel(4, num_classes=3, objective="score")
     torch.testing.assert_close(paper.training_loss(x, y), -paper.score(x, y).mean())
-    conditional = JointScoreModel(4, 3, objective="conditional")
+    conditional = JointScoreModel(4, num_classes=3, objective="conditional")
     torch.testing.assert_close(conditional.training_loss(x, y), -conditional.log_prob(x, y).mean())
     with pytest.raises(ValueError, match="objective"):
-        JointScoreModel(4, 3, objective="likelihood")
+        JointScoreModel(4, num_classes=3, objective="likelihood")
 
 
 def test_stack_init_from_data_matches_each_layer_to_its_inputs():
     torch.manual_seed(0)
     x = torch.randn(40, 5)
-    net = UGMMClassifier(5, (6, 4), 3, layer_norm=True)
+    net = UGMMClassifier(5, hidden=(6, 4), num_classes=3, layer_norm=True)
     net.init_from_data(x, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         first, second, _ = net.stack.layers
@@ -147,7 +123,7 @@ def test_stack_init_from_data_matches_each_layer_to_its_inputs():
 def test_joint_score_init_from_data_uses_the_labels():
     torch.manual_seed(0)
     x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
-    model = JointScoreModel(4, 3, (5,))
+    model = JointScoreModel(4, num_classes=3, hidden=(5,))
     with pytest.raises(ValueError, match="labels"):
         model.init_from_data(x)
     model.init_from_data(x, y)
@@ -172,13 +148,13 @@ def test_the_checkpoint_allow_list_moved_to_checkpoints_with_a_deprecated_old_pa
 
 
 def test_mlp_without_hidden_layers_is_a_logistic_regression():
-    net = MLPClassifier(4, (), 3)
+    net = MLPClassifier(4, hidden=(), num_classes=3)
     (linear,) = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     x = torch.randn(5, 4)
     torch.testing.assert_close(net.logits(x), x @ linear.weight.T + linear.bias)
 
 
 def test_mlp_layers_follow_the_widths():
-    net = MLPClassifier(6, (5, 4), 3)
+    net = MLPClassifier(6, hidden=(5, 4), num_classes=3)
     shapes = [tuple(m.weight.shape) for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert shapes == [(5, 6), (4, 5), (3, 4)]

@@ -21,7 +21,7 @@ def iris():
 
 def _point() -> UGMMClassifier:
     torch.manual_seed(2)
-    return UGMMClassifier(4, (6,), 3, layer_norm=True, backend="eager")
+    return UGMMClassifier(4, hidden=(6,), num_classes=3, layer_norm=True, backend="eager")
 
 
 def _guide_values(model) -> dict[str, torch.Tensor]:
@@ -105,7 +105,7 @@ def test_circuit_checkpoint_holds_the_circuit_at_the_guide_median(iris, tmp_path
 
     x, y = iris
     torch.manual_seed(0)
-    bayesian = make_bayesian(UGMMCircuit(4, 3, repetitions=2, channels=3))
+    bayesian = make_bayesian(UGMMCircuit(4, num_classes=3, repetitions=2, channels=3))
     guide, _ = fit_svi(bayesian, x, y, epochs=1, checkpoint_path=tmp_path / "c.pt", **SETTINGS)
     circuit = load_checkpoint(tmp_path / "c.pt").model
     assert type(circuit) is UGMMCircuit

@@ -21,7 +21,7 @@ def iris():
 
 
 def _small_model():
-    return UGMMClassifier(4, (8,), 3, layer_norm=False, backend="eager")
+    return UGMMClassifier(4, hidden=(8,), num_classes=3, layer_norm=False, backend="eager")
 
 
 def test_learns_iris(iris):
@@ -40,7 +40,7 @@ def test_learns_iris(iris):
 def test_learns_a_2000_image_mnist_subset(mnist_dir):
     x, y = mnist_subset(*load_mnist("train", root=mnist_dir), 2000, seed=0)
     x_test, y_test = mnist_subset(*load_mnist("test", root=mnist_dir), 1000, seed=0)
-    model = UGMMClassifier(784, (32,), 10, layer_norm=False, backend="eager")
+    model = UGMMClassifier(784, hidden=(32,), num_classes=10, layer_norm=False, backend="eager")
     fit(model, x, y, epochs=5, batch_size=64, lr=1e-2, progress=False)
     # 83.2% measured on 1,000 test images with these seeds; 10% is chance.
     assert evaluate(model, x_test, y_test)["accuracy"] >= 0.78
@@ -51,21 +51,23 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(iris, tmp_path):
     kwargs = dict(
         epochs=6, batch_size=16, lr=1e-2, seed=3, progress=False, milestones=(3,), gamma=0.5
     )
-    straight = UGMMClassifier(4, (8,), 3, dropout=0.3, backend="eager")
+    straight = UGMMClassifier(4, hidden=(8,), num_classes=3, dropout=0.3, backend="eager")
     initial = {k: v.clone() for k, v in straight.state_dict().items()}
     fit(straight, x, y, **kwargs)
 
-    again = UGMMClassifier(4, (8,), 3, dropout=0.3, backend="eager")
+    again = UGMMClassifier(4, hidden=(8,), num_classes=3, dropout=0.3, backend="eager")
     again.load_state_dict(initial)
     fit(again, x, y, **kwargs)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, again.state_dict()[key])
 
     path = tmp_path / "run.pt"
-    resumed = UGMMClassifier(4, (8,), 3, dropout=0.3, backend="eager")
+    resumed = UGMMClassifier(4, hidden=(8,), num_classes=3, dropout=0.3, backend="eager")
     resumed.load_state_dict(initial)
     fit(resumed, x, y, checkpoint_path=path, **{**kwargs, "epochs": 2})
-    fresh = UGMMClassifier(4, (8,), 3, dropout=0.3, backend="eager")  # a new process, say
+    fresh = UGMMClassifier(
+        4, hidden=(8,), num_classes=3, dropout=0.3, backend="eager"
+    )  # a new process, say
     history = fit(fresh, x, y, checkpoint_path=path, resume=True, **kwargs)
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
     assert history[-1]["lr"] == pytest.approx(5e-3)
@@ -124,7 +126,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(iris, tmp_path):
 
 
 def test_checkpoint_round_trip_and_atomic_write(tmp_path):
-    model = JointScoreModel(4, 3, objective="conditional")
+    model = JointScoreModel(4, num_classes=3, objective="conditional")
     path = save_checkpoint(tmp_path / "sub" / "c.pt", model, epoch=5, history=[{"epoch": 5}])
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]  # no temporary left
     loaded = load_checkpoint(path)
@@ -213,7 +215,7 @@ def test_diverged_weights_are_caught_like_a_nan_loss(iris):
 
 def _keep_best_run(x, y, x_val, y_val, **kwargs):
     torch.manual_seed(0)
-    model = UGMMClassifier(4, (8,), 3, layer_norm=False, backend="eager")
+    model = UGMMClassifier(4, hidden=(8,), num_classes=3, layer_norm=False, backend="eager")
     options = dict(batch_size=16, lr=5e-2, seed=1, progress=False)
     history = fit(model, x, y, x_val=x_val, y_val=y_val, **{**options, **kwargs})
     return model, history
@@ -253,7 +255,7 @@ def test_keep_best_needs_a_metric_and_held_out_data(iris):
 
 
 def test_progress_bars_redraw_a_few_times_a_second_not_per_step(capsys):
-    net = UGMMClassifier(4, (5,), 3, layer_norm=False)
+    net = UGMMClassifier(4, hidden=(5,), num_classes=3, layer_norm=False)
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
     start = time.perf_counter()
     fit(net, x, y, epochs=40, batch_size=4, progress=True)  # 640 steps

@@ -37,12 +37,12 @@ def test_on_by_default_and_the_context_restores_the_previous_setting_even_on_err
 def test_the_boundary_checks_values_only_while_enabled():
     x = torch.tensor([[0.0, math.nan]])
     with pytest.raises(ValueError, match="1 NaN or infinite"):
-        as_batch(x, num_features=2)
+        as_batch(x, in_features=2)
     with validation_enabled(False):
-        assert torch.equal(as_batch(x, num_features=2).isnan(), x.isnan())
+        assert torch.equal(as_batch(x, in_features=2).isnan(), x.isnan())
         assert check_labels([0, 7], 3).tolist() == [0, 7]  # range unchecked
         with pytest.raises(ValueError, match="2 features per example"):
-            as_batch(torch.zeros(1, 3), num_features=2)  # shapes are always checked
+            as_batch(torch.zeros(1, 3), in_features=2)  # shapes are always checked
     with pytest.raises(ValueError, match=r"labels in \[0, 2\]"):
         check_labels([0, 7], 3)
 
@@ -65,7 +65,7 @@ def test_kernel_argument_checks_are_skipped_while_disabled():
 
 
 def test_fit_checks_the_data_once_and_runs_its_steps_without_validation():
-    net = UGMMClassifier(4, (5,), 3, layer_norm=False)
+    net = UGMMClassifier(4, hidden=(5,), num_classes=3, layer_norm=False)
     x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
     seen = []
     original = net.training_loss
@@ -97,11 +97,16 @@ def test_em_steps_run_without_validation_and_svi_steps_keep_it(monkeypatch):
 
     monkeypatch.setattr(em, "expected_statistics", spying)
     fit_em(
-        UGMMCircuit(3, 2, repetitions=2, channels=2), x, y, epochs=1, batch_size=8, progress=False
+        UGMMCircuit(3, num_classes=2, repetitions=2, channels=2),
+        x,
+        y,
+        epochs=1,
+        batch_size=8,
+        progress=False,
     )
     assert seen == [False] * 3
 
-    bayesian = make_bayesian(UGMMClassifier(3, (4,), 2, layer_norm=False))
+    bayesian = make_bayesian(UGMMClassifier(3, hidden=(4,), num_classes=2, layer_norm=False))
     seen.clear()
     original = bayesian.logits
 

@@ -117,7 +117,7 @@ def to_inference_data(
         observed["y"] = y.cpu().numpy()
     if density:
         dims["x"] = ["example", "variable"]
-        coords["variable"] = np.arange(model.num_vars)
+        coords["variable"] = np.arange(model.in_features)
         observed["x"] = x.cpu().numpy()
         predictive["x"] = torch.stack(predicted_x).cpu().numpy()[None]
     posterior = {name: value.detach().cpu().numpy()[None] for name, value in draws.items()}

@@ -7,13 +7,13 @@ one accepts the same kinds of input and refuses bad input with the same messages
 
 - tensors, NumPy arrays and (nested) lists are accepted; integer and double data are
   converted to the model's floating dtype and moved to its device;
-- dimension 0 indexes examples and the remaining dimensions hold the ``num_features``
+- dimension 0 indexes examples and the remaining dimensions hold the ``in_features``
   values of one example (images ``(n, 1, 28, 28)`` and flat ``(n, 784)`` are both
-  ``784`` features); the result is flat, ``(n, num_features)``;
+  ``784`` features); the result is flat, ``(n, in_features)``;
 - **a 1-D ``x`` is refused**, naming the expected shape: a vector of length ``D`` could be
   one example of ``D`` features or ``D`` examples of one feature, so the caller says which
   (``x[None]`` or ``x.reshape(1, -1)`` for one example);
-- an empty batch ``(0, num_features)`` is valid; the methods answer it with empty results
+- an empty batch ``(0, in_features)`` is valid; the methods answer it with empty results
   of the right shape;
 - NaN and infinite values are refused with their count, and labels out of range with the
   range, while validation is enabled (:mod:`ugmm_prob.validation`; the default). Disabled,
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._deprecation import accepts_old_spellings
 from .validation import is_validation_enabled
 
 __all__ = ["NonFiniteError", "as_batch", "check_labels", "to_tensor"]
@@ -61,31 +62,32 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
     raise TypeError(f"{name}: expected a tensor, NumPy array or list, got {type(value).__name__}")
 
 
+@accepts_old_spellings(renamed={"num_features": "in_features"})
 def as_batch(
     x: Any,
     *,
-    num_features: int,
+    in_features: int,
     name: str = "x",
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """``x`` as a checked batch of examples, shape ``(n, num_features)``.
+    """``x`` as a checked batch of examples, shape ``(n, in_features)``.
 
     Args:
         x: a tensor, NumPy array or list of shape ``(n, ...)`` whose trailing dimensions
-            hold ``num_features`` values per example; ``n`` may be 0.
-        num_features: values per example the model expects.
+            hold ``in_features`` values per example; ``n`` may be 0.
+        in_features: values per example the model expects.
         name: how errors name the input (e.g. ``"UGMMClassifier.predict_proba: x"``).
         dtype: floating dtype to convert to (default: ``x``'s own if floating, else torch's
             default dtype).
         device: device to move to (default: ``x``'s).
 
     Returns:
-        A floating tensor ``(n, num_features)`` on ``device``.
+        A floating tensor ``(n, in_features)`` on ``device``.
 
     Raises:
         TypeError: ``x`` is not numeric (or ``dtype`` is not floating).
-        ValueError: ``x`` is 0-D or 1-D, its examples do not hold ``num_features`` values,
+        ValueError: ``x`` is 0-D or 1-D, its examples do not hold ``in_features`` values,
             or it contains NaN or infinite values (their count is given).
     """
     x = to_tensor(x, name)
@@ -97,17 +99,17 @@ def as_batch(
         raise TypeError(f"{name}: expected a floating dtype to convert to, got {dtype}")
     if x.dim() < 2:
         raise ValueError(
-            f"{name}: expected a batch of shape (n, {num_features}), got shape "
-            f"{tuple(x.shape)}; for a single example pass x[None] (shape (1, {num_features}))"
+            f"{name}: expected a batch of shape (n, {in_features}), got shape "
+            f"{tuple(x.shape)}; for a single example pass x[None] (shape (1, {in_features}))"
         )
     per_example = int(np.prod(x.shape[1:]))
-    if per_example != num_features:
+    if per_example != in_features:
         raise ValueError(
-            f"{name}: expected {num_features} features per example, shape (n, "
-            f"{num_features}), got shape {tuple(x.shape)} ({per_example} per example)"
+            f"{name}: expected {in_features} features per example, shape (n, "
+            f"{in_features}), got shape {tuple(x.shape)} ({per_example} per example)"
         )
     x = x.to(device=device if device is not None else x.device, dtype=dtype)
-    x = x.reshape(len(x), num_features)
+    x = x.reshape(len(x), in_features)
     if not is_validation_enabled():
         return x
     finite = torch.isfinite(x)

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from ._deprecation import with_current_names
 from ._version import __version__
 from .roles import Model
 
@@ -113,8 +114,13 @@ def resolve_model_class(name: str, *, extra: Sequence[type] = ()) -> type[Model]
 
 def build_model(name: str, config: dict[str, Any]) -> Model:
     """Rebuild a model from its class (``module:qualname`` of :data:`LOADABLE_MODEL_CLASSES`,
-    or a bare class name of that list) and ``config`` (as stored in checkpoints)."""
-    return resolve_model_class(name)(**config)
+    or a bare class name of that list) and ``config`` (as stored in checkpoints).
+
+    A ``config`` stored under argument names the library has since renamed (``num_vars``,
+    ``num_features``: now ``in_features``) is read under the current names.
+    """
+    model_class = resolve_model_class(name)
+    return model_class(**with_current_names(model_class, config))
 
 
 class CheckpointError(ValueError):
@@ -270,7 +276,7 @@ def _rebuilt_model(
     try:
         # Building draws initial values from the global RNG: leave it as the caller had it.
         with torch.random.fork_rng(devices=[]):
-            model = model_class(**payload["config"])
+            model = model_class(**with_current_names(model_class, payload["config"]))
         # A model saved in float64 (say) comes back in float64, not in the default dtype.
         dtypes = {v.dtype for v in payload["model_state"].values() if v.is_floating_point()}
         if len(dtypes) == 1:

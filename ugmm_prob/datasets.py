@@ -13,6 +13,11 @@ What lives here:
   :class:`CorruptDatasetError`.
 
 Nothing here needs pandas, scikit-learn or torchvision.
+
+Why one module of some 600 lines: callers (the experiments, the command line, the
+benchmarks, users) take every data set and its errors from one place, and about half of it
+is the private machinery behind :func:`load_mnist` (finding, downloading and verifying the
+IDX files), which has no public name of its own to live under.
 """
 
 from __future__ import annotations

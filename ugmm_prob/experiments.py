@@ -96,7 +96,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment(
             "mnist-ugmm-ln",
             "mnist",
-            lambda: UGMMClassifier(784, (128, 64), 10, layer_norm=True, dropout=0.3),
+            lambda: UGMMClassifier(
+                784, hidden=(128, 64), num_classes=10, layer_norm=True, dropout=0.3
+            ),
             98.34,
             "uGMM-NN 784-128-64-10 with LayerNorm, component dropout 0.3 on the first layer",
             _MNIST_UGMM_TRAINING,
@@ -107,7 +109,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment(
             "mnist-ugmm",
             "mnist",
-            lambda: UGMMClassifier(784, (128, 64), 10, layer_norm=False, dropout=0.3),
+            lambda: UGMMClassifier(
+                784, hidden=(128, 64), num_classes=10, layer_norm=False, dropout=0.3
+            ),
             97.8,
             "uGMM-NN 784-128-64-10 without LayerNorm (the paper: plateaus near 97.8%)",
             _MNIST_UGMM_TRAINING,
@@ -117,7 +121,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment(
             "mnist-mlp",
             "mnist",
-            lambda: MLPClassifier(784, (128, 64), 10, dropout=0.2),
+            lambda: MLPClassifier(784, hidden=(128, 64), num_classes=10, dropout=0.2),
             98.15,
             "MLP 784-128-64-10, ReLU and dropout 0.2",
             {"epochs": 100, "batch_size": 128, "lr": 1e-3, "milestones": (20, 45, 60)},
@@ -143,7 +147,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment(
             "iris-joint",
             "iris",
-            lambda: JointScoreModel(4, 3, (10, 5), objective="conditional", layer_norm=True),
+            lambda: JointScoreModel(
+                4, num_classes=3, hidden=(10, 5), objective="conditional", layer_norm=True
+            ),
             100.0,
             "joint-score uGMM-NN 5-10-5-1 (label as fifth input, LayerNorm), exact posterior",
             {"epochs": 300, "batch_size": 16, "lr": 3e-2, "milestones": (100, 200)},

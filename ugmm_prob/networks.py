@@ -12,6 +12,10 @@ treatment use only that interface plus :attr:`Classifier.config`.
 - :class:`MLPClassifier`, :class:`CNNClassifier`: the paper's baselines;
 - :class:`JointScoreModel`: the label fed in as an extra input, an unnormalised joint score
   ``s(x, c)`` and the exact class posterior ``p(c | x) = softmax_c s(x, c)``.
+
+Why one module past 400 lines: checkpoints record each network as
+``ugmm_prob.networks:<class>``, so moving a class would break every stored model, and the
+networks are short subclasses of one base read together.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ._deprecation import RenamedAttribute, accepts_old_spellings
 from .boundary import NonFiniteError, as_batch, check_labels
 from .kernels import Backend
 from .layers import FreshPyroNameOnCopy, LayerNorm, UGMMLayer
@@ -72,8 +77,8 @@ class Classifier(Model):
 
     Subclasses implement :meth:`logits` and record their constructor arguments in
     ``self.config`` (plain Python values), which is what checkpoints store to rebuild them.
-    Subclasses that know their input width return it from ``_input_features``; their
-    public methods then take inputs through :func:`ugmm_prob.boundary.as_batch` (tensors,
+    Subclasses that know their input width set ``self.in_features``; their public
+    methods then take inputs through :func:`ugmm_prob.boundary.as_batch` (tensors,
     NumPy arrays or lists; shape ``(n, features...)``; a 1-D ``x`` is refused, pass
     ``x[None]`` for one example). ``copy.deepcopy`` gives the copy a fresh Pyro name, so a
     copy never shares Pyro's parameter store with its original.
@@ -81,15 +86,14 @@ class Classifier(Model):
 
     def _batch(self, x: Any, method: str) -> Any:
         """``x`` through the input boundary (:func:`~ugmm_prob.boundary.as_batch`)."""
-        features = self._input_features()
-        if features is None:
+        if self.in_features is None:
             return x
         reference = next(self.parameters(), None)
         if reference is None:
             reference = next(self.buffers(), None)
         return as_batch(
             x,
-            num_features=features,
+            in_features=self.in_features,
             name=f"{type(self).__name__}.{method}: x",
             dtype=None if reference is None else reference.dtype,
             device=None if reference is None else reference.device,
@@ -114,7 +118,7 @@ class Classifier(Model):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``log p(y | x)`` for each row, shape ``(n,)``."""
         x = self._batch(x, "log_prob")
-        if self._input_features() is not None:
+        if self.in_features is not None:
             y = check_labels(
                 y,
                 self.num_classes,
@@ -226,6 +230,17 @@ def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_STACK_OPTIONS = ("layer_norm", "dropout", "scale_floor", "backend")
+"""The constructor arguments a network hands on to its :class:`UGMMStack` unchanged (read
+back from its ``config``, so each stays an explicit, documented argument of the network)."""
+
+
+def _stack_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`_STACK_OPTIONS` of a network's ``config``, as keywords for
+    :class:`UGMMStack`."""
+    return {key: config[key] for key in _STACK_OPTIONS}
+
+
 class UGMMStack(FreshPyroNameOnCopy, PyroModule):
     """uGMM layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
@@ -311,17 +326,25 @@ class UGMMStack(FreshPyroNameOnCopy, PyroModule):
 class UGMMClassifier(Classifier):
     """Fully connected uGMM-NN: the last layer's activations are the class logits.
 
-    ``UGMMClassifier(784, (128, 64), 10, layer_norm=True, dropout=0.3)`` is the paper's MNIST
-    network (98.34% reported). The logits are log-densities of each class neuron's mixture
-    at the previous layer's activations; they are scores, not a likelihood of ``x``.
+    ``UGMMClassifier(784, hidden=(128, 64), num_classes=10, layer_norm=True, dropout=0.3)``
+    is the paper's MNIST network (98.34% reported). The logits are log-densities of each
+    class neuron's mixture at the previous layer's activations; they are scores, not a
+    likelihood of ``x``.
+
+    Args:
+        in_features: values per example (4 for Iris, 784 for MNIST).
+        hidden: widths of the hidden uGMM layers.
+        num_classes: number of classes, the width of the output layer.
+        layer_norm, dropout, scale_floor, backend: as for :class:`UGMMStack`.
     """
 
+    @accepts_old_spellings(formerly_positional=("hidden", "num_classes"))
     def __init__(
         self,
         in_features: int,
+        *,
         hidden: Sequence[int] = (128, 64),
         num_classes: int = 10,
-        *,
         layer_norm: bool = True,
         dropout: float | Sequence[float] = 0.0,
         scale_floor: float = 1e-3,
@@ -329,18 +352,9 @@ class UGMMClassifier(Classifier):
     ) -> None:
         config = constructor_config(locals())
         super().__init__()
-        self.num_classes = num_classes
+        self.in_features, self.num_classes = in_features, num_classes
         self.config = config
-        self.stack = UGMMStack(
-            [in_features, *hidden, num_classes],
-            layer_norm=layer_norm,
-            dropout=dropout,
-            scale_floor=scale_floor,
-            backend=backend,
-        )
-
-    def _input_features(self) -> int:
-        return int(self.config["in_features"])
+        self.stack = UGMMStack([in_features, *hidden, num_classes], **_stack_options(config))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Output-layer activations (log-densities of the class neurons), ``(n, C)``."""
@@ -352,19 +366,27 @@ class UGMMClassifier(Classifier):
 
 
 class MLPClassifier(Classifier):
-    """The paper's baseline: ``Linear -> ReLU -> Dropout`` per hidden layer, then ``Linear``."""
+    """The paper's baseline: ``Linear -> ReLU -> Dropout`` per hidden layer, then ``Linear``.
 
+    Args:
+        in_features: values per example.
+        hidden: widths of the hidden layers (``()``: a logistic regression).
+        num_classes: number of classes.
+        dropout: dropout probability after every hidden layer.
+    """
+
+    @accepts_old_spellings(formerly_positional=("hidden", "num_classes"))
     def __init__(
         self,
         in_features: int,
+        *,
         hidden: Sequence[int] = (128, 64),
         num_classes: int = 10,
-        *,
         dropout: float = 0.2,
     ) -> None:
         config = constructor_config(locals())
         super().__init__()
-        self.num_classes = num_classes
+        self.in_features, self.num_classes = in_features, num_classes
         self.config = config
         widths = [in_features, *hidden]
         blocks: list[nn.Module] = []
@@ -372,9 +394,6 @@ class MLPClassifier(Classifier):
             blocks += [PyroModule[nn.Linear](n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
         blocks.append(PyroModule[nn.Linear](widths[-1], num_classes))  # hidden=(): logistic
         self.net = PyroModule[nn.Sequential](*blocks)
-
-    def _input_features(self) -> int:
-        return int(self.config["in_features"])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of the flattened inputs, ``(n, C)``."""
@@ -410,7 +429,17 @@ class ConvFeatures(PyroModule):
 
 
 class CNNClassifier(Classifier):
-    """The CNN baseline: :class:`ConvFeatures`, dropout, then a dense layer to the classes."""
+    """The CNN baseline: :class:`ConvFeatures`, dropout, then a dense layer to the classes.
+
+    It takes MNIST-shaped images, so its ``in_features`` is fixed (``1 x 28 x 28 = 784``)
+    and its constructor has no ``in_features`` argument; ``num_classes`` is its only
+    positional argument, as there is nothing to confuse it with.
+
+    Args:
+        num_classes: number of classes.
+        features: width of the feature extractor's dense layer.
+        dropout: dropout probability before the output layer.
+    """
 
     def __init__(
         self, num_classes: int = 10, *, features: int = 128, dropout: float = 0.25
@@ -420,12 +449,10 @@ class CNNClassifier(Classifier):
         self.num_classes = num_classes
         self.config = config
         self.features = ConvFeatures(features=features)
+        self.in_features = self.features.channels * self.features.image_size**2
         self.head = PyroModule[nn.Sequential](
             nn.Dropout(dropout), PyroModule[nn.Linear](features, num_classes)
         )
-
-    def _input_features(self) -> int:
-        return self.features.channels * self.features.image_size**2
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of images ``(n, channels, size, size)`` (or flat), shape ``(n, C)``."""
@@ -433,7 +460,16 @@ class CNNClassifier(Classifier):
 
 
 class ConvUGMMClassifier(Classifier):
-    """:class:`ConvFeatures` with a uGMM head (``features -> head_hidden -> classes``)."""
+    """:class:`ConvFeatures` with a uGMM head (``features -> head_hidden -> classes``).
+
+    Like :class:`CNNClassifier`, it takes MNIST-shaped images (``in_features`` is 784).
+
+    Args:
+        num_classes: number of classes.
+        features: width of the feature extractor's dense layer (the head's inputs).
+        head_hidden: widths of the head's hidden uGMM layers.
+        layer_norm, dropout, scale_floor, backend: as for :class:`UGMMStack` (the head).
+    """
 
     def __init__(
         self,
@@ -451,18 +487,10 @@ class ConvUGMMClassifier(Classifier):
         self.num_classes = num_classes
         self.config = config
         self.features = ConvFeatures(features=features)
+        self.in_features = self.features.channels * self.features.image_size**2
         # LayerNorm brings the ReLU features to the scale of the uGMM initialisation.
         self.feature_norm = LayerNorm(features)
-        self.head = UGMMStack(
-            [features, *head_hidden, num_classes],
-            layer_norm=layer_norm,
-            dropout=dropout,
-            scale_floor=scale_floor,
-            backend=backend,
-        )
-
-    def _input_features(self) -> int:
-        return self.features.channels * self.features.image_size**2
+        self.head = UGMMStack([features, *head_hidden, num_classes], **_stack_options(config))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The uGMM head's output activations on the normalised CNN features, ``(n, C)``."""
@@ -505,17 +533,25 @@ class JointScoreModel(Classifier):
       the exact conditional likelihood of this model.
 
     Args:
-        num_features: number of features ``D``; the network has ``D + 1`` inputs.
+        in_features: number of features ``D``; the network has ``D + 1`` inputs.
         num_classes: number of labels ``C``.
         hidden: hidden widths (the paper's Iris model: ``(10, 5)``, root width 1).
+        objective: the training objective, ``"score"`` or ``"conditional"`` (above).
+        layer_norm, dropout, scale_floor, backend: as for :class:`UGMMStack`.
     """
 
+    num_features = RenamedAttribute("in_features")
+    """Deprecated name of :attr:`in_features`."""
+
+    @accepts_old_spellings(
+        renamed={"num_features": "in_features"}, formerly_positional=("num_classes", "hidden")
+    )
     def __init__(
         self,
-        num_features: int,
+        in_features: int,
+        *,
         num_classes: int,
         hidden: Sequence[int] = (10, 5),
-        *,
         objective: str = "score",
         layer_norm: bool = False,
         dropout: float | Sequence[float] = 0.0,
@@ -526,18 +562,9 @@ class JointScoreModel(Classifier):
         super().__init__()
         if objective not in ("score", "conditional"):
             raise ValueError(f"objective must be 'score' or 'conditional', got {objective!r}")
-        self.num_features, self.num_classes, self.objective = num_features, num_classes, objective
+        self.in_features, self.num_classes, self.objective = in_features, num_classes, objective
         self.config = config
-        self.stack = UGMMStack(
-            [num_features + 1, *hidden, 1],
-            layer_norm=layer_norm,
-            dropout=dropout,
-            scale_floor=scale_floor,
-            backend=backend,
-        )
-
-    def _input_features(self) -> int:
-        return self.num_features
+        self.stack = UGMMStack([in_features + 1, *hidden, 1], **_stack_options(config))
 
     def score(self, x: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
         """Joint score ``s(x, c)``: ``x`` is ``(n, D)``; labels ``c`` broadcast with ``(n,)``.

@@ -26,6 +26,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ._deprecation import RenamedAttribute, accepts_old_spellings
 from .layers import FreshPyroNameOnCopy, unique_pyro_name
 from .metrics import classification_metrics
 
@@ -43,6 +44,9 @@ class Model(FreshPyroNameOnCopy, PyroModule):
 
     config: dict[str, Any]
     num_classes: int
+    in_features: int | None = None
+    """Values per example the model takes (4 for Iris, 784 for MNIST), or None where the
+    model does not say. Every model of the library names its number of inputs so."""
     requires_labels: bool = True
     """Whether :meth:`training_loss` needs labels ``y``."""
     likelihood_site: str = "y"
@@ -52,14 +56,8 @@ class Model(FreshPyroNameOnCopy, PyroModule):
         # A distinct Pyro name per instance: see ugmm_prob.layers.unique_pyro_name.
         super().__init__(name=name or unique_pyro_name(type(self).__name__))
 
-    def _input_features(self) -> int | None:
-        """Values per example the model takes, or None where it does not say."""
-        return None
-
-    @property
-    def input_size(self) -> int | None:
-        """Values per example the model takes (e.g. 4 for Iris, 784 for MNIST), if known."""
-        return self._input_features()
+    input_size = RenamedAttribute("in_features")
+    """Deprecated name of :attr:`in_features`."""
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised class log-probabilities ``(n, C)``: ``softmax`` gives ``p(c | x)``."""
@@ -101,12 +99,15 @@ class Model(FreshPyroNameOnCopy, PyroModule):
         raise NotImplementedError
 
 
-def density_metrics(joint: torch.Tensor, y: torch.Tensor | None, num_vars: int) -> dict[str, float]:
+@accepts_old_spellings(renamed={"num_vars": "in_features"})
+def density_metrics(
+    joint: torch.Tensor, y: torch.Tensor | None, in_features: int
+) -> dict[str, float]:
     """Metrics of a density model from ``joint[i, c] = log p(x_i, c)`` ``(n, C)``.
 
     ``nll``: mean ``-log p(x_i, y_i)`` (``-log p(x_i)`` without labels) in nats per example;
-    ``bits_per_dim``: the same in bits per variable; with labels and ``C > 1`` also the class
-    posterior's ``accuracy``, ``class_nll`` and ``ece``.
+    ``bits_per_dim``: the same in bits per variable (``in_features`` of them); with labels
+    and ``C > 1`` also the class posterior's ``accuracy``, ``class_nll`` and ``ece``.
     """
     joint = joint.double()
     if y is None:
@@ -114,7 +115,7 @@ def density_metrics(joint: torch.Tensor, y: torch.Tensor | None, num_vars: int) 
     else:
         log_p = joint.gather(-1, y[:, None].to(joint.device)).squeeze(-1)
     nll = float(-log_p.mean())
-    metrics = {"nll": nll, "bits_per_dim": nll / (num_vars * math.log(2))}
+    metrics = {"nll": nll, "bits_per_dim": nll / (in_features * math.log(2))}
     if y is not None and joint.shape[-1] > 1:
         classes = classification_metrics(torch.softmax(joint, -1), y.to(joint.device))
         metrics |= {
@@ -129,14 +130,16 @@ class DensityModel(Model):
     """A normalised density ``p(x)`` (and ``p(x, c)`` with ``C`` classes).
 
     Subclasses implement :meth:`joint_log_prob` (``log p(x, c)`` for every class, with
-    ``mask`` marginalising unobserved variables), ``num_vars``, ``num_classes`` and
-    :meth:`sample`. Labels are optional everywhere: without them the likelihood is
-    ``log p(x)``.
+    ``mask`` marginalising unobserved variables), set ``in_features`` (the number of
+    variables ``D``) and ``num_classes``, and implement :meth:`sample`. Labels are optional
+    everywhere: without them the likelihood is ``log p(x)``.
     """
 
     requires_labels = False
     likelihood_site = "x"
-    num_vars: int
+    in_features: int
+    num_vars = RenamedAttribute("in_features")
+    """Deprecated name of :attr:`in_features`."""
 
     def joint_log_prob(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(x_obs, c)`` for every class, shape ``(..., C)``."""
@@ -208,7 +211,7 @@ class DensityModel(Model):
         self, outputs: dict[str, torch.Tensor], y: torch.Tensor | None
     ) -> dict[str, float]:
         """:func:`density_metrics` of the joint."""
-        return density_metrics(outputs["joint"], y, self.num_vars)
+        return density_metrics(outputs["joint"], y, self.in_features)
 
     def metric_names(self, labelled: bool) -> tuple[str, ...]:
         """``nll``, ``bits_per_dim``, and with labels and classes ``accuracy``,

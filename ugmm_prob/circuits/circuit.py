@@ -16,6 +16,12 @@ units set to ``log 1 = 0``, exact marginals. One downward pass, written once ove
 layers, picks a child of every sum unit on the way down: at random in proportion to
 ``weight x child value`` for exact (conditional) samples, the best one for the max-product
 MPE.
+
+Why one module of some 750 lines: it is one class, whose upward pass, downward pass,
+initialisation and input checks all read the same private layout (the padded
+``region_index``, ``top_width``, the order of the layers), and checkpoints name the class
+``ugmm_prob.circuits.circuit:UGMMCircuit``. The layers, region graphs, input units,
+distribution wrapper and EM it builds on are modules of their own.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam, pyro_method
 
+from .._deprecation import accepts_old_spellings
 from ..boundary import to_tensor
 from ..datasets import check_classification_data
 from ..networks import constructor_config
@@ -88,7 +95,7 @@ class UGMMCircuit(DensityModel):
     """A probabilistic circuit over ``D`` variables (and a class), normalised by construction.
 
     Args:
-        num_vars: number of variables ``D``.
+        in_features: number of variables ``D``.
         num_classes: number of classes ``C`` (1 for a plain density model).
         graph: the region graph (a :class:`~ugmm_prob.circuits.region_graphs.RegionGraph`
             or its ``to_config()`` dict); default: :func:`random_binary_trees` with
@@ -115,11 +122,14 @@ class UGMMCircuit(DensityModel):
         seed: seed of the default region graph (not of the parameters).
     """
 
+    @accepts_old_spellings(
+        renamed={"num_vars": "in_features"}, formerly_positional=("num_classes",)
+    )
     def __init__(
         self,
-        num_vars: int,
-        num_classes: int = 1,
+        in_features: int,
         *,
+        num_classes: int = 1,
         graph: RegionGraph | dict[str, Any] | None = None,
         depth: int | None = None,
         repetitions: int = 4,
@@ -137,26 +147,10 @@ class UGMMCircuit(DensityModel):
         config = constructor_config(locals())
         super().__init__(name=name)
         input_channels = input_channels or channels
-        if min(num_classes, channels, input_channels) < 1:
-            raise ValueError(
-                "UGMMCircuit: expected num_classes, channels and input_channels >= 1, got "
-                f"{num_classes}, {channels}, {input_channels}"
-            )
-        if not 0.0 <= likelihood_weight <= 1.0:
-            raise ValueError(f"likelihood_weight must be in [0, 1], got {likelihood_weight}")
-        if inputs not in INPUT_TYPES:
-            raise ValueError(f"inputs must be one of {sorted(INPUT_TYPES)}, got {inputs!r}")
-        if isinstance(graph, dict):
-            graph = RegionGraph.from_config(graph)
-        if graph is None:
-            depth = default_depth(num_vars) if depth is None else depth
-            graph = random_binary_trees(num_vars, depth=depth, repetitions=repetitions, seed=seed)
-        if graph.num_vars != num_vars:
-            raise ValueError(
-                f"UGMMCircuit: the region graph covers {graph.num_vars} variables, not {num_vars}"
-            )
+        _check_options(num_classes, channels, input_channels, likelihood_weight, inputs)
+        graph = _region_graph(graph, in_features, depth=depth, repetitions=repetitions, seed=seed)
         self.graph = graph
-        self.num_vars, self.num_classes = num_vars, num_classes
+        self.in_features, self.num_classes = in_features, num_classes
         self.likelihood_weight = likelihood_weight
         self.config = {
             **config,
@@ -165,7 +159,6 @@ class UGMMCircuit(DensityModel):
             "repetitions": graph.repetitions,
             "input_channels": input_channels,
         }
-        reps = graph.repetitions
         # region_index[r, p, v]: the v-th variable of leaf region p of repetition r, padded
         # with D (a column of log 1 = 0), so a region's product is a gather and a sum (a
         # matrix product with a 0/1 matrix would turn a -inf log-density into NaN).
@@ -175,29 +168,26 @@ class UGMMCircuit(DensityModel):
             options: dict[str, Any] = {"components": components, "scale_floor": scale_floor}
         else:
             options = {"num_values": num_values}
-        self.inputs: InputLayer = INPUT_TYPES[inputs](num_vars, reps, input_channels, **options)
-        widths = [input_channels] + [channels] * max(graph.depth - 1, 0)
-        self.products = torch.nn.ModuleList([ProductLayer(w) for w in widths[: graph.depth]])
-        self.sums = PyroModule[torch.nn.ModuleList](
-            [
-                SumLayer(reps, 2 ** (graph.depth - 1 - level), channels, widths[level] ** 2)
-                for level in range(graph.depth - 1)
-            ]
-        )
-        self.top_width = widths[-1] ** 2 if graph.depth > 0 else input_channels
-        allowed = None
-        if not shared_structure:
-            if reps < num_classes:
-                raise ValueError(
-                    f"UGMMCircuit: shared_structure=False gives each class its own "
-                    f"repetitions; {reps} repetitions cannot serve {num_classes} classes"
-                )
-            owner = torch.arange(reps) % num_classes  # repetition r serves class r mod C
-            allowed = (owner[None, :] == torch.arange(num_classes)[:, None]).repeat_interleave(
-                self.top_width, dim=1
-            )  # (C, R * Q_top)
+        reps = graph.repetitions
+        self.inputs: InputLayer = INPUT_TYPES[inputs](in_features, reps, input_channels, **options)
+        self._add_internal_layers(channels, input_channels)
+        allowed = None if shared_structure else _own_repetitions(reps, num_classes, self.top_width)
         self.root = SumLayer(1, 1, num_classes, reps * self.top_width, allowed=allowed)
         self.class_logits = PyroParam(torch.zeros(num_classes))
+
+    def _add_internal_layers(self, channels: int, input_channels: int) -> None:
+        """The product layers, a sum layer after each but the top one, and ``top_width``,
+        the number of products each repetition hands the roots."""
+        depth, reps = self.graph.depth, self.graph.repetitions
+        widths = [input_channels] + [channels] * max(depth - 1, 0)
+        self.products = torch.nn.ModuleList([ProductLayer(w) for w in widths[:depth]])
+        self.sums = PyroModule[torch.nn.ModuleList](
+            [
+                SumLayer(reps, 2 ** (depth - 1 - level), channels, widths[level] ** 2)
+                for level in range(depth - 1)
+            ]
+        )
+        self.top_width = widths[-1] ** 2 if depth > 0 else input_channels
 
     prior_parameters = {"class_logits": "class_logits"}  # noqa: RUF012 - read-only table
     """Attribute -> parameter kind for priors (:mod:`ugmm_prob.bayes`)."""
@@ -226,7 +216,7 @@ class UGMMCircuit(DensityModel):
         patches of neighbouring pixels. ``options`` go to the constructor."""
         depth = default_depth(height * width) if depth is None else depth
         graph = quad_tree(height, width, depth=depth, repetitions=repetitions, seed=seed)
-        return cls(height * width, num_classes, graph=graph, seed=seed, **options)
+        return cls(height * width, num_classes=num_classes, graph=graph, seed=seed, **options)
 
     @classmethod
     def from_data(
@@ -253,7 +243,7 @@ class UGMMCircuit(DensityModel):
             num_classes = 1 if y is None else int(torch.as_tensor(y).max()) + 1
         depth = default_depth(x.shape[-1]) if depth is None else depth
         graph = data_driven_tree(x, depth=depth, repetitions=repetitions, seed=seed)
-        circuit = cls(x.shape[-1], num_classes, graph=graph, seed=seed, **options)
+        circuit = cls(x.shape[-1], num_classes=num_classes, graph=graph, seed=seed, **options)
         circuit.init_from_data(x.to(circuit.class_logits.dtype), y, generator=generator)
         return circuit
 
@@ -270,7 +260,7 @@ class UGMMCircuit(DensityModel):
         x = self._check_data(x, "init_leaves_from_data")
         shape = (*self._unit_shape(), self.inputs.examples_per_unit)
         rows = torch.randint(0, len(x), shape, generator=generator).to(x.device)
-        variables = torch.arange(self.num_vars, device=x.device)[None, :, None, None]
+        variables = torch.arange(self.in_features, device=x.device)[None, :, None, None]
         self.inputs.init_from_examples(x[rows, variables], x.std(0))
 
     @torch.no_grad()
@@ -320,7 +310,7 @@ class UGMMCircuit(DensityModel):
         examples = x[rows.to(x.device)].permute(0, 3, 1, 2)  # (R, I, M, D) -> (R, D, I, M)
         centred = x - _class_means(x, labels)[labels]
         spread = centred.pow(2).mean(0).sqrt().median()
-        self.inputs.init_from_examples(examples, spread.expand(self.num_vars))
+        self.inputs.init_from_examples(examples, spread.expand(self.in_features))
         if y is not None and self.num_classes > 1:
             bias = torch.zeros(self.num_classes, reps, self.top_width, device=x.device)
             bias[owner.to(x.device), torch.arange(reps, device=x.device)] = class_bias
@@ -328,13 +318,13 @@ class UGMMCircuit(DensityModel):
             self.root.logits = PyroParam(logits)
 
     def _unit_shape(self) -> tuple[int, int, int]:
-        return self.graph.repetitions, self.num_vars, self.inputs.channels
+        return self.graph.repetitions, self.in_features, self.inputs.channels
 
     def _check_data(self, x: torch.Tensor, caller: str) -> torch.Tensor:
         x = self._check_x(x).detach()
         if x.dim() != 2 or len(x) == 0 or not bool(torch.isfinite(x).all()):
             raise ValueError(
-                f"UGMMCircuit.{caller}: expected finite x of shape (n >= 1, {self.num_vars}), "
+                f"UGMMCircuit.{caller}: expected finite x of shape (n >= 1, {self.in_features}), "
                 f"got {tuple(x.shape)}"
             )
         return x
@@ -350,15 +340,12 @@ class UGMMCircuit(DensityModel):
             raise TypeError(f"UGMMCircuit: expected real numbers in x, got dtype {x.dtype}")
         reference = self.class_logits
         x = x.to(dtype=reference.dtype, device=reference.device)
-        if x.shape[-1:] != (self.num_vars,):
+        if x.shape[-1:] != (self.in_features,):
             raise ValueError(
-                f"UGMMCircuit(num_vars={self.num_vars}): expected x of shape (..., "
-                f"{self.num_vars}), got {tuple(x.shape)}"
+                f"UGMMCircuit(in_features={self.in_features}): expected x of shape (..., "
+                f"{self.in_features}), got {tuple(x.shape)}"
             )
         return x
-
-    def _input_features(self) -> int:
-        return self.num_vars
 
     def as_input(self, x: Any) -> torch.Tensor:
         """``x`` checked and converted as every query method does."""
@@ -398,8 +385,8 @@ class UGMMCircuit(DensityModel):
         x = self._check_x(x)
         mask = self._check_mask(x, mask)
         batch_shape = x.shape[:-1]
-        flat_mask = None if mask is None else mask.reshape(-1, self.num_vars)
-        return x.reshape(-1, self.num_vars), flat_mask, batch_shape
+        flat_mask = None if mask is None else mask.reshape(-1, self.in_features)
+        return x.reshape(-1, self.in_features), flat_mask, batch_shape
 
     # ----------------------------------------------------------------------------------
     # Upward pass
@@ -550,9 +537,9 @@ class UGMMCircuit(DensityModel):
                     f"likelihood_weight={self.likelihood_weight} mixes in the cross-entropy of "
                     "p(c | x), which needs labels y"
                 )
-            return -torch.logsumexp(joint, -1).mean() / self.num_vars
+            return -torch.logsumexp(joint, -1).mean() / self.in_features
         picked = joint.gather(-1, y[:, None]).squeeze(-1)
-        nll = -picked.mean() / self.num_vars
+        nll = -picked.mean() / self.in_features
         if self.likelihood_weight == 1.0:
             return nll
         cross_entropy = -(picked - torch.logsumexp(joint, dim=-1)).mean()
@@ -609,7 +596,7 @@ class UGMMCircuit(DensityModel):
             c = dist.Categorical(logits=self.class_logits).sample((max(num_samples, 1),))
             c = c[:num_samples]
         c = self._check_classes(c, num_samples)
-        x = torch.full((num_samples, self.num_vars), self.inputs.fill_value(), device=device)
+        x = torch.full((num_samples, self.in_features), self.inputs.fill_value(), device=device)
         mask = torch.zeros_like(x, dtype=torch.bool)
         return self._sample_given(x.to(dtype), mask, c), c
 
@@ -628,7 +615,7 @@ class UGMMCircuit(DensityModel):
             joint = self._upward(flat, flat_mask).root + self.class_log_prior()
             c = sample_index(joint)
         c = self._check_classes(c, len(flat))
-        return self._sample_given(flat, flat_mask, c).reshape(*batch_shape, self.num_vars)
+        return self._sample_given(flat, flat_mask, c).reshape(*batch_shape, self.in_features)
 
     def _check_classes(self, c: Any, count: int) -> torch.Tensor:
         """Classes ``c`` (an int or ``count`` of them) as a long tensor of length ``count``."""
@@ -665,7 +652,7 @@ class UGMMCircuit(DensityModel):
         value, c = (up.root + self.class_log_prior()).max(-1)
         completed = self._downward(up, c, flat, flat_mask, _argmax)
         return (
-            completed.reshape(*batch_shape, self.num_vars),
+            completed.reshape(*batch_shape, self.in_features),
             c.reshape(batch_shape),
             value.reshape(batch_shape),
         )
@@ -699,11 +686,61 @@ class UGMMCircuit(DensityModel):
         return mean, raw_second - mean**2
 
 
+def _check_options(
+    num_classes: int, channels: int, input_channels: int, likelihood_weight: float, inputs: str
+) -> None:
+    """Refuse constructor values no circuit can have."""
+    if min(num_classes, channels, input_channels) < 1:
+        raise ValueError(
+            "UGMMCircuit: expected num_classes, channels and input_channels >= 1, got "
+            f"{num_classes}, {channels}, {input_channels}"
+        )
+    if not 0.0 <= likelihood_weight <= 1.0:
+        raise ValueError(f"likelihood_weight must be in [0, 1], got {likelihood_weight}")
+    if inputs not in INPUT_TYPES:
+        raise ValueError(f"inputs must be one of {sorted(INPUT_TYPES)}, got {inputs!r}")
+
+
+def _region_graph(
+    graph: RegionGraph | dict[str, Any] | None,
+    in_features: int,
+    *,
+    depth: int | None,
+    repetitions: int,
+    seed: int,
+) -> RegionGraph:
+    """The given graph (or its ``to_config()`` dict), else the default random binary trees;
+    it must cover ``in_features`` variables."""
+    if isinstance(graph, dict):
+        graph = RegionGraph.from_config(graph)
+    if graph is None:
+        depth = default_depth(in_features) if depth is None else depth
+        graph = random_binary_trees(in_features, depth=depth, repetitions=repetitions, seed=seed)
+    if graph.in_features != in_features:
+        raise ValueError(
+            f"UGMMCircuit: the region graph covers {graph.in_features} variables, not {in_features}"
+        )
+    return graph
+
+
+def _own_repetitions(repetitions: int, num_classes: int, top_width: int) -> torch.Tensor:
+    """``(C, R * Q_top)``: which top products each class's root may mix when classes share
+    no structure (``shared_structure=False``): those of the repetitions ``r mod C = c``."""
+    if repetitions < num_classes:
+        raise ValueError(
+            f"UGMMCircuit: shared_structure=False gives each class its own "
+            f"repetitions; {repetitions} repetitions cannot serve {num_classes} classes"
+        )
+    owner = torch.arange(repetitions) % num_classes  # repetition r serves class r mod C
+    mine = owner[None, :] == torch.arange(num_classes)[:, None]
+    return mine.repeat_interleave(top_width, dim=1)
+
+
 def _region_index(graph: RegionGraph) -> torch.Tensor:
     """``(R, P, V)`` variables of every leaf region, padded with ``D`` to the largest size."""
     members = graph.leaf_regions
     size = int(members.sum(-1).max())
-    index = torch.full((*members.shape[:2], size), graph.num_vars, dtype=torch.long)
+    index = torch.full((*members.shape[:2], size), graph.in_features, dtype=torch.long)
     for r in range(members.shape[0]):
         for p in range(members.shape[1]):
             variables = members[r, p].nonzero()[:, 0]

@@ -40,7 +40,7 @@ class CircuitDistribution(TorchDistribution):
         self.circuit = circuit
         self.c = None if c is None else torch.as_tensor(c).long()
         shape = self.c.shape if self.c is not None else torch.Size(batch_shape)
-        super().__init__(shape, torch.Size([circuit.num_vars]), validate_args=validate_args)
+        super().__init__(shape, torch.Size([circuit.in_features]), validate_args=validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self) -> constraints.Constraint:
@@ -77,7 +77,7 @@ class CircuitDistribution(TorchDistribution):
         count = shape.numel()
         classes = None if self.c is None else self.c.expand(shape).reshape(-1)
         x, _ = self.circuit.sample(count, classes)
-        return x.reshape(*shape, self.circuit.num_vars)
+        return x.reshape(*shape, self.circuit.in_features)
 
     @property
     def mean(self) -> torch.Tensor:

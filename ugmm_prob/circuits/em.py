@@ -143,7 +143,7 @@ class _EMTrainer:
         stats["_count"] = torch.tensor([len(x) * used], dtype=total.dtype, device=total.device)
         _reduce(stats, self.ctx)
         log_likelihood, count = stats.pop("_log_likelihood"), stats.pop("_count")
-        loss = float(-log_likelihood / count / self.model.num_vars)
+        loss = float(-log_likelihood / count / self.model.in_features)
         if not math.isfinite(loss):
             return loss
         if self.online:

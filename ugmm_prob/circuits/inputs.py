@@ -11,6 +11,10 @@ their dimension names). A new kind of input is one new subclass.
   Gaussian mixtures (the default; continuous data);
 - :class:`CategoricalInput`: a categorical distribution over ``0..V-1`` (e.g. 8-bit pixels
   with ``V = 256``), for discrete data.
+
+Why one module past 400 lines: the interface and its two implementations are read side by
+side (every method of :class:`InputLayer` is answered by both, and they inherit its
+leaf-region products); a third kind of unit would be the time to split.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
+from .._deprecation import RenamedAttribute, accepts_old_spellings
 from ..distributions import neuron_mixture
 from ..kernels import (
     native_leaf_regions_usable,
@@ -44,6 +49,11 @@ class InputLayer(PyroModule):
     Subclasses define :meth:`log_density`, :meth:`max_log_density`, :meth:`max_missing`,
     :meth:`draw`, :meth:`moments`, :meth:`init_from_examples`, :attr:`support` and the
     Bayesian bookkeeping :attr:`prior_parameters` / :meth:`prior_dims`.
+
+    Args:
+        in_features: number of variables ``D``.
+        repetitions: repetitions ``R`` of the region graph.
+        channels: units per variable and repetition ``I``.
     """
 
     support: ClassVar[constraints.Constraint]
@@ -53,14 +63,18 @@ class InputLayer(PyroModule):
     examples_per_unit: ClassVar[int] = 1
     """How many training examples :meth:`init_from_examples` reads per unit."""
 
-    def __init__(self, num_vars: int, repetitions: int, channels: int) -> None:
+    num_vars = RenamedAttribute("in_features")
+    """Deprecated name of ``in_features``, the number of variables ``D``."""
+
+    @accepts_old_spellings(renamed={"num_vars": "in_features"})
+    def __init__(self, in_features: int, repetitions: int, channels: int) -> None:
         super().__init__()
-        if min(num_vars, repetitions, channels) < 1:
+        if min(in_features, repetitions, channels) < 1:
             raise ValueError(
-                f"{type(self).__name__}: expected num_vars, repetitions and channels >= 1, got "
-                f"{num_vars}, {repetitions}, {channels}"
+                f"{type(self).__name__}: expected in_features, repetitions and channels >= 1, got "
+                f"{in_features}, {repetitions}, {channels}"
             )
-        self.num_vars, self.repetitions, self.channels = num_vars, repetitions, channels
+        self.in_features, self.repetitions, self.channels = in_features, repetitions, channels
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
         """``log p_{r,d,i}(x_{b,d})`` for ``x`` ``(B, D)`` in the support: ``(B, R, D, I)``."""
@@ -81,6 +95,14 @@ class InputLayer(PyroModule):
         max-product value peaks (a mixture's most peaked component's mean).
         """
         raise NotImplementedError
+
+    def _selected_units(
+        self, rep: torch.Tensor, channel: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The index of unit ``(rep[b], d, channel[b, d])`` for every example and variable,
+        broadcasting to ``(B, D)``: what :meth:`draw` reads its parameters at."""
+        variables = torch.arange(self.in_features, device=channel.device)
+        return rep[:, None], variables[None, :], channel
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact mean and second raw moment ``E[x^2]`` of every unit, each ``(R, D, I)``."""
@@ -182,23 +204,24 @@ class GaussianMixtureInput(InputLayer):
         "logits": "logits",
     }
 
+    @accepts_old_spellings(renamed={"num_vars": "in_features"})
     def __init__(
         self,
-        num_vars: int,
+        in_features: int,
         repetitions: int,
         channels: int,
         *,
         components: int = 2,
         scale_floor: float = 1e-2,
     ) -> None:
-        super().__init__(num_vars, repetitions, channels)
+        super().__init__(in_features, repetitions, channels)
         if components < 1 or not scale_floor > 0:
             raise ValueError(
                 f"GaussianMixtureInput: expected components >= 1 and scale_floor > 0, got "
                 f"{components}, {scale_floor}"
             )
         self.scale_floor = float(scale_floor)
-        shape = (repetitions, num_vars, channels, components)
+        shape = (repetitions, in_features, channels, components)
         self.loc = PyroParam(torch.randn(shape))
         self.scale = PyroParam(torch.ones(shape), constraint=self._floor())
         self.logits = PyroParam(torch.zeros(shape))
@@ -254,8 +277,7 @@ class GaussianMixtureInput(InputLayer):
 
     def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
         """A draw (or the most peaked component's mean) of the selected units."""
-        variables = torch.arange(self.num_vars, device=channel.device)
-        index = (rep[:, None], variables[None, :], channel)
+        index = self._selected_units(rep, channel)
         loc, scale = self.loc[index], self.scale[index]  # (B, D, K)
         if mode:
             component = self._peaks()[index].argmax(-1, keepdim=True)
@@ -348,12 +370,13 @@ class CategoricalInput(InputLayer):
 
     prior_parameters: ClassVar[dict[str, str]] = {"logits": "logits"}
 
-    def __init__(self, num_vars: int, repetitions: int, channels: int, *, num_values: int = 256):
-        super().__init__(num_vars, repetitions, channels)
+    @accepts_old_spellings(renamed={"num_vars": "in_features"})
+    def __init__(self, in_features: int, repetitions: int, channels: int, *, num_values: int = 256):
+        super().__init__(in_features, repetitions, channels)
         if num_values < 2:
             raise ValueError(f"CategoricalInput: expected num_values >= 2, got {num_values}")
         self.num_values = int(num_values)
-        self.logits = PyroParam(0.01 * torch.randn(repetitions, num_vars, channels, num_values))
+        self.logits = PyroParam(0.01 * torch.randn(repetitions, in_features, channels, num_values))
 
     @property
     def support(self) -> constraints.Constraint:  # type: ignore[override]
@@ -370,7 +393,7 @@ class CategoricalInput(InputLayer):
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
         """``log p_{r,d,i}(x_d)``, gathered from the normalised logits: ``(B, R, D, I)``."""
         table = self._log_probs().permute(1, 3, 0, 2)  # (D, V, R, I)
-        variables = torch.arange(self.num_vars, device=x.device)
+        variables = torch.arange(self.in_features, device=x.device)
         values = table[variables, x.long()]  # (B, D, R, I)
         return values.permute(0, 2, 1, 3)
 
@@ -380,8 +403,7 @@ class CategoricalInput(InputLayer):
 
     def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
         """A draw (or the most probable value) of the selected units, as floats."""
-        variables = torch.arange(self.num_vars, device=channel.device)
-        logits = self.logits[rep[:, None], variables[None, :], channel]  # (B, D, V)
+        logits = self.logits[self._selected_units(rep, channel)]  # (B, D, V)
         value = logits.argmax(-1) if mode else sample_index(logits)
         return value.to(self.logits.dtype)
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .._deprecation import RenamedAttribute, accepts_old_spellings
+
 __all__ = [
     "RegionGraph",
     "data_driven_tree",
@@ -39,12 +41,13 @@ __all__ = [
 ]
 
 
+@accepts_old_spellings(renamed={"num_vars": "in_features"})
 @dataclass(frozen=True, eq=False)
 class RegionGraph:
-    """``R`` complete binary trees of ``depth`` splits over ``num_vars`` variables.
+    """``R`` complete binary trees of ``depth`` splits over ``in_features`` variables.
 
     Attributes:
-        num_vars: number of variables ``D``.
+        in_features: number of variables ``D``.
         depth: splits per tree; ``2**depth`` leaf regions per repetition.
         leaf_regions: ``(R, 2**depth, D)`` boolean membership: ``leaf_regions[r, p, d]`` is
             True when variable ``d`` lies in leaf region ``p`` of repetition ``r``. Every
@@ -54,14 +57,17 @@ class RegionGraph:
             ``"custom"``).
     """
 
-    num_vars: int
+    in_features: int
     depth: int
     leaf_regions: torch.Tensor
     kind: str = "custom"
 
+    num_vars = RenamedAttribute("in_features")
+    """Deprecated name of :attr:`in_features`."""
+
     def __post_init__(self) -> None:
         regions = self.leaf_regions
-        expected = (2**self.depth, self.num_vars)
+        expected = (2**self.depth, self.in_features)
         if regions.dim() != 3 or tuple(regions.shape[1:]) != expected or len(regions) < 1:
             raise ValueError(
                 f"RegionGraph: expected leaf_regions of shape (R >= 1, {expected[0]}, "
@@ -99,7 +105,7 @@ class RegionGraph:
     def to_config(self) -> dict[str, Any]:
         """Plain values that :meth:`from_config` rebuilds the graph from (for checkpoints)."""
         return {
-            "num_vars": self.num_vars,
+            "in_features": self.in_features,
             "depth": self.depth,
             "kind": self.kind,
             "var_region": self.var_region.tolist(),
@@ -123,56 +129,58 @@ class RegionGraph:
             )
         if var_region.numel() and (var_region.min() < 0 or var_region.max() >= 2**depth):
             raise ValueError(f"RegionGraph: leaf regions must lie in 0..{2**depth - 1}")
-        reps, num_vars = var_region.shape
-        regions = torch.zeros(reps, 2**depth, num_vars, dtype=torch.bool)
+        reps, in_features = var_region.shape
+        regions = torch.zeros(reps, 2**depth, in_features, dtype=torch.bool)
         regions.scatter_(1, var_region[:, None, :], True)
-        return cls(num_vars, depth, regions, kind)
+        return cls(in_features, depth, regions, kind)
 
 
-def default_depth(num_vars: int) -> int:
+@accepts_old_spellings(renamed={"num_vars": "in_features"})
+def default_depth(in_features: int) -> int:
     """As deep as leaf regions of at least two variables allow, at most 4."""
-    return min(4, max(0, (num_vars // 2).bit_length() - 1))
+    return min(4, max(0, (in_features // 2).bit_length() - 1))
 
 
-def _check_sizes(builder: str, num_vars: int, depth: int, repetitions: int) -> None:
-    if num_vars < 1 or repetitions < 1 or depth < 0:
+def _check_sizes(builder: str, in_features: int, depth: int, repetitions: int) -> None:
+    if in_features < 1 or repetitions < 1 or depth < 0:
         raise ValueError(
-            f"{builder}: expected num_vars >= 1, repetitions >= 1, depth >= 0; got "
-            f"{num_vars}, {repetitions}, {depth}"
+            f"{builder}: expected in_features >= 1, repetitions >= 1, depth >= 0; got "
+            f"{in_features}, {repetitions}, {depth}"
         )
-    if 2**depth > num_vars:
+    if 2**depth > in_features:
         raise ValueError(
             f"{builder}: depth {depth} makes {2**depth} leaf regions, more than the "
-            f"{num_vars} variables; use depth <= {num_vars.bit_length() - 1}"
+            f"{in_features} variables; use depth <= {in_features.bit_length() - 1}"
         )
 
 
 def _graph_from_leaves(
-    num_vars: int, depth: int, leaves: Sequence[Sequence[torch.Tensor]], kind: str
+    in_features: int, depth: int, leaves: Sequence[Sequence[torch.Tensor]], kind: str
 ) -> RegionGraph:
     """A graph from each repetition's leaf regions as variable-index tensors, in heap order."""
-    var_region = torch.empty(len(leaves), num_vars, dtype=torch.long)
+    var_region = torch.empty(len(leaves), in_features, dtype=torch.long)
     for r, regions in enumerate(leaves):
         for p, members in enumerate(regions):
             var_region[r, members] = p
     return RegionGraph.from_assignment(var_region, depth, kind=kind)
 
 
+@accepts_old_spellings(renamed={"num_vars": "in_features"})
 def random_binary_trees(
-    num_vars: int, *, depth: int, repetitions: int, seed: int = 0
+    in_features: int, *, depth: int, repetitions: int, seed: int = 0
 ) -> RegionGraph:
     """RAT-SPN region graph: each repetition halves a random permutation ``depth`` times.
 
     Raises:
         ValueError: non-positive sizes, or more leaf regions (``2**depth``) than variables.
     """
-    _check_sizes("random_binary_trees", num_vars, depth, repetitions)
+    _check_sizes("random_binary_trees", in_features, depth, repetitions)
     generator = torch.Generator().manual_seed(seed)
     leaves = []
     for _ in range(repetitions):
-        order = torch.randperm(num_vars, generator=generator)
+        order = torch.randperm(in_features, generator=generator)
         leaves.append(torch.tensor_split(order, 2**depth))
-    return _graph_from_leaves(num_vars, depth, leaves, "random")
+    return _graph_from_leaves(in_features, depth, leaves, "random")
 
 
 def quad_tree(
@@ -285,15 +293,15 @@ def data_driven_tree(
         raise ValueError(f"data_driven_tree: expected data of shape (n >= 2, D), got {shape}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("data_driven_tree: x has NaN or infinite values")
-    num_vars = x.shape[1]
-    _check_sizes("data_driven_tree", num_vars, depth, repetitions)
+    in_features = x.shape[1]
+    _check_sizes("data_driven_tree", in_features, depth, repetitions)
     generator = torch.Generator().manual_seed(seed)
     leaves = []
     for r in range(repetitions):
         rows = x if r == 0 else x[torch.randint(0, len(x), (len(x),), generator=generator)]
         affinity = gaussian_mutual_information(rows)
-        regions = [torch.arange(num_vars)]
+        regions = [torch.arange(in_features)]
         for _ in range(depth):
             regions = [half for region in regions for half in _bisect(region, affinity)]
         leaves.append(regions)
-    return _graph_from_leaves(num_vars, depth, leaves, "data")
+    return _graph_from_leaves(in_features, depth, leaves, "data")

@@ -148,21 +148,14 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
         encoded = self._encode(y)
         X, encoded = self._complete_rows(X, encoded)
         data = self._training_data(X, encoded)
-        with self._rng():
-            generator = torch.Generator().manual_seed(data["seed"])
-            circuit = UGMMCircuit.from_data(
-                data["x"].cpu(),
-                data["y"].cpu(),
-                len(self.classes_),
-                seed=data["seed"],
-                generator=generator,
-                likelihood_weight=float(self.likelihood_weight),
-                **self._circuit_options(),
-            )
-            circuit = circuit.to(torch.float64).to(data["x"].device)
-            self.history_ = self._train(circuit, data)
-        self.model_ = circuit.eval()
-        self._record_history()
+        self._fit_circuit(
+            data["x"],
+            data["y"],
+            data["seed"],
+            lambda circuit: self._train(circuit, data),
+            num_classes=len(self.classes_),
+            likelihood_weight=float(self.likelihood_weight),
+        )
         return self
 
     def _train(self, circuit: UGMMCircuit, data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ exact marginals of rows with NaN cells, sampling, imputation, BIC and AIC."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,30 @@ class _CircuitMixin:
             device=_torch_device(self.device),
         )
 
-    def _record_history(self) -> None:
+    def _fit_circuit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        seed: int,
+        train: Callable[[UGMMCircuit], list[dict[str, Any]]],
+        **options: Any,
+    ) -> None:
+        """Build the circuit from the training rows ``x`` (and classes ``y``)
+        (:meth:`UGMMCircuit.from_data`, under the estimator's seed), in float64 on the data's
+        device; ``train`` it; keep it (``model_``) and its history."""
+        with self._rng():
+            generator = torch.Generator().manual_seed(seed)
+            circuit = UGMMCircuit.from_data(
+                x.cpu(),
+                None if y is None else y.cpu(),
+                seed=seed,
+                generator=generator,
+                **self._circuit_options(),
+                **options,
+            )
+            circuit = circuit.to(torch.float64).to(x.device)
+            self.history_ = train(circuit)
+        self.model_ = circuit.eval()
         self.n_iter_ = len(self.history_)
         self.best_iter_ = self.history_[-1].get("best_epoch") if self.history_ else None
         self.n_parameters_ = count_free_parameters(self.model_)
@@ -226,15 +250,12 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         train, val = self._split(len(X), seed)
         z = self._tensor((X - self.mean_) / self.scale_)
         z_val = None if val is None else z[val]
-        with self._rng():
-            generator = torch.Generator().manual_seed(seed)
-            circuit = UGMMCircuit.from_data(
-                z[train].cpu(), seed=seed, generator=generator, **self._circuit_options()
-            )
-            circuit = circuit.to(torch.float64).to(z.device)
-            self.history_ = self._em(circuit, z[train], None, z_val, None, seed)
-        self.model_ = circuit.eval()
-        self._record_history()
+        self._fit_circuit(
+            z[train],
+            None,
+            seed,
+            lambda circuit: self._em(circuit, z[train], None, z_val, None, seed),
+        )
         return self
 
     def score(self, X: Any, y: Any = None) -> float:

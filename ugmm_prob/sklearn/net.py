@@ -19,6 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ugmm_prob._deprecation import accepts_old_spellings
 from ugmm_prob.kernels import Backend
 from ugmm_prob.networks import Classifier, UGMMClassifier, constructor_config
 from ugmm_prob.sklearn.base import _MIN_ROWS_FOR_VALIDATION, _require_sklearn, check_is_fitted
@@ -45,12 +46,13 @@ class UGMMNetCommittee(Classifier):
         members: number of networks, at least 1.
     """
 
+    @accepts_old_spellings(formerly_positional=("hidden", "num_classes"))
     def __init__(
         self,
         in_features: int,
+        *,
         hidden: Sequence[int] = (16,),
         num_classes: int = 2,
-        *,
         members: int = 5,
         layer_norm: bool = False,
         dropout: float = 0.0,
@@ -61,18 +63,19 @@ class UGMMNetCommittee(Classifier):
         super().__init__()
         if isinstance(members, bool) or not isinstance(members, int) or members < 1:
             raise ValueError(f"UGMMNetCommittee: members must be an int >= 1, got {members!r}")
-        self.num_classes = num_classes
+        self.in_features, self.num_classes = in_features, num_classes
         self.config = config
-        options = {"layer_norm": layer_norm, "dropout": dropout, "scale_floor": scale_floor}
+        options = {
+            "hidden": hidden,
+            "num_classes": num_classes,
+            "layer_norm": layer_norm,
+            "dropout": dropout,
+            "scale_floor": scale_floor,
+            "backend": backend,
+        }
         self.members = PyroModule[nn.ModuleList](
-            [
-                UGMMClassifier(in_features, hidden, num_classes, backend=backend, **options)
-                for _ in range(members)
-            ]
+            [UGMMClassifier(in_features, **options) for _ in range(members)]
         )
-
-    def _input_features(self) -> int:
-        return int(self.config["in_features"])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``log`` of the members' mean ``p(c | x)``, shape ``(n, num_classes)``."""
@@ -181,8 +184,8 @@ class UGMMNetClassifier(_ClassifierBase):
             torch.manual_seed(seed)
             committee = UGMMNetCommittee(
                 X.shape[1],
-                tuple(int(h) for h in self.hidden),
-                len(self.classes_),
+                hidden=tuple(int(h) for h in self.hidden),
+                num_classes=len(self.classes_),
                 members=int(members),
                 layer_norm=bool(self.layer_norm),
                 dropout=float(self.dropout),
