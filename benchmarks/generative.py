@@ -501,7 +501,6 @@ def main() -> None:
         choices=["gaussian", "categorical"],
     )
     parser.add_argument("--metrics-dir", default=None, help="per-epoch metrics, JSON lines")
-    parser.add_argument("--measure-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.mnist_dir = args.mnist_dir or default_mnist_dir()
     print(f"machine: {machine()}", flush=True)
