@@ -9,7 +9,9 @@ Parts (``--parts``, default all):
   plain ``torch.nn.Module`` doing the same arithmetic with the same kernel (checked to give
   the same loss from the same parameters); alternating rounds in one process, medians.
   Also the preset's whole ``fit`` (all epochs, with per-epoch validation and ``keep_best``)
-  per step, and its test accuracy.
+  per step, and its test accuracy; and the wall time of the command a new user runs first,
+  ``python -m ugmm_prob demo --out DIR`` (a fresh process each time: imports, training with
+  its progress bar, the figure), ``--demo-runs`` times.
 
 Each part returns ``(records, markdown)``; records go to docs/results.json (``speed-*``),
 tables to docs/performance.md (between ``speed-<part>`` markers).
@@ -22,7 +24,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -162,6 +168,22 @@ def _whole_fit(epochs: int) -> tuple[float, int, int, int]:
     return seconds, steps, correct, len(data.y_test)
 
 
+def _demo_walls(runs: int, epochs: int) -> list[tuple[float, str]]:
+    """Wall seconds of ``python -m ugmm_prob demo`` in fresh processes, with each run's
+    accuracy line (``N/30``)."""
+    walls = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as out:
+            command = [sys.executable, "-m", "ugmm_prob", "demo", "--out", out]
+            command += ["--epochs", str(epochs)]
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            seconds = time.perf_counter() - start
+        accuracy = re.search(r"accuracy (\d+/\d+)", done.stdout)
+        walls.append((seconds, accuracy.group(1) if accuracy else "?"))
+    return walls
+
+
 def part_overhead(args: argparse.Namespace) -> tuple[list[dict], str]:
     batch = 16
     with validation_enabled(True):
@@ -174,6 +196,16 @@ def part_overhead(args: argparse.Namespace) -> tuple[list[dict], str]:
         f"| whole `fit` of the preset, per step ({args.demo_epochs} epochs, {steps:,} steps, "
         f"{seconds:.1f} s; test {correct}/{total}) | {whole:,.0f} | {whole / plain:.2f}x |"
     )
+    walls = _demo_walls(args.demo_runs, args.demo_epochs)
+    demo_line = ""
+    if walls:
+        runs = ", ".join(f"{seconds:.2f} s ({accuracy})" for seconds, accuracy in walls)
+        demo_line = (
+            f"\n\nThe whole demo, `python -m ugmm_prob demo --out DIR` ({args.demo_epochs} "
+            f"epochs, progress bar on, a fresh process each run: imports, training, the "
+            f"figure): median **{statistics.median(w for w, _ in walls):.2f} s** wall over "
+            f"{len(walls)} runs: {runs}."
+        )
     table = "\n".join(
         [
             "### Per-step overhead: the Iris demo's network (joint-score 5-10-5-1, LayerNorm, "
@@ -189,6 +221,7 @@ def part_overhead(args: argparse.Namespace) -> tuple[list[dict], str]:
             *rows,
         ]
     )
+    table += demo_line
     print(table, flush=True)
     names = {
         "fit's step (library)": "library",
@@ -212,6 +245,16 @@ def part_overhead(args: argparse.Namespace) -> tuple[list[dict], str]:
             "paper": None,
         }
     )
+    if walls:
+        records.append(
+            {
+                "experiment": "speed-demo-wall",
+                "metric": "seconds",
+                "value": round(statistics.median(w for w, _ in walls), 2),
+                "runs": [round(w, 2) for w, _ in walls],
+                "paper": None,
+            }
+        )
     return records, table
 
 
@@ -409,6 +452,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps-per-round", type=int, default=200)
     parser.add_argument("--demo-epochs", type=int, default=300, help="overhead: whole fit")
+    parser.add_argument("--demo-runs", type=int, default=3, help="overhead: demo wall times")
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     args = parser.parse_args()
     run_parts(PARTS, args, block="speed", page=PERFORMANCE_PAGE, write=not args.no_write)

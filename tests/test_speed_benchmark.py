@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ def test_overhead_part_runs_and_writes_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--parts", "overhead"]
     command += ["--rounds", "1", "--steps-per-round", "3", "--demo-epochs", "1", "--no-write"]
+    command += ["--demo-runs", "1"]
     done = subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
     )
@@ -30,5 +32,6 @@ def test_overhead_part_runs_and_writes_nothing(tmp_path):
         "plain torch.nn.Module, same kernel",
     ]
     assert names[3].startswith("whole `fit` of the preset, per step (1 epochs, 6 steps")
+    assert re.search(r"The whole demo, .* median \*\*[0-9.]+ s\*\* wall over 1 runs", done.stdout)
     assert "nothing written" in done.stdout
     assert {p.name: p.read_bytes() for p in docs.glob("*.*")} == before
