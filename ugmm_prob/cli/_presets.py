@@ -9,14 +9,13 @@ import pathlib
 import shlex
 import sys
 import time
-from dataclasses import replace
 
 import torch
 
 from .. import distributed
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..datasets import IRIS_CLASSES
-from ..experiments import EXPERIMENTS, INITIALISATIONS, Experiment, load_data, train_experiment
+from ..experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
 from ..plotting import figure_grid, plot_history, plot_neuron_mixtures, plot_posteriors
 from ..training import evaluate
 from ._common import UsageError, check_device, check_file, check_folder, save_figure
@@ -121,7 +120,7 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
     out = pathlib.Path(args.out)
     checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else out / "checkpoint.pt"
     check_file("checkpoint", str(checkpoint))
-    data = _training_data(args, experiment)
+    data = load_data(experiment.data, mnist_root=args.mnist_dir)
     before = _checkpoint_state(checkpoint)
     try:
         model, history, _ = train_experiment(
@@ -131,6 +130,7 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
             epochs=args.epochs,
             overrides=_setting_overrides(args),
             init=args.init,
+            train_rows=args.subset,
             device=args.device,
             progress=not args.quiet,
             checkpoint_path=checkpoint,
@@ -144,7 +144,7 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
         return 130
     if ctx is not None and not ctx.is_main:
         return 0
-    final = evaluate(model, data.x_test, data.y_test)
+    final = evaluate(model, data.x_test, data.y_test)  # the test split, once, after training
     selected = _selected_model_note(model, history, out)
     processes = f" ({ctx.world_size} processes)" if ctx is not None else ""
     written = _checkpoint_state(checkpoint) not in (None, before)
@@ -158,16 +158,6 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
         path = save_figure(plot_history(history), out / "history.png")
         print(f"training curve saved to {path}")
     return 0
-
-
-def _training_data(args: argparse.Namespace, experiment: Experiment):
-    """The experiment's data set, cut to the first ``--subset`` training examples."""
-    data = load_data(experiment.data, mnist_root=args.mnist_dir)
-    if args.subset is not None:
-        data = replace(
-            data, x_train=data.x_train[: args.subset], y_train=data.y_train[: args.subset]
-        )
-    return data
 
 
 def _setting_overrides(args: argparse.Namespace) -> dict:
@@ -273,7 +263,11 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--optimizer", choices=["adam", "sgd"])
     train.add_argument("--milestones", type=int, nargs="*", help="MultiStepLR epochs")
-    train.add_argument("--subset", type=int, help="train on the first N examples only")
+    train.add_argument(
+        "--subset",
+        type=int,
+        help="train on the first N examples left after the validation split (which stays)",
+    )
     train.add_argument(
         "--init",
         choices=INITIALISATIONS,
