@@ -476,6 +476,32 @@ def test_leaf_regions_do_not_use_the_native_kernel_where_it_cannot_serve():
     assert not kernels.native_leaf_regions_usable(x.detach().float(), loc)  # mixed dtypes
 
 
+def test_a_slow_native_build_is_announced_and_a_quick_load_is_not(monkeypatch, caplog):
+    import time
+    from types import SimpleNamespace
+
+    from torch.utils import cpp_extension
+
+    from ugmm_prob import native
+
+    def build(seconds):
+        def load_inline(**_):
+            time.sleep(seconds)
+            return SimpleNamespace(built=True)
+
+        return load_inline
+
+    monkeypatch.setattr(native, "_QUIET_LOAD_SECONDS", 0.05)
+    monkeypatch.setattr(cpp_extension, "load_inline", build(0.0))
+    with caplog.at_level("WARNING", logger="ugmm_prob.native"):
+        assert native.load.__wrapped__("leaf_regions", ("batch_multiple",)).built
+    assert not caplog.records
+    monkeypatch.setattr(cpp_extension, "load_inline", build(0.3))
+    with caplog.at_level("WARNING", logger="ugmm_prob.native"):
+        assert native.load.__wrapped__("leaf_regions", ("batch_multiple",)).built
+    assert "compiling the native kernel 'leaf_regions'" in caplog.text
+
+
 def test_native_build_failure_warns_and_returns_none(monkeypatch):
     from torch.utils import cpp_extension
 

@@ -10,6 +10,7 @@ callers use their plain PyTorch path; results agree to rounding either way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -22,6 +23,7 @@ import torch
 __all__ = ["load", "native_enabled"]
 
 _HERE = Path(__file__).parent
+_QUIET_LOAD_SECONDS = 3.0  # longer than loading a cached build, far shorter than a build
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
@@ -51,10 +53,8 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
     source = (_HERE / f"{name}.cpp").read_text()
     flags = _compile_flags()
     module_name = f"ugmm_prob_{name}_{torch.backends.cpu.get_cpu_capability().lower()}"
-    logging.getLogger(__name__).info(
-        "loading the native kernel %r (compiled on first use: about a minute, then cached)", name
-    )
-    try:
+
+    def build() -> ModuleType:
         return cpp_extension.load_inline(
             name=module_name,
             cpp_sources=[source],
@@ -63,6 +63,21 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
+
+    try:
+        # A cached build loads in well under a second; a first build takes about a minute,
+        # which a user should hear about rather than see as a hang.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(build)
+            try:
+                return pending.result(timeout=_QUIET_LOAD_SECONDS)
+            except concurrent.futures.TimeoutError:
+                logging.getLogger(__name__).warning(
+                    "ugmm_prob: compiling the native kernel %r for this machine (once: about a "
+                    "minute; later runs load the cached build)",
+                    name,
+                )
+                return pending.result()
     except Exception as error:  # no compiler, no ninja, a failed build: use the torch path
         warnings.warn(
             f"ugmm_prob: the native kernel {name!r} could not be built ({type(error).__name__}: "
