@@ -1,6 +1,10 @@
 """The subcommands for users' own tables: ``fit`` an estimator of :mod:`ugmm_prob.sklearn`
 to a CSV (or ``.npy``) table and save it in a folder; ``score``, ``posterior``, ``sample``
-and ``impute`` read that folder and write CSV."""
+and ``impute`` read that folder and write CSV.
+
+One module (about 400 lines) because the five subcommands share one folder format, one
+reader of fitted folders and one way of writing CSV; each subcommand is one short function
+and its parser another."""
 
 from __future__ import annotations
 
