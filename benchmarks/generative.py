@@ -82,16 +82,20 @@ class MaterialisedCircuit(UGMMCircuit):
         )
 
 
+MNIST_CIRCUIT = {
+    "num_classes": 10,
+    "depth": 4,
+    "repetitions": 10,
+    "channels": 10,
+    "components": 2,
+    "scale_floor": 1e-2,
+}
+"""The MNIST-sized circuit of the speed measurements (784 variables), shared by
+``benchmarks/speed.py`` and ``benchmarks/gpu.py``."""
+
+
 def mnist_circuit(materialised: bool = False, **overrides) -> UGMMCircuit:
-    options = {
-        "num_classes": 10,
-        "depth": 4,
-        "repetitions": 10,
-        "channels": 10,
-        "components": 2,
-        "scale_floor": 1e-2,
-    }
-    options.update(overrides)
+    options = {**MNIST_CIRCUIT, **overrides}
     return (MaterialisedCircuit if materialised else UGMMCircuit)(784, **options)
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 from _results import REPO, run_parts
-from generative import MaterialisedCircuit
+from generative import MNIST_CIRCUIT, MaterialisedCircuit
 
 from ugmm_prob.circuits import UGMMCircuit
 from ugmm_prob.circuits.layers import region_products
@@ -45,15 +45,6 @@ from ugmm_prob.training.point import _make_optimizer, _PointEstimateTrainer
 from ugmm_prob.validation import validation_enabled
 
 PERFORMANCE_PAGE = REPO / "docs" / "performance.md"
-MNIST_CIRCUIT = {
-    "num_classes": 10,
-    "depth": 4,
-    "repetitions": 10,
-    "channels": 10,
-    "components": 2,
-    "scale_floor": 1e-2,
-}
-"""The MNIST-sized circuit of issue 15's measurements."""
 
 
 # ------------------------------------------------------------------------------------------
