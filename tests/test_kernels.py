@@ -515,3 +515,31 @@ def test_native_build_failure_warns_and_returns_none(monkeypatch):
         assert native.load.__wrapped__("leaf_regions", ("batch_multiple",)) is None
     monkeypatch.setenv("UGMM_PROB_NATIVE", "0")
     assert native.load.__wrapped__("leaf_regions", ("batch_multiple",)) is None
+
+
+def test_every_native_kernel_is_built_after_the_shared_vector_helpers(monkeypatch):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from torch.utils import cpp_extension
+
+    from ugmm_prob import native
+
+    built = {}
+
+    def load_inline(**options):
+        built[options["name"]] = options["cpp_sources"]
+        return SimpleNamespace()
+
+    monkeypatch.setattr(cpp_extension, "load_inline", load_inline)
+    for kernel in ("coupled_layer", "leaf_regions"):
+        native.load.__wrapped__(kernel, ("unused",))
+    header = (Path(native.__file__).parent / "vector_math.h").read_text()
+    assert len(built) == 2
+    for header_text, kernel_text in built.values():
+        # The header is part of the source torch hashes, so changing it rebuilds the kernel,
+        # and the helpers it defines are defined there only.
+        assert header_text == header
+        for helper in ("floored_exp(", "lane_sum(", "lane_max("):
+            assert f"inline T {helper}" not in kernel_text
+            assert f"inline Vectorized<T> {helper}" not in kernel_text

@@ -351,15 +351,23 @@ def _coupled_extension():
     return load("coupled_layer", ("coupled_forward", "coupled_backward"))
 
 
+def _native_ready(load_extension, *tensors: torch.Tensor) -> bool:
+    """What every hand-written C++ kernel needs: all tensors on the CPU in one supported
+    dtype, not inside ``torch.compile`` (which cannot trace an opaque extension call), and
+    the extension built; ``load_extension`` is called last because it may compile it."""
+    dtype = tensors[0].dtype
+    return (
+        all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
+        and dtype in SUPPORTED_DTYPES
+        and not torch.compiler.is_compiling()
+        and load_extension() is not None
+    )
+
+
 def native_coupled_usable(x: torch.Tensor) -> bool:
     """Whether the hand-written C++ layer kernel can run for ``x``: CPU, float32/float64,
     not inside ``torch.compile``, and the extension built (see :mod:`ugmm_prob.native`)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in SUPPORTED_DTYPES
-        and not torch.compiler.is_compiling()
-        and _coupled_extension() is not None
-    )
+    return _native_ready(_coupled_extension, x)
 
 
 class _NativeCoupledLogDensity(torch.autograd.Function):
@@ -581,16 +589,7 @@ def native_leaf_regions_usable(x: torch.Tensor, loc: torch.Tensor) -> bool:
     """Whether :func:`tied_leaf_region_log_density` can run the fused C++ kernel for these
     tensors: CPU, float32/float64, no gradient needed for ``x``, at most 32 components, and
     the extension built (see :mod:`ugmm_prob.native`)."""
-    return (
-        x.device.type == "cpu"
-        and loc.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and x.dtype == loc.dtype
-        and not x.requires_grad
-        and loc.shape[-1] <= 32
-        and not torch.compiler.is_compiling()
-        and _leaf_extension() is not None
-    )
+    return not x.requires_grad and loc.shape[-1] <= 32 and _native_ready(_leaf_extension, x, loc)
 
 
 class _LeafRegions(torch.autograd.Function):

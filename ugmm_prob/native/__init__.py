@@ -1,6 +1,7 @@
 """Hand-written C++ kernels, built on first use with the machine's C++ compiler.
 
-:func:`load` compiles a ``.cpp`` file of this folder with
+:func:`load` compiles a ``.cpp`` file of this folder, preceded by the SIMD helpers of
+``vector_math.h`` that every kernel shares, with
 :func:`torch.utils.cpp_extension.load_inline` (cached under ``TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``; later processes load the cached build), with the
 SIMD instruction set ATen itself dispatches to on this CPU. Where no compiler or ``ninja``
@@ -50,14 +51,16 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
         return None
     from torch.utils import cpp_extension
 
-    source = (_HERE / f"{name}.cpp").read_text()
+    # The shared header goes in as text, not through an include path, so that a change to it
+    # changes the source torch hashes and every kernel that uses it is rebuilt.
+    sources = [(_HERE / "vector_math.h").read_text(), (_HERE / f"{name}.cpp").read_text()]
     flags = _compile_flags()
     module_name = f"ugmm_prob_{name}_{torch.backends.cpu.get_cpu_capability().lower()}"
 
     def build() -> ModuleType:
         return cpp_extension.load_inline(
             name=module_name,
-            cpp_sources=[source],
+            cpp_sources=sources,
             functions=list(functions),
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],

@@ -34,14 +34,11 @@
 namespace {
 
 using at::vec::Vectorized;
+// floored_exp, lane_sum and lane_max: vector_math.h, which load() puts before this file.
+using namespace ugmm_native;
 
 // Below this many exponentials a parallel region costs more than it saves.
 constexpr int64_t kGrainElements = 1 << 15;
-
-template <typename T>
-inline Vectorized<T> floored_exp(Vectorized<T> v) {
-  return at::vec::maximum(v, Vectorized<T>(T(-80))).exp();
-}
 
 template <typename T>
 struct Layer {
@@ -61,27 +58,6 @@ inline void exponent(const Layer<T>& l, int64_t b, int64_t j, int64_t k0, int64_
   const Vectorized<T> x = Vectorized<T>::loadu(l.x + b * l.inputs + k0, count);
   t = (x - Vectorized<T>::loadu(l.mu + p, count)) * Vectorized<T>::loadu(l.rs + p, count);
   z = Vectorized<T>::loadu(l.w + p, count) - Vectorized<T>(T(0.5)) * t * t;
-}
-
-template <typename T>
-inline T lane_sum(const Vectorized<T>& v) {
-  T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T total = 0;
-  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) total += lanes[i];
-  return total;
-}
-
-// The largest lane, NaN if any lane is NaN (as torch.amax).
-template <typename T>
-inline T lane_max(const Vectorized<T>& v) {
-  T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T largest = lanes[0];
-  for (int64_t i = 1; i < Vectorized<T>::size(); ++i) {
-    if (std::isnan(lanes[i]) || lanes[i] > largest) largest = lanes[i];
-  }
-  return largest;
 }
 
 constexpr double kLogSqrt2Pi = 0.91893853320467274178;

@@ -29,6 +29,8 @@
 namespace {
 
 using at::vec::Vectorized;
+// floored_exp, lane_sum and lane_max: vector_math.h, which load() puts before this file.
+using namespace ugmm_native;
 
 constexpr int64_t kMaxComponents = 32;
 
@@ -52,11 +54,6 @@ inline void exponents(const Units<T>& u, int64_t offset, Vectorized<T> x, Vector
     t[k] = (x - Vectorized<T>(u.mu[offset + k])) * Vectorized<T>(u.rs[offset + k]);
     z[k] = at::vec::maximum(Vectorized<T>(u.w[offset + k]) - half * t[k] * t[k], lowest);
   }
-}
-
-template <typename T>
-inline Vectorized<T> floored_exp(Vectorized<T> v) {
-  return at::vec::maximum(v, Vectorized<T>(T(-80))).exp();
 }
 
 // log sum_k exp(z_k) = shift + log(factor) with shift = max_k z_k and factor in [1, K]:
@@ -116,15 +113,6 @@ inline void responsibilities(Vectorized<T>* z, int64_t components) {
   }
   const Vectorized<T> inverse = one / total;
   for (int64_t k = 0; k < components; ++k) z[k] = z[k] * inverse;
-}
-
-template <typename T>
-T horizontal_sum(Vectorized<T> v) {
-  T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T total = 0;
-  for (int64_t l = 0; l < Vectorized<T>::size(); ++l) total += lanes[l];
-  return total;
 }
 
 struct Shape {
@@ -218,9 +206,9 @@ void backward_kernel(const Shape& s, const T* x, const T* keep, const int64_t* s
           }
           for (int64_t k = 0; k < K; ++k) {
             const T rs = u.rs[unit + k];
-            grad_w[unit + k] = horizontal_sum(sum_q[k]);
-            grad_mu[unit + k] = rs * horizontal_sum(sum_qt[k]);
-            grad_rs[unit + k] = -horizontal_sum(sum_qtt[k]) / rs;
+            grad_w[unit + k] = lane_sum(sum_q[k]);
+            grad_mu[unit + k] = rs * lane_sum(sum_qt[k]);
+            grad_rs[unit + k] = -lane_sum(sum_qtt[k]) / rs;
           }
         }
       }
