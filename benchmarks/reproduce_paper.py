@@ -86,7 +86,7 @@ def run(
     validation = 100 * next(row for row in history if row["epoch"] == kept)["accuracy"]
     print(
         f"{name} seed {seed}: test {100 * final['accuracy']:.2f}%, validation {validation:.2f}% "
-        f"(model of epoch {kept} of {settings['epochs']}, {seconds / 60:.1f} min); "
+        f"(model of epoch {kept} of {settings['epochs']}, {_duration(seconds / 60)}); "
         f"paper {experiment.paper}%",
         flush=True,
     )
@@ -111,6 +111,11 @@ def run(
         "paper": experiment.paper,
         "minutes": seconds / 60,
     }
+
+
+def _duration(minutes: float) -> str:
+    """Minutes to one decimal, or whole seconds under a minute (Iris rows take seconds)."""
+    return f"{minutes:.1f} min" if minutes >= 1 else f"{60 * minutes:.0f} s"
 
 
 def combine_seeds(runs: list[dict]) -> dict:
@@ -172,7 +177,7 @@ def _table_line(row: dict) -> str:
         f"| `{row['experiment']}` | {row['description']} | {row.get('init', 'paper')} | "
         f"{row['epochs']} ({row['paper_epochs']}) | {_validation_cell(row)} | {test} | "
         f"{row['paper']} | {'–' if validation is None else f'{validation:.2f}'} | "
-        f"{row['nll']:.4f} | {row['ece']:.4f} | {row['minutes']:.1f} min | {seed_cell} |"
+        f"{row['nll']:.4f} | {row['ece']:.4f} | {_duration(row['minutes'])} | {seed_cell} |"
     )
 
 
