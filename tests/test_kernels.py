@@ -543,3 +543,116 @@ def test_every_native_kernel_is_built_after_the_shared_vector_helpers(monkeypatc
         for helper in ("floored_exp(", "lane_sum(", "lane_max("):
             assert f"inline T {helper}" not in kernel_text
             assert f"inline Vectorized<T> {helper}" not in kernel_text
+
+
+# --- categorical leaf regions ---------------------------------------------------------------
+def _categorical_extension_or_skip():
+    if kernels._categorical_extension() is None:
+        pytest.skip("the native categorical kernel could not be built here (no C++ compiler?)")
+
+
+def _categorical_case(batch, dtype, seed=0, num_values=6):
+    """Logits ``(R, D, I, V)``, integer data with about a third missing, uneven regions
+    (those of :func:`_leaf_case`)."""
+    g = torch.Generator().manual_seed(seed)
+    _, observed, loc, *_, index = _leaf_case(batch, 1, dtype, seed=seed)
+    reps, num_vars, channels, _ = loc.shape
+    logits = torch.randn(reps, num_vars, channels, num_values, generator=g, dtype=dtype)
+    x = torch.randint(0, num_values, (batch, num_vars), generator=g).to(dtype)
+    return x, observed, logits, index
+
+
+def _plain_categorical_regions(x, observed, logits, index):
+    """Each unit's log-probability of its variable's value, summed over each region's
+    observed variables, with Python loops (independent of the library)."""
+    log_probs = torch.log_softmax(logits, -1)
+    batch, num_vars = x.shape
+    reps, regions, _ = index.shape
+    out = torch.zeros(batch, reps, regions, logits.shape[2], dtype=logits.dtype)
+    for b in range(batch):
+        for r in range(reps):
+            for p in range(regions):
+                for d in index[r, p].tolist():
+                    if d < num_vars and (observed is None or observed[b, d]):
+                        out[b, r, p] = out[b, r, p] + log_probs[r, d, :, int(x[b, d])]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [0, 1, 13])
+@pytest.mark.parametrize("missing", [False, True])
+def test_categorical_regions_match_plain_formula_and_its_gradients(dtype, batch, missing):
+    _categorical_extension_or_skip()
+    x, observed, logits, index = _categorical_case(batch, dtype)
+    observed = observed if missing else None
+    if missing:
+        x = torch.where(observed, x, torch.nan)  # missing cells are ignored, even NaN
+    fused, plain = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    out = kernels.categorical_leaf_region_log_density(
+        x, torch.log_softmax(fused, -1), index, observed
+    )
+    expected = _plain_categorical_regions(x, observed, plain, index)
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(out, expected, **tolerance)
+    assert out.shape == (batch, 2, 3, 3) and out.dtype == dtype
+    weights = torch.randn(out.shape, dtype=dtype)
+    (out * weights).sum().backward()
+    if batch:  # an empty batch: the loops add nothing, so there is no graph; the grad is 0
+        (expected * weights).sum().backward()
+    expected_grad = torch.zeros_like(logits) if plain.grad is None else plain.grad
+    torch.testing.assert_close(fused.grad, expected_grad, **tolerance)
+
+
+def test_categorical_regions_gradcheck_with_a_variable_in_two_regions():
+    _categorical_extension_or_skip()
+    x, observed, logits, index = _categorical_case(4, torch.float64, seed=3)
+    index = index.clone()
+    index[:, 1, 1] = index[:, 0, 0]  # region 1 also reads region 0's first variable
+    log_probs = torch.log_softmax(logits, -1).requires_grad_()
+
+    def run(table):
+        return kernels.categorical_leaf_region_log_density(x, table, index, observed)
+
+    torch.testing.assert_close(
+        run(log_probs), _plain_categorical_regions(x, observed, logits, index)
+    )
+    assert torch.autograd.gradcheck(run, (log_probs,))
+
+
+def test_categorical_regions_reject_a_value_outside_the_table():
+    _categorical_extension_or_skip()
+    x, _, logits, index = _categorical_case(3, torch.float64, num_values=6)
+    x[1, 4] = 6.0
+    with pytest.raises(RuntimeError, match=r"a value outside 0\.\.5"):
+        kernels.categorical_leaf_region_log_density(x, torch.log_softmax(logits, -1), index)
+    observed = torch.ones_like(x, dtype=torch.bool)
+    observed[1, 4] = False  # the same cell, missing: ignored
+    kernels.categorical_leaf_region_log_density(x, torch.log_softmax(logits, -1), index, observed)
+
+
+def test_categorical_circuit_gives_the_same_values_and_em_step_with_and_without_the_kernel(
+    monkeypatch,
+):
+    _categorical_extension_or_skip()
+    from ugmm_prob.circuits import UGMMCircuit, inputs
+    from ugmm_prob.circuits.em import expected_statistics
+
+    torch.manual_seed(0)
+    circuit = UGMMCircuit(
+        9, num_classes=2, depth=2, repetitions=2, channels=3, inputs="categorical", num_values=5
+    ).double()
+    x = torch.randint(0, 5, (11, 9)).double()
+    y = torch.randint(0, 2, (11,))
+    mask = torch.rand(11, 9) > 0.2
+
+    def run():
+        total, stats = expected_statistics(circuit, x, y)
+        return circuit.joint_log_prob(x, mask), total, stats
+
+    native = run()
+    monkeypatch.setattr(inputs, "native_categorical_regions_usable", lambda *_: False)
+    plain = run()
+    torch.testing.assert_close(native[0], plain[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(native[1], plain[1], rtol=1e-12, atol=1e-12)
+    for key in plain[2]:
+        torch.testing.assert_close(native[2][key], plain[2][key], rtol=1e-10, atol=1e-10)

@@ -35,7 +35,8 @@ with a warning, if compilation fails. The tests hold every backend to the plain 
 
 This module stays one file past 400 lines because its sections share the arithmetic's
 constants and dispatch rules: the layer kernel, the tied input units and the fused leaf
-regions of the circuit are the library's numerical core and nothing else lives here.
+regions of the circuit (Gaussian-mixture and categorical inputs) are the library's numerical
+core and nothing else lives here.
 """
 
 from __future__ import annotations
@@ -46,15 +47,17 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
 __all__ = [
     "Backend",
+    "categorical_leaf_region_log_density",
     "compiled_backend_available",
     "coupled_log_density",
+    "native_categorical_regions_usable",
     "native_coupled_usable",
     "native_leaf_regions_usable",
     "tied_leaf_region_log_density",
@@ -579,6 +582,33 @@ def tied_mixture_log_density(
 _LEAF_FUNCTIONS = ("leaf_regions_forward", "leaf_regions_backward", "batch_multiple")
 
 
+class _ByRegion(NamedTuple):
+    """The data of a batch laid out for the leaf-region kernels (see :func:`_gather_by_region`)."""
+
+    values: torch.Tensor  # (R, P, S, B'): the values of region p's variables, batch last
+    keep: torch.Tensor  # (R, P, S, B') bool, True where observed; empty when all are
+    sizes: torch.Tensor  # (R, P) int64: how many of the S slots are variables, not padding
+    index: torch.Tensor  # (R, P, S) int64: the variables, padding clamped to a valid one
+
+
+def _gather_by_region(
+    x: torch.Tensor, region_index: torch.Tensor, observed: torch.Tensor | None, batch_multiple: int
+) -> _ByRegion:
+    """``x`` ``(B, D)`` gathered per leaf region, batch last and padded to a multiple of
+    ``batch_multiple``; unobserved entries are set to 0 (a value in every support)."""
+    batch, num_vars = x.shape
+    sizes = (region_index < num_vars).sum(-1)
+    index = region_index.clamp_max(num_vars - 1)
+    padded = -batch % batch_multiple
+    if observed is not None:
+        x = torch.where(observed, x, torch.zeros((), dtype=x.dtype))
+    values = torch.nn.functional.pad(x.t(), (0, padded))[index].contiguous()
+    keep = x.new_empty(0, dtype=torch.bool)
+    if observed is not None:
+        keep = torch.nn.functional.pad(observed.t(), (0, padded))[index].contiguous()
+    return _ByRegion(values, keep, sizes, index)
+
+
 def _leaf_extension():
     from .native import load
 
@@ -637,19 +667,12 @@ def tied_leaf_region_log_density(
     Returns:
         ``(B, R, P, I)``.
     """
-    batch, num_vars = x.shape
+    batch = len(x)
     reps = loc.shape[0]
-    sizes = (region_index < num_vars).sum(-1)
-    index = region_index.clamp_max(num_vars - 1)
+    # batch last and padded: one SIMD vector holds one variable in many examples
     lanes = _leaf_extension().batch_multiple()
-    padded = -batch % lanes
-    if observed is not None:
-        x = torch.where(observed, x, torch.zeros((), dtype=x.dtype))
-    # batch last: one SIMD vector holds one variable in many examples
-    values = torch.nn.functional.pad(x.t(), (0, padded))[index].contiguous()
-    keep = x.new_empty(0)
-    if observed is not None:
-        keep = torch.nn.functional.pad(observed.t().to(x.dtype), (0, padded))[index].contiguous()
+    values, keep, sizes, index = _gather_by_region(x, region_index, observed, lanes)
+    keep = keep.to(x.dtype)
     log_weights = torch.log_softmax(logits, -1) - torch.log(scale) - LOG_SQRT_2PI
     reps_index = torch.arange(reps, device=x.device)[:, None, None]
 
@@ -660,3 +683,82 @@ def tied_leaf_region_log_density(
         values, keep, sizes, by_region(log_weights), by_region(loc), by_region(scale.reciprocal())
     )
     return out[..., :batch].permute(3, 0, 1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Leaf regions of categorical input units: sums of looked-up log-probabilities (C++ on CPU).
+# --------------------------------------------------------------------------------------------
+_CATEGORICAL_FUNCTIONS = ("categorical_regions_forward", "categorical_regions_backward")
+
+
+def _categorical_extension():
+    from .native import load
+
+    return load(
+        "categorical_regions", ("categorical_regions_forward", "categorical_regions_backward")
+    )
+
+
+def native_categorical_regions_usable(x: torch.Tensor, log_probs: torch.Tensor) -> bool:
+    """Whether :func:`categorical_leaf_region_log_density` can run for these tensors: CPU,
+    float32/float64, no gradient needed for ``x``, and the extension built."""
+    return (
+        x.device.type == "cpu"
+        and not x.requires_grad
+        and _native_ready(_categorical_extension, log_probs)
+    )
+
+
+class _CategoricalRegions(torch.autograd.Function):
+    """Autograd for the categorical leaf regions; the backward pass is a scatter into the
+    table of log-probabilities (nothing of size ``B x R x D x I`` is saved)."""
+
+    @staticmethod
+    def forward(ctx, values, keep, sizes, index, log_probs):  # type: ignore[override]
+        ctx.save_for_backward(values, keep, sizes, index, log_probs)
+        extension = _categorical_extension()
+        return extension.categorical_regions_forward(values, keep, sizes, index, log_probs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        extension = _categorical_extension()
+        grad_table = extension.categorical_regions_backward(grad, *ctx.saved_tensors)
+        return None, None, None, None, grad_table
+
+
+def categorical_leaf_region_log_density(
+    x: torch.Tensor,
+    log_probs: torch.Tensor,
+    region_index: torch.Tensor,
+    observed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Log-probabilities of the leaf regions of a circuit with categorical input units.
+
+    .. math::
+
+        out[b, r, p, i] = \\sum_{d \\in \\text{region}(r, p),\\ x_{bd} \\text{ observed}}
+            L[r, d, i, x_{bd}]
+
+    The same numbers as looking up every unit's log-probability and summing over each
+    region's variables, in one C++ pass forward and one backward (a scatter into ``L``).
+    Use it where :func:`native_categorical_regions_usable` holds.
+
+    Args:
+        x: ``(B, D)`` integer values (in a floating tensor); entries that are not observed
+            are ignored (may be NaN).
+        log_probs: ``(R, D, I, V)`` normalised log-probabilities of the units.
+        region_index: ``(R, P, S)`` the variables of leaf region ``p`` of repetition ``r``,
+            padded at the end with ``D``.
+        observed: ``(B, D)`` booleans, True where ``x`` is observed; None: all observed.
+
+    Returns:
+        ``(B, R, P, I)``.
+
+    Raises:
+        RuntimeError: an observed value outside ``0..V-1``.
+    """
+    values, keep, sizes, index = _gather_by_region(x, region_index, observed, 1)
+    table = log_probs.contiguous()
+    out = _CategoricalRegions.apply(values.long(), keep, sizes, index, table)
+    return out.permute(3, 0, 1, 2)

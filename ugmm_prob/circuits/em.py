@@ -138,7 +138,8 @@ class _EMTrainer:
     ) -> float:
         total, stats = expected_statistics(self.model, x, y)
         used = float(weight > 0)  # a rank with no share joins with a zero-weighted example
-        stats = {key: value * used for key, value in stats.items()}
+        if not used:
+            stats = {key: torch.zeros_like(value) for key, value in stats.items()}
         stats["_log_likelihood"] = (total * used).reshape(1)
         stats["_count"] = torch.tensor([len(x) * used], dtype=total.dtype, device=total.device)
         _reduce(stats, self.ctx)
@@ -147,13 +148,15 @@ class _EMTrainer:
         if not math.isfinite(loss):
             return loss
         if self.online:
-            estimate = {key: value * (num_data / count) for key, value in stats.items()}
-            eta = 1.0 if self.running is None else self._eta()
+            # s <- (1 - eta) s + eta s_batch n / b, in place: the statistics of categorical
+            # inputs hold tens of millions of numbers
+            scale = num_data / count
             if self.running is None:
-                self.running = estimate
+                self.running = {key: value.mul_(scale) for key, value in stats.items()}
             else:
-                for key, value in estimate.items():
-                    self.running[key].mul_(1 - eta).add_(value, alpha=eta)
+                eta = self._eta()
+                for key, value in stats.items():
+                    self.running[key].mul_(1 - eta).add_(value.mul_(scale * eta))
             self.steps += 1
             maximise(self.model, self.running, **self.smoothing)
         elif self.running is None:

@@ -30,6 +30,8 @@ from pyro.nn import PyroModule, PyroParam
 from .._deprecation import RenamedAttribute, accepts_old_spellings
 from ..distributions import neuron_mixture
 from ..kernels import (
+    categorical_leaf_region_log_density,
+    native_categorical_regions_usable,
     native_leaf_regions_usable,
     tied_leaf_region_log_density,
     tied_mixture_log_density,
@@ -397,6 +399,21 @@ class CategoricalInput(InputLayer):
         values = table[variables, x.long()]  # (B, D, R, I)
         return values.permute(0, 2, 1, 3)
 
+    def region_log_values(
+        self,
+        x: torch.Tensor,
+        observed: torch.Tensor | None,
+        region_index: torch.Tensor,
+        mode: str = "sum",
+    ) -> torch.Tensor:
+        """As :meth:`InputLayer.region_log_values`; sums of log-probabilities go through the
+        C++ kernel :func:`~ugmm_prob.kernels.categorical_leaf_region_log_density` where it
+        can run (it never forms the ``(B, R, D, I)`` tensor of looked-up values)."""
+        log_probs = self._log_probs()
+        if mode == "sum" and native_categorical_regions_usable(x, log_probs):
+            return categorical_leaf_region_log_density(x, log_probs, region_index, observed)
+        return super().region_log_values(x, observed, region_index, mode)
+
     def max_missing(self) -> torch.Tensor:
         """``max_v log p(v)`` of each unit."""
         return self._log_probs().amax(-1)
@@ -432,8 +449,8 @@ class CategoricalInput(InputLayer):
     ) -> dict[str, torch.Tensor]:
         """``count[v]``: expected number of examples with ``x_d = v`` the unit explains,
         ``dL/dl_v + p_v flow``."""
-        probs = torch.softmax(self.logits, -1)
-        return {"count": grads["logits_unconstrained"] + probs * flow[..., None]}
+        count = torch.softmax(self.logits, -1).mul_(flow[..., None])
+        return {"count": count.add_(grads["logits_unconstrained"])}
 
     @torch.no_grad()
     def maximise(
@@ -444,8 +461,8 @@ class CategoricalInput(InputLayer):
         variance_pseudo_count: float,
     ) -> None:
         """``p_v = (n_v + alpha) / sum_u (n_u + alpha)`` (Laplace smoothing with ``alpha``)."""
-        count = stats["count"].clamp_min(0)
-        self.logits_unconstrained.copy_(normalised_log_weights(count, pseudo_count, self.logits))
+        log_probs = normalised_log_weights(stats["count"], pseudo_count, self.logits)
+        self.logits_unconstrained.copy_(log_probs)
 
 
 INPUT_TYPES: dict[str, type[InputLayer]] = {

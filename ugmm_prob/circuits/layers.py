@@ -127,10 +127,16 @@ def normalised_log_weights(
 ) -> torch.Tensor:
     """The Dirichlet MAP estimate ``log((n + alpha) / sum(n + alpha))`` over the last axis,
     floored at :data:`MIN_LOG_WEIGHT`; rows without any count keep ``current_logits``'
-    weights."""
-    weights = count + pseudo_count
+    weights. Negative counts (rounding in an E-step) count as 0.
+
+    In place on one new tensor: the categorical inputs of an MNIST circuit hold 20 M
+    weights, and this runs after every minibatch of online EM.
+    """
+    weights = count.clamp_min(0).add_(pseudo_count)
     total = weights.sum(-1, keepdim=True)
-    new = (weights / total.clamp_min(1e-300)).log().clamp_min(MIN_LOG_WEIGHT)
+    new = weights.log_().sub_(total.clamp_min(1e-300).log_()).clamp_min_(MIN_LOG_WEIGHT)
+    if pseudo_count > 0:  # every row has a positive total (a Python test: no device sync)
+        return new
     return torch.where(total > 0, new, torch.log_softmax(current_logits, -1))
 
 

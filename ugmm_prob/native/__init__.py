@@ -1,7 +1,7 @@
 """Hand-written C++ kernels, built on first use with the machine's C++ compiler.
 
 :func:`load` compiles a ``.cpp`` file of this folder, preceded by the SIMD helpers of
-``vector_math.h`` that every kernel shares, with
+``vector_math.h`` that the kernels share, with
 :func:`torch.utils.cpp_extension.load_inline` (cached under ``TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``; later processes load the cached build), with the
 SIMD instruction set ATen itself dispatches to on this CPU. Where no compiler or ``ninja``
