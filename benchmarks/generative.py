@@ -13,7 +13,9 @@ Parts (``--parts``, default all):
   the validation split.
 
 Every MNIST choice is made on the last ``--val-rows`` training images; the test split is
-scored once per row. The baselines (diagonal and per-class GMMs, PCA + GMM) are fitted by
+scored once per row. ``--validation-only`` trains a candidate setting and prints its
+validation curve without scoring the test split (how the settings of docs/results.md were
+chosen). The baselines (diagonal and per-class GMMs, PCA + GMM) are fitted by
 ``benchmarks/mnist_baselines.py``. The circuit's speed, against the straightforward
 :class:`MaterialisedCircuit` below, is measured by ``benchmarks/speed.py --parts circuit``.
 
@@ -22,6 +24,8 @@ Records go to docs/results.json, tables to docs/results.md (between generative m
     pip install -e ".[bench]"           # scikit-learn for the baselines
     python benchmarks/generative.py --parts iris
     python benchmarks/generative.py --parts mnist-em mnist-hybrid --epochs 10
+    python benchmarks/generative.py --parts mnist-em --em-inputs gaussian --epochs 5 \
+        --em-components 12 --em-step-size 0.05 --validation-only
 """
 
 from __future__ import annotations
@@ -287,7 +291,8 @@ def _em_circuit(args: argparse.Namespace, inputs: str):
         return _EM_FITS[inputs]
     split = _mnist_split(args, inputs)
     torch.manual_seed(args.seed)
-    options = {"components": 2, "scale_floor": 1e-2} if inputs == "gaussian" else {}
+    options = {"components": args.em_components, "scale_floor": 1e-2}
+    options = options if inputs == "gaussian" else {}
     circuit = UGMMCircuit.for_images(
         28,
         28,
@@ -354,6 +359,15 @@ def _figures(args, circuit: UGMMCircuit, split: dict) -> str:
     )
 
 
+def _components_flag(args: argparse.Namespace, inputs: str) -> str:
+    """`` --em-components K`` where it is not the default (commands stay as they were)."""
+    return (
+        f" --em-components {args.em_components}"
+        if inputs == "gaussian" and (args.em_components != 2)
+        else ""
+    )
+
+
 def _protocol(args: argparse.Namespace) -> str:
     return (
         f"seed {args.seed}; the last {args.val_rows:,} training images held out as the "
@@ -365,6 +379,14 @@ def _protocol(args: argparse.Namespace) -> str:
     )
 
 
+def _print_validation(name: str, history: list[dict], minutes: float) -> None:
+    """``--validation-only``: the per-epoch validation figures of a candidate setting."""
+    curve = ", ".join(
+        f"{row['epoch']}: {row['bits_per_dim']:.4f}/{100 * row['accuracy']:.2f}%" for row in history
+    )
+    print(f"{name} (validation only, {minutes:.1f} min): bits/dim / accuracy {curve}", flush=True)
+
+
 def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], dict[str, str]]:
     """Maximum likelihood by online EM, one circuit per class; epoch kept by validation
     ``-log p(x, y)``. ``gaussian``: uGMM inputs on logit-space pixels (bits/dim on the
@@ -373,6 +395,9 @@ def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], dict[str, str]]
     records, tables = [], {}
     for inputs in args.em_inputs:
         circuit, history, minutes, split = _em_circuit(args, inputs)
+        if args.validation_only:
+            _print_validation(f"EM {inputs}", history, minutes)
+            continue
         bpd, accuracy = _test_scores(args, circuit, split, inputs)
         name = "mle" if inputs == "gaussian" else "discrete"
         records += _mnist_circuit_records(name, accuracy, bpd)
@@ -392,7 +417,8 @@ def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], dict[str, str]]
                 "",
                 f"Command: `python benchmarks/generative.py --parts mnist-em --epochs "
                 f"{args.epochs} --em-repetitions {args.em_repetitions} --em-channels "
-                f"{args.em_channels} --em-inputs {inputs}`; {_protocol(args)}",
+                f"{args.em_channels}{_components_flag(args, inputs)} --em-inputs {inputs}`; "
+                f"{_protocol(args)}",
                 "",
                 "| model | parameters | bits/dim | accuracy argmax p(c\\|x) | training |",
                 "|---|---:|---:|---:|---|",
@@ -454,7 +480,8 @@ def part_mnist_hybrid(args: argparse.Namespace) -> tuple[list[dict], str]:
             "",
             f"Command: `python benchmarks/generative.py --parts mnist-hybrid --epochs "
             f"{args.epochs} --em-repetitions {args.em_repetitions} --em-channels "
-            f"{args.em_channels} --hybrid-weights {' '.join(map(str, args.hybrid_weights))} "
+            f"{args.em_channels}{_components_flag(args, 'gaussian')} --hybrid-weights "
+            f"{' '.join(map(str, args.hybrid_weights))} "
             f"--hybrid-epochs {args.hybrid_epochs} --lr {args.lr}`; {_protocol(args)} Adam, "
             f"batch 128, lr {args.lr}.",
             "",
@@ -498,6 +525,13 @@ def main() -> None:
     parser.add_argument("--em-repetitions", type=int, default=10)
     parser.add_argument("--em-channels", type=int, default=10)
     parser.add_argument("--em-step-size", type=float, default=0.1)
+    parser.add_argument("--em-components", type=int, default=2, help="gaussian inputs: K")
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="mnist-em: train and print the validation curve only (for choosing a setting); "
+        "the test split is not scored and nothing is written",
+    )
     parser.add_argument(
         "--em-inputs",
         nargs="*",
@@ -517,8 +551,8 @@ def main() -> None:
         }[part](args)
         records += new
         tables.update(table if isinstance(table, dict) else {part: table})
-    if args.no_write:
-        print("nothing written (--no-write)", flush=True)
+    if args.no_write or args.validation_only:
+        print("nothing written (--no-write or --validation-only)", flush=True)
         return
     update_results(records)
     write_docs(tables)

@@ -65,6 +65,27 @@ def test_m_step_equals_the_closed_form_for_one_gaussian_mixture():
     )
 
 
+def test_m_step_keeps_a_component_whose_statistics_are_rounding():
+    # float32 E-step statistics of a component nobody reaches: a count that is rounding of
+    # the unit's flow (1e-9 of it) and a mean statistic of the same size.
+    # Divided by such a count the mean would land anywhere; the M-step keeps it instead.
+    circuit = _single_mixture().float()
+    before_loc = circuit.inputs.loc.detach().clone()
+    before_scale = circuit.inputs.scale.detach().clone()
+    x = _two_clusters().float()
+    _, stats = expected_statistics(circuit, x)
+    count = stats["inputs.count"][0, 0, 0]
+    stats["inputs.count"][0, 0, 0, 2] = 1e-9 * count.sum()
+    stats["inputs.sum"][0, 0, 0, 2] = 3e-7 * count.sum()
+    stats["inputs.sum_sq"][0, 0, 0, 2] = 1e-7 * count.sum()
+    maximise(circuit, stats, pseudo_count=1e-2, variance_pseudo_count=1e-2)
+    assert torch.equal(circuit.inputs.loc[0, 0, 0, 2], before_loc[0, 0, 0, 2])
+    assert torch.equal(circuit.inputs.scale[0, 0, 0, 2], before_scale[0, 0, 0, 2])
+    # the reached components still move to their closed-form means
+    reached = stats["inputs.sum"][0, 0, 0, :2] / stats["inputs.count"][0, 0, 0, :2]
+    torch.testing.assert_close(circuit.inputs.loc[0, 0, 0, :2].detach(), reached)
+
+
 @pytest.mark.parametrize("inputs", ["gaussian", "categorical"])
 @pytest.mark.parametrize("graph", ["random", "quad", "data"])
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

@@ -215,3 +215,35 @@ def test_table_marks_rows_from_before_the_protocol(reproduce_paper):
     assert "† Run before the validation protocol: single seed" in table
     records = reproduce_paper._records([single, old])
     assert [(r["sd"], r["seeds"]) for r in records] == [(None, [0]), (None, [0])]
+
+
+# --- benchmarks/generative.py: choosing a setting on validation only ---------------------
+
+
+def test_generative_validation_only_never_scores_the_test_split(monkeypatch, capsys):
+    import argparse
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import generative
+    finally:
+        sys.path.pop(0)
+    data = _mnist_like(n_train=MNIST_VALIDATION_ROWS + 200, n_test=50)
+    data.x_train[:, 0] = data.x_test[:, 0] = 0.5  # pixels in [0, 1], not row ids
+    monkeypatch.setattr(generative, "load_data", lambda *_, **__: data)
+    monkeypatch.setattr(generative, "_EM_FITS", {})
+
+    def forbidden(*_, **__):
+        raise AssertionError("--validation-only scored the test split")
+
+    monkeypatch.setattr(generative, "_test_scores", forbidden)
+    monkeypatch.setattr(generative, "_figures", forbidden)
+    args = argparse.Namespace(
+        mnist_dir=None, train_rows=None, val_rows=MNIST_VALIDATION_ROWS, seed=0, alpha=1e-6,
+        em_repetitions=10, em_channels=2, em_components=1, em_step_size=0.1, epochs=1,
+        device=None, metrics_dir=None, em_inputs=["gaussian"], validation_only=True,
+    )  # fmt: skip
+    records, tables = generative.part_mnist_em(args)
+    assert records == [] and tables == {}
+    printed = capsys.readouterr().out
+    assert "EM gaussian (validation only" in printed and "1: " in printed

@@ -44,6 +44,13 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 MEAN_PSEUDO_COUNT = 1e-8
 """Weight of a component's current mean in its M-step: keeps unreached components in place."""
 
+REACHED_FRACTION = 1e-5
+"""A component whose expected count is below this fraction of its unit's keeps its mean and
+scale in the M-step. Counts come from gradients as ``dL/dl_k + pi_k flow``, exact in
+arithmetic but, in float32, off by about 1e-7 of the unit's flow; below this fraction a
+component's statistics are that rounding, and dividing them by its count would throw its
+mean anywhere (with many components per unit, online EM diverged so)."""
+
 
 class InputLayer(PyroModule):
     """``R x D x I`` univariate input units (abstract).
@@ -349,14 +356,18 @@ class GaussianMixtureInput(InputLayer):
         where it is); ``sigma_k^2 = (sum f gamma (x - mu_k)^2 + beta sigma_k^{old 2}) / (n_k +
         beta)`` with ``beta = variance_pseudo_count``, and never below the scale floor. The
         two proximal terms are centred on the current values, so with ``alpha = 0`` a step
-        never lowers the likelihood.
+        never lowers the likelihood. A component with less than :data:`REACHED_FRACTION` of
+        its unit's count keeps its mean and scale (a generalised EM step: still never lower).
         """
         count = stats["count"].clamp_min(0)
-        loc_old, var_old = self.loc, self.scale**2
+        loc_old, scale_old = self.loc, self.scale
+        reached = count > REACHED_FRACTION * count.sum(-1, keepdim=True)
         loc = (stats["sum"] + MEAN_PSEUDO_COUNT * loc_old) / (count + MEAN_PSEUDO_COUNT)
+        loc = torch.where(reached, loc, loc_old)
         spread = (stats["sum_sq"] - 2 * loc * stats["sum"] + loc**2 * count).clamp_min(0)
         beta = max(variance_pseudo_count, 1e-12)
-        scale = ((spread + beta * var_old) / (count + beta)).sqrt()
+        scale = ((spread + beta * scale_old**2) / (count + beta)).sqrt()
+        scale = torch.where(reached, scale, scale_old)
         scale = scale.clamp_min(self.scale_floor * (1 + 1e-4) + 1e-12)
         self.loc_unconstrained.copy_(loc)
         self.scale_unconstrained.copy_(torch.log(scale - self.scale_floor))
