@@ -420,8 +420,8 @@ class CategoricalInput(InputLayer):
         """As :meth:`InputLayer.region_log_values`; sums of log-probabilities go through the
         C++ kernel :func:`~ugmm_prob.kernels.categorical_leaf_region_log_density` where it
         can run (it never forms the ``(B, R, D, I)`` tensor of looked-up values)."""
-        log_probs = self._log_probs()
-        if mode == "sum" and native_categorical_regions_usable(x, log_probs):
+        if mode == "sum" and native_categorical_regions_usable(x, self.logits):
+            log_probs = self._log_probs()
             return categorical_leaf_region_log_density(x, log_probs, region_index, observed)
         return super().region_log_values(x, observed, region_index, mode)
 
