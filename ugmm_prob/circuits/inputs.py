@@ -178,8 +178,20 @@ class InputLayer(PyroModule):
         mode: str = "sum",
     ) -> torch.Tensor:
         """:meth:`log_values` multiplied over each leaf region (see
-        :func:`~ugmm_prob.circuits.layers.region_products`): ``(B, R, P, I)``."""
+        :func:`~ugmm_prob.circuits.layers.region_products`): ``(B, R, P, I)``; in ``"sum"``
+        mode through :meth:`fused_region_log_values` where it gives a result."""
+        if mode == "sum":
+            fused = self.fused_region_log_values(x, observed, region_index)
+            if fused is not None:
+                return fused
         return region_products(self.log_values(x, observed, mode), region_index)
+
+    def fused_region_log_values(
+        self, x: torch.Tensor, observed: torch.Tensor | None, region_index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The ``"sum"`` leaf-region values from a fused kernel that never forms the
+        ``(B, R, D, I)`` unit values, or None where none can run (the default: none)."""
+        return None
 
     def check_values(self, x: torch.Tensor, observed: torch.Tensor | None) -> None:
         """Raise a clear error when an observed entry of ``x`` is not finite or lies outside
@@ -252,20 +264,16 @@ class GaussianMixtureInput(InputLayer):
         """``log sum_k pi_k N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I)``."""
         return tied_mixture_log_density(x, self.loc, self.scale, self.logits)
 
-    def region_log_values(
-        self,
-        x: torch.Tensor,
-        observed: torch.Tensor | None,
-        region_index: torch.Tensor,
-        mode: str = "sum",
-    ) -> torch.Tensor:
-        """As :meth:`InputLayer.region_log_values`; sums of log-densities go through the fused
-        C++ kernel :func:`~ugmm_prob.kernels.tied_leaf_region_log_density` where it can run."""
-        if mode == "sum" and native_leaf_regions_usable(x, self.loc):
-            return tied_leaf_region_log_density(
-                x, self.loc, self.scale, self.logits, region_index, observed
-            )
-        return super().region_log_values(x, observed, region_index, mode)
+    def fused_region_log_values(
+        self, x: torch.Tensor, observed: torch.Tensor | None, region_index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Sums of log-densities through the C++ kernel
+        :func:`~ugmm_prob.kernels.tied_leaf_region_log_density` where it can run."""
+        if not native_leaf_regions_usable(x, self.loc):
+            return None
+        return tied_leaf_region_log_density(
+            x, self.loc, self.scale, self.logits, region_index, observed
+        )
 
     def _component_log_density(self, x: torch.Tensor) -> torch.Tensor:
         """``log pi_k + log N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I, K)``."""
@@ -410,20 +418,14 @@ class CategoricalInput(InputLayer):
         values = table[variables, x.long()]  # (B, D, R, I)
         return values.permute(0, 2, 1, 3)
 
-    def region_log_values(
-        self,
-        x: torch.Tensor,
-        observed: torch.Tensor | None,
-        region_index: torch.Tensor,
-        mode: str = "sum",
-    ) -> torch.Tensor:
-        """As :meth:`InputLayer.region_log_values`; sums of log-probabilities go through the
-        C++ kernel :func:`~ugmm_prob.kernels.categorical_leaf_region_log_density` where it
-        can run (it never forms the ``(B, R, D, I)`` tensor of looked-up values)."""
-        if mode == "sum" and native_categorical_regions_usable(x, self.logits):
-            log_probs = self._log_probs()
-            return categorical_leaf_region_log_density(x, log_probs, region_index, observed)
-        return super().region_log_values(x, observed, region_index, mode)
+    def fused_region_log_values(
+        self, x: torch.Tensor, observed: torch.Tensor | None, region_index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Sums of looked-up log-probabilities through the C++ kernel
+        :func:`~ugmm_prob.kernels.categorical_leaf_region_log_density` where it can run."""
+        if not native_categorical_regions_usable(x, self.logits):
+            return None
+        return categorical_leaf_region_log_density(x, self._log_probs(), region_index, observed)
 
     def max_missing(self) -> torch.Tensor:
         """``max_v log p(v)`` of each unit."""
