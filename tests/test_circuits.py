@@ -10,6 +10,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from scipy import stats
 
+from tests.benchmark_scripts import import_benchmark
 from ugmm_prob.circuits import CircuitDistribution, UGMMCircuit, random_binary_trees
 from ugmm_prob.circuits.layers import region_products, weighted_logsumexp
 from ugmm_prob.training import fit
@@ -282,15 +283,7 @@ def test_init_leaves_from_data_uses_data_values_and_spread():
 
 def _straightforward_circuit_class():
     """The benchmark's straightforward circuit (materialised input, product and sum tensors)."""
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from generative import MaterialisedCircuit
-    finally:
-        sys.path.pop(0)
-    return MaterialisedCircuit
+    return import_benchmark("generative").MaterialisedCircuit
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])

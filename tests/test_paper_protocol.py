@@ -5,13 +5,12 @@ training data (MNIST: its last 5,000 rows), never on the test split; and the tab
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 
 import pytest
 import torch
 
 import ugmm_prob.experiments as experiments
+from tests.benchmark_scripts import import_benchmark
 from ugmm_prob.experiments import (
     EXPERIMENTS,
     MNIST_VALIDATION_ROWS,
@@ -158,12 +157,7 @@ def test_train_experiment_runs_with_the_mnist_split():
 
 @pytest.fixture(scope="module")
 def reproduce_paper():
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import reproduce_paper
-    finally:
-        sys.path.pop(0)
-    return reproduce_paper
+    return import_benchmark("reproduce_paper")
 
 
 def _fake_run(seed: int, test: float, validation: float) -> dict:
@@ -223,11 +217,7 @@ def test_table_marks_rows_from_before_the_protocol(reproduce_paper):
 def test_generative_validation_only_never_scores_the_test_split(monkeypatch, capsys):
     import argparse
 
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import generative
-    finally:
-        sys.path.pop(0)
+    generative = import_benchmark("generative")
     data = _mnist_like(n_train=MNIST_VALIDATION_ROWS + 200, n_test=50)
     data.x_train[:, 0] = data.x_test[:, 0] = 0.5  # pixels in [0, 1], not row ids
     monkeypatch.setattr(generative, "load_data", lambda *_, **__: data)
