@@ -2,13 +2,13 @@
 
 :class:`UGMMCircuit` assembles, from a :class:`~ugmm_prob.circuits.region_graphs.RegionGraph`,
 
-- an input layer (:mod:`~ugmm_prob.circuits.inputs`): ``I`` units per variable and
-  repetition; a leaf region's units are products of its variables' units (channel ``i`` of
-  every variable of the region);
-- ``depth`` product layers, each multiplying sibling regions, with a sum layer after every
-  product layer but the last (:mod:`~ugmm_prob.circuits.layers`);
-- one root per class: a sum over the top products of every repetition; and a class prior
-  ``p(c)``, so ``p(x, c) = p(c) p(x | c)``.
+- an input layer (:mod:`~ugmm_prob.circuits.inputs`): ``I`` units per leaf region (a
+  product of univariate units over its variables, or a multivariate unit);
+- product and sum layers folded by level (:mod:`~ugmm_prob.circuits.compile`,
+  :mod:`~ugmm_prob.circuits.layers`): the products of every partition, and ``S`` sum units
+  per region mixing the products of all its partitions;
+- one root per class: the sum units of the root region; and a class prior ``p(c)``, so
+  ``p(x, c) = p(c) p(x | c)``.
 
 Every unit is a normalised density over its scope, so one upward pass in log space gives
 exact ``log p(x, c)``, ``log p(x)``, ``p(c | x)`` and, with a missing variable's input
@@ -18,8 +18,8 @@ layers, picks a child of every sum unit on the way down: at random in proportion
 MPE.
 
 Why one module of some 750 lines: it is one class, whose upward pass, downward pass,
-initialisation and input checks all read the same private layout (the padded
-``region_index``, ``top_width``, the order of the layers), and checkpoints name the class
+initialisation and input checks all read the same compiled layout (the folded groups, the
+slots of the input layer, the order of the layers), and checkpoints name the class
 ``ugmm_prob.circuits.circuit:UGMMCircuit``. The layers, region graphs, input units,
 distribution wrapper and EM it builds on are modules of their own.
 """
@@ -41,8 +41,9 @@ from ..networks import constructor_config
 from ..roles import DensityModel
 from ..validation import is_validation_enabled
 from .distribution import CircuitDistribution, ObservedCircuit
+from .compile import LEAF_LAYER, CompiledGraph, SumGroup, compile_graph
 from .inputs import INPUT_TYPES, InputLayer
-from .layers import Chooser, ProductLayer, SumLayer, region_products, sample_index
+from .layers import Chooser, ProductLayer, SumLayer, sample_index
 from .region_graphs import (
     RegionGraph,
     data_driven_tree,
@@ -59,13 +60,12 @@ class UpwardPass:
     """Values of every layer for a batch: what the downward pass reads.
 
     Attributes:
-        products: outputs ``(B, R, P, Q)`` of the product layers, bottom first.
-        top: the roots' inputs ``(B, 1, 1, R * Q_top)``.
+        sum_inputs: the inputs ``(B, F, Q)`` of every sum group (the root's last), when
+            they were kept (``keep_products``), else Nones.
         root: ``log p(x | c)`` (or its max-product value) ``(B, C)``.
     """
 
-    products: list[torch.Tensor]
-    top: torch.Tensor
+    sum_inputs: list[torch.Tensor | None]
     root: torch.Tensor
 
 
@@ -79,7 +79,8 @@ class FlowProbes:
     (:mod:`~ugmm_prob.circuits.em`).
 
     Attributes:
-        inputs: ``(R, D, I)``; sums: one ``(R, P, S)`` per sum layer; root: ``(1, 1, C)``.
+        inputs: ``(L, I)``, one per leaf region's input unit; sums: one ``(F, S)`` per sum
+            layer below the root; root: ``(1, C)``.
     """
 
     inputs: torch.Tensor
@@ -98,14 +99,15 @@ class UGMMCircuit(DensityModel):
         in_features: number of variables ``D``.
         num_classes: number of classes ``C`` (1 for a plain density model).
         graph: the region graph (a :class:`~ugmm_prob.circuits.region_graphs.RegionGraph`
-            or its ``to_config()`` dict); default: :func:`random_binary_trees` with
-            ``depth``, ``repetitions`` and ``seed``. See also :meth:`for_images` and
-            :meth:`from_data`.
+            or its ``to_config()`` dict), any DAG of regions and partitions (see
+            :mod:`~ugmm_prob.circuits.structures` for HCLT and quad-graphs); default:
+            :func:`random_binary_trees` with ``depth``, ``repetitions`` and ``seed``. See
+            also :meth:`for_images` and :meth:`from_data`.
         depth: splits per repetition of the default graph (default: as deep as leaf
             regions of at least 2 variables allow, at most 4).
         repetitions: trees ``R`` of the default graph.
-        channels: sum units per region ``S``.
-        input_channels: input units per variable ``I`` (default ``channels``).
+        channels: sum units per region ``S`` (an HCLT's latent states ``H``).
+        input_channels: input units per leaf region ``I`` (default ``channels``).
         inputs: the input units, ``"gaussian"`` (uGMM mixtures; continuous data) or
             ``"categorical"`` (integers ``0..num_values-1``; e.g. 8-bit pixels).
         components: Gaussian components per input unit ``K`` (``"gaussian"``).
@@ -115,10 +117,15 @@ class UGMMCircuit(DensityModel):
         likelihood_weight: ``lambda`` of the training objective
             ``lambda * NLL / D + (1 - lambda) * cross-entropy of p(c | x)``; 1 is maximum
             likelihood of ``(x, c)``.
-        shared_structure: whether every class's root may mix the top products of every
-            repetition (True), or only of the repetitions ``r`` with ``r mod C = c``
-            (False: ``p(x | c)`` is then a circuit of its own per class, sharing no
-            parameter, which keeps maximum likelihood from blurring the classes).
+        shared_structure: whether every class's root may mix the products of every
+            partition of the root region (True), or only of the partitions ``r`` (a
+            RAT-SPN's repetitions) with ``r mod C = c`` (False: on a graph whose root
+            partitions share no region, ``p(x | c)`` is then a circuit of its own per class,
+            which keeps maximum likelihood from blurring the classes).
+        product: how a partition multiplies its children's units: ``"kronecker"`` (every
+            pair of units of two children), ``"hadamard"`` (unit ``k`` of every child; an
+            HCLT's products), or ``"auto"``: Kronecker unless a partition has more than
+            two children (see :func:`~ugmm_prob.circuits.compile.compile_graph`).
         seed: seed of the default region graph (not of the parameters).
     """
 
@@ -141,6 +148,7 @@ class UGMMCircuit(DensityModel):
         scale_floor: float = 1e-2,
         likelihood_weight: float = 1.0,
         shared_structure: bool = True,
+        product: str = "auto",
         seed: int = 0,
         name: str | None = None,
     ) -> None:
@@ -159,35 +167,47 @@ class UGMMCircuit(DensityModel):
             "repetitions": graph.repetitions,
             "input_channels": input_channels,
         }
-        # region_index[r, p, v]: the v-th variable of leaf region p of repetition r, padded
-        # with D (a column of log 1 = 0), so a region's product is a gather and a sum (a
-        # matrix product with a 0/1 matrix would turn a -inf log-density into NaN).
-        self.register_buffer("region_index", _region_index(graph), persistent=False)
-        self.register_buffer("var_region", graph.var_region, persistent=False)
+        self.compiled = compile_graph(
+            graph,
+            input_width=input_channels,
+            sum_width=channels,
+            root_width=num_classes,
+            product=product,
+        )
         if inputs == "gaussian":
             options: dict[str, Any] = {"components": components, "scale_floor": scale_floor}
         else:
             options = {"num_values": num_values}
-        reps = graph.repetitions
-        self.inputs: InputLayer = INPUT_TYPES[inputs](in_features, reps, input_channels, **options)
-        self._add_internal_layers(channels, input_channels)
-        allowed = None if shared_structure else _own_repetitions(reps, num_classes, self.top_width)
-        self.root = SumLayer(1, 1, num_classes, reps * self.top_width, allowed=allowed)
-        self.class_logits = PyroParam(torch.zeros(num_classes))
-
-    def _add_internal_layers(self, channels: int, input_channels: int) -> None:
-        """The product layers, a sum layer after each but the top one, and ``top_width``,
-        the number of products each repetition hands the roots."""
-        depth, reps = self.graph.depth, self.graph.repetitions
-        widths = [input_channels] + [channels] * max(depth - 1, 0)
-        self.products = torch.nn.ModuleList([ProductLayer(w) for w in widths[:depth]])
-        self.sums = PyroModule[torch.nn.ModuleList](
-            [
-                SumLayer(reps, 2 ** (depth - 1 - level), channels, widths[level] ** 2)
-                for level in range(depth - 1)
-            ]
+        compiled = self.compiled
+        self.inputs: InputLayer = INPUT_TYPES[inputs](
+            in_features, compiled.slot_var, compiled.leaf_slots, input_channels, **options
         )
-        self.top_width = widths[-1] ** 2 if depth > 0 else input_channels
+        self._add_internal_layers(shared_structure)
+        self.class_logits = PyroParam(torch.zeros(num_classes))
+        self.register_load_state_dict_pre_hook(_reshape_version_0_state)
+
+    def _add_internal_layers(self, shared_structure: bool) -> None:
+        """A product layer per product group, a sum layer per sum group below the root
+        (``sums``), the root, and the routes from products to sums
+        (:class:`_SumRoute`)."""
+        compiled = self.compiled
+        self.products = torch.nn.ModuleList(
+            [ProductLayer(group, compiled.place) for group in compiled.products]
+        )
+        self.sums = PyroModule[torch.nn.ModuleList](
+            [SumLayer(len(g.regions), g.units, g.inputs) for g in compiled.sums[:-1]]
+        )
+        root = compiled.sums[-1]
+        self.register_buffer("root_partition", _root_input_partition(compiled), persistent=False)
+        allowed = None
+        if not shared_structure:
+            allowed = _own_partitions(self.root_partition, self.graph.repetitions, root.units)
+        self.root = SumLayer(1, root.units, root.inputs, allowed=allowed)
+        self.routes = torch.nn.ModuleList([_SumRoute(group) for group in compiled.sums])
+
+    def _sum_layer(self, group: int) -> SumLayer:
+        """The sum layer of sum group ``group`` (the last one is the root)."""
+        return self.root if group == len(self.sums) else self.sums[group]
 
     prior_parameters = {"class_logits": "class_logits"}  # noqa: RUF012 - read-only table
     """Attribute -> parameter kind for priors (:mod:`ugmm_prob.bayes`)."""
@@ -258,10 +278,11 @@ class UGMMCircuit(DensityModel):
         variable in a random row (drawn per variable), its spread the variable's standard
         deviation. Cheap and usually far better than the default start."""
         x = self._check_data(x, "init_leaves_from_data")
-        shape = (*self._unit_shape(), self.inputs.examples_per_unit)
+        inputs = self.inputs
+        shape = (inputs.num_slots, inputs.channels, inputs.examples_per_unit)
         rows = torch.randint(0, len(x), shape, generator=generator).to(x.device)
-        variables = torch.arange(self.in_features, device=x.device)[None, :, None, None]
-        self.inputs.init_from_examples(x[rows, variables], x.std(0))
+        variables = inputs.slot_var[:, None, None]
+        inputs.init_from_examples(x[rows, variables], x.std(0)[inputs.slot_var])
 
     @torch.no_grad()
     def init_from_data(
@@ -274,11 +295,13 @@ class UGMMCircuit(DensityModel):
     ) -> None:
         """Prototype initialisation: every input channel starts as one training example.
 
-        Repetition ``r`` is given to class ``r mod C``: each of its input channels takes the
-        values of random training examples of that class (all variables of one channel
-        from the same examples, so the products over a leaf region start as patches of
-        real data), and the roots of class ``c`` start with ``class_bias`` more log-weight
-        on the products of the repetitions given to ``c``. The structure stays shared:
+        Partition ``r`` of the root region (a RAT-SPN's repetition ``r``; every leaf counts
+        as under the first root partition it lies under) is given to class ``r mod C``:
+        each input channel of its leaves takes the values of random training examples of
+        that class (all variables of one channel from the same examples, so the products
+        over leaf regions start as patches of real data), and the roots of class ``c``
+        start with ``class_bias`` more log-weight on the products of the partitions given
+        to ``c``. The structure stays shared:
         training may move any root's weight anywhere. The spread of every unit is the
         median over variables of the pooled within-class standard deviation. Without ``y``
         (or with one class) the examples are drawn from all rows and the roots are left
@@ -291,7 +314,7 @@ class UGMMCircuit(DensityModel):
             class_bias: extra root log-weight of a class's own repetitions.
         """
         x = self._check_data(x, "init_from_data")
-        reps, _, channels = self._unit_shape()
+        reps, channels = self.graph.repetitions, self.inputs.channels
         per_unit = self.inputs.examples_per_unit
         if y is None or self.num_classes == 1:
             labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
@@ -307,18 +330,19 @@ class UGMMCircuit(DensityModel):
                 pool = torch.arange(len(x))
             picks = torch.randint(0, len(pool), (channels, per_unit), generator=generator)
             rows[r] = pool[picks]
-        examples = x[rows.to(x.device)].permute(0, 3, 1, 2)  # (R, I, M, D) -> (R, D, I, M)
+        slot_rep = self.compiled.leaf_root_partition().to(x.device)[self.inputs.slot_leaf]
+        slot_rows = rows.to(x.device)[slot_rep]  # (N, I, M): a slot reads its leaf's rows
+        examples = x[slot_rows, self.inputs.slot_var[:, None, None]]
         centred = x - _class_means(x, labels)[labels]
         spread = centred.pow(2).mean(0).sqrt().median()
-        self.inputs.init_from_examples(examples, spread.expand(self.in_features))
+        self.inputs.init_from_examples(examples, spread.expand(self.inputs.num_slots))
         if y is not None and self.num_classes > 1:
-            bias = torch.zeros(self.num_classes, reps, self.top_width, device=x.device)
-            bias[owner.to(x.device), torch.arange(reps, device=x.device)] = class_bias
-            logits = self.root.logits + bias.reshape(self.root.logits.shape).to(self.root.logits)
+            mine = (
+                owner.to(x.device)[self.root_partition]
+                == torch.arange(self.num_classes, device=x.device)[:, None]
+            )  # (C, Q): the root inputs of each class's own partitions
+            logits = self.root.logits + class_bias * mine.to(self.root.logits)
             self.root.logits = PyroParam(logits)
-
-    def _unit_shape(self) -> tuple[int, int, int]:
-        return self.graph.repetitions, self.in_features, self.inputs.channels
 
     def _check_data(self, x: torch.Tensor, caller: str) -> torch.Tensor:
         x = self._check_x(x).detach()
@@ -394,39 +418,65 @@ class UGMMCircuit(DensityModel):
     def _leaf_region_values(
         self, x: torch.Tensor, mask: torch.Tensor | None, mode: str
     ) -> torch.Tensor:
-        """Products of the input units over each leaf region, ``(B, R, P, I)``; a missing
-        variable's units give ``log 1`` (``"sum"``) or their highest value (``"max"``)."""
-        return self.inputs.region_log_values(x, mask, self.region_index, mode)
+        """The input units of every leaf region, ``(B, L, I)``; a missing variable's units
+        give ``log 1`` (``"sum"``) or their highest value (``"max"``)."""
+        return self.inputs.region_log_values(x, mask, mode)
 
     def _internal_upward(
         self,
-        h: torch.Tensor,
+        leaf: torch.Tensor,
         mode: str = "sum",
         probes: FlowProbes | None = None,
         keep_products: bool = False,
     ) -> UpwardPass:
-        """Product and sum layers from leaf regions ``h`` ``(B, R, P, I)`` to the roots.
+        """Product and sum layers, level by level, from the leaf regions' input units
+        ``leaf`` ``(B, L, I)`` to the roots.
 
-        Below the top, a sum layer of log-sums takes its product layer's inputs and never
-        forms the products' log-values (:meth:`SumLayer.sum_of_products`), unless
-        ``keep_products`` asks for them (the downward pass reads them).
+        A level of one Kronecker group feeding one sum group fold for fold (a RAT-SPN's
+        levels) runs as one sum of products that never forms the products' log-values
+        (:meth:`SumLayer.sum_of_products`), unless ``keep_products`` asks for every sum
+        layer's inputs (the downward pass reads them) or ``mode`` is ``"max"``.
         """
-        products = []
-        for level, product in enumerate(self.products):
-            if level == len(self.sums) or mode == "max" or keep_products:
-                h = product(h)
-                products.append(h)
-                if level < len(self.sums):
-                    h = self.sums[level](h, mode)
+        batch = len(leaf)
+        outputs: list[torch.Tensor | None] = [None] * len(self.routes)
+        kept: list[torch.Tensor | None] = [None] * len(self.routes)
+
+        def read(layer: int) -> torch.Tensor:
+            return leaf if layer == LEAF_LAYER else outputs[layer]  # type: ignore[return-value]
+
+        for product_ids, sum_ids in self.compiled.levels:
+            fused = mode == "sum" and not keep_products and self._fusable(product_ids, sum_ids)
+            if fused:
+                left, right = self.products[product_ids[0]].factors(read)
+                results = [self._sum_layer(sum_ids[0]).sum_of_products(left, right)]
             else:
-                h = self.sums[level].sum_of_products(product, h)
-            if probes is not None and level < len(self.sums):
-                h = h + probes.sums[level]
-        top = h.reshape(len(h), 1, 1, self.graph.repetitions * self.top_width)
-        root = self.root(top, mode)
-        if probes is not None:
-            root = root + probes.root
-        return UpwardPass(products, top, root.reshape(len(h), self.num_classes))
+                products = [self.products[g](read).flatten(1) for g in product_ids]
+                flat = products[0] if len(products) == 1 else torch.cat(products, 1)
+                results = []
+                for g in sum_ids:
+                    values = self.routes[g].inputs(flat, batch)
+                    if keep_products:
+                        kept[g] = values
+                    results.append(self._sum_layer(g)(values, mode))
+            for g, out in zip(sum_ids, results, strict=True):
+                if probes is not None:
+                    out = out + (probes.root if g == len(self.sums) else probes.sums[g])
+                outputs[g] = out
+        root = outputs[-1]
+        assert root is not None
+        return UpwardPass(kept, root.reshape(batch, self.num_classes))
+
+    def _fusable(self, product_ids: tuple[int, ...], sum_ids: tuple[int, ...]) -> bool:
+        """Whether a level is one Kronecker group whose folds are one sum group's folds."""
+        if len(product_ids) != 1 or len(sum_ids) != 1:
+            return False
+        group = self.compiled.products[product_ids[0]]
+        route = self.compiled.sums[sum_ids[0]]
+        return (
+            group.kind == "kronecker"
+            and route.index is None
+            and len(route.regions) == len(group.partitions)
+        )
 
     def _upward(
         self,
@@ -438,10 +488,10 @@ class UGMMCircuit(DensityModel):
     ) -> UpwardPass:
         """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``
         (see :meth:`_internal_upward` for ``keep_products``)."""
-        regions = self._leaf_region_values(x, mask, mode)
+        leaf = self._leaf_region_values(x, mask, mode)
         if probes is not None:
-            regions = regions + region_products(probes.inputs[None], self.region_index)
-        return self._internal_upward(regions, mode, probes, keep_products)
+            leaf = leaf + probes.inputs
+        return self._internal_upward(leaf, mode, probes, keep_products)
 
     def flow_probes(self) -> FlowProbes:
         """Zero probes (with gradients) for every unit whose flow EM needs."""
@@ -451,9 +501,9 @@ class UGMMCircuit(DensityModel):
             return like.new_zeros(shape, requires_grad=True)
 
         return FlowProbes(
-            inputs=zeros(*self._unit_shape()),
-            sums=[zeros(*layer.logits.shape[:3]) for layer in self.sums],
-            root=zeros(1, 1, self.num_classes),
+            inputs=zeros(self.inputs.num_leaves, self.inputs.channels),
+            sums=[zeros(*layer.logits.shape[:2]) for layer in self.sums],
+            root=zeros(1, self.num_classes),
         )
 
     @pyro_method
@@ -560,19 +610,46 @@ class UGMMCircuit(DensityModel):
         """Choose one child of every sum unit on the way down and fill unobserved ``x``.
 
         ``chooser`` maps unnormalised log-probabilities ``(..., Q)`` to indices: sampling for
-        exact (conditional) samples, argmax for MPE. The values ``up`` come from evidence.
+        exact (conditional) samples, argmax for MPE. The values ``up`` come from evidence
+        (with every sum layer's inputs kept). Each example's choices form an induced tree,
+        which visits a region at most once (decomposability), so every region holds one
+        chosen unit or ``-1``; the layers are walked from the top, and each writes the units
+        its chosen products use into the layers below.
         """
         batch = len(c)
-        zeros = torch.zeros(batch, dtype=torch.long, device=c.device)
-        pick = self.root.choose(up.top, zeros, c[:, None], chooser)[:, 0]
-        rep, unit = pick // self.top_width, (pick % self.top_width)[:, None]  # (B,), (B, 1)
-        for level in reversed(range(len(self.products))):
-            unit = self.products[level].child_units(unit)  # units of the regions below
-            if level > 0:
-                unit = self.sums[level - 1].choose(up.products[level - 1], rep, unit, chooser)
-        # unit: (B, P) input channel of each leaf region of repetition `rep`.
-        channel = unit.gather(1, self.var_region[rep])  # (B, D)
-        value = self.inputs.draw(rep, channel, mode=chooser is _argmax).to(x.dtype)
+
+        def unset(size: int) -> torch.Tensor:  # one spare column takes the writes of no unit
+            return torch.full((batch, size + 1), -1, dtype=torch.long, device=c.device)
+
+        chosen = [unset(len(group.regions)) for group in self.compiled.sums]
+        chosen.append(unset(self.inputs.num_leaves))  # LEAF_LAYER == -1: the last entry
+        chosen[-2][:, 0] = c
+        for product_ids, sum_ids in reversed(self.compiled.levels):
+            picked = {g: unset(self.products[g].folds) for g in product_ids}
+            for g in sum_ids:
+                unit = chosen[g][:, :-1]
+                values = up.sum_inputs[g]
+                assert values is not None
+                choice = self._sum_layer(g).choose(values, unit, chooser)  # (B, F)
+                product, fold, product_unit = self.routes[g].follow(choice)
+                for p in product_ids:
+                    use = (unit >= 0) & (product == p)
+                    target = torch.where(use, fold, self.products[p].folds)
+                    picked[p].scatter_(1, target, torch.where(use, product_unit, -1))
+            for p in product_ids:
+                layer = self.products[p]
+                unit = picked[p][:, :-1]
+                child_unit = layer.child_units(unit.clamp_min(0))  # (B, F, A)
+                used = (unit >= 0)[..., None] & (layer.child_layer >= LEAF_LAYER)
+                for target_layer in layer.target_layers:
+                    mine = used & (layer.child_layer == target_layer)
+                    size = chosen[target_layer].shape[1] - 1
+                    target = torch.where(mine, layer.child_position, size).flatten(1)
+                    chosen[target_layer].scatter_(
+                        1, target, torch.where(mine, child_unit, -1).flatten(1)
+                    )
+        leaf_channel = chosen[LEAF_LAYER][:, :-1]
+        value = self.inputs.draw(leaf_channel, x, mask, mode=chooser is _argmax).to(x.dtype)
         return value if mask is None else torch.where(mask, x, value)
 
     def _sample_given(self, x: torch.Tensor, mask: torch.Tensor, c: torch.Tensor):
@@ -648,7 +725,7 @@ class UGMMCircuit(DensityModel):
         tree's value at the completion.
         """
         flat, flat_mask, batch_shape = self._flat(x, mask)
-        up = self._upward(flat, flat_mask, mode="max")
+        up = self._upward(flat, flat_mask, mode="max", keep_products=True)
         value, c = (up.root + self.class_log_prior()).max(-1)
         completed = self._downward(up, c, flat, flat_mask, _argmax)
         return (
@@ -661,16 +738,19 @@ class UGMMCircuit(DensityModel):
     # Moments
     # ----------------------------------------------------------------------------------
     def _leaf_selection(self, c: int | None) -> torch.Tensor:
-        """Probability that a sample's ``x_d`` comes from input unit ``(r, d, i)``.
+        """Probability that a sample draws its leaf-region values from input unit ``i`` of
+        leaf ``l``, ``(L, I)``.
 
         The derivative of ``log p`` with respect to the input units' log-values, with every
         variable marginalised (all values ``log 1 = 0``), is the expected number of times an
         induced tree uses that unit, which for a decomposable circuit is the probability
-        that ancestral sampling draws ``x_d`` from it. Shape ``(R, D, I)``.
+        that ancestral sampling draws from it.
         """
-        leaf = self.class_logits.new_zeros(1, *self._unit_shape(), requires_grad=True)
+        inputs = self.inputs
+        leaf = self.class_logits.new_zeros(1, inputs.num_leaves, inputs.channels)
+        leaf.requires_grad_(True)
         with torch.enable_grad():
-            root = self._internal_upward(region_products(leaf, self.region_index)).root
+            root = self._internal_upward(leaf).root
             log_p = root[0] + self.class_log_prior()
             target = torch.logsumexp(log_p, -1) if c is None else root[0, c]
             (grad,) = torch.autograd.grad(target, leaf)
@@ -679,10 +759,12 @@ class UGMMCircuit(DensityModel):
     @pyro_method
     def moments(self, c: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact mean and variance of every variable under ``p(x)`` or ``p(x | c)``."""
-        selection = self._leaf_selection(c)
-        first, second = self.inputs.moments()
-        mean = (selection * first).sum(dim=(0, 2))
-        raw_second = (selection * second).sum(dim=(0, 2))
+        inputs = self.inputs
+        selection = self._leaf_selection(c).index_select(0, inputs.slot_leaf)  # (N, I)
+        first, second = inputs.moments()
+        zeros = selection.new_zeros(self.in_features)
+        mean = zeros.index_add(0, inputs.slot_var, (selection * first).sum(-1))
+        raw_second = zeros.index_add(0, inputs.slot_var, (selection * second).sum(-1))
         return mean, raw_second - mean**2
 
 
@@ -723,29 +805,77 @@ def _region_graph(
     return graph
 
 
-def _own_repetitions(repetitions: int, num_classes: int, top_width: int) -> torch.Tensor:
-    """``(C, R * Q_top)``: which top products each class's root may mix when classes share
-    no structure (``shared_structure=False``): those of the repetitions ``r mod C = c``."""
-    if repetitions < num_classes:
+def _root_input_partition(compiled: CompiledGraph) -> torch.Tensor:
+    """``(Q,)``: the root partition (position among the root's partitions) of every input of
+    the root (a RAT-SPN's repetition)."""
+    graph, root = compiled.graph, compiled.sums[-1]
+    position = {p: j for j, p in enumerate(graph.region_partitions[graph.root])}
+    partition = [
+        position[compiled.products[int(g)].partitions[int(f)]]
+        for g, f in zip(root.input_group[0], root.input_fold[0], strict=True)
+    ]
+    return torch.tensor(partition, dtype=torch.long)
+
+
+def _own_partitions(
+    root_partition: torch.Tensor, partitions: int, num_classes: int
+) -> torch.Tensor:
+    """``(C, Q)``: which root inputs each class's root may mix when classes share no
+    structure (``shared_structure=False``): those of the root partitions ``r mod C = c``."""
+    if partitions < num_classes:
         raise ValueError(
-            f"UGMMCircuit: shared_structure=False gives each class its own "
-            f"repetitions; {repetitions} repetitions cannot serve {num_classes} classes"
+            f"UGMMCircuit: shared_structure=False gives each class its own partitions of the "
+            f"root (repetitions); {partitions} cannot serve {num_classes} classes"
         )
-    owner = torch.arange(repetitions) % num_classes  # repetition r serves class r mod C
-    mine = owner[None, :] == torch.arange(num_classes)[:, None]
-    return mine.repeat_interleave(top_width, dim=1)
+    owner = root_partition % num_classes  # partition r serves class r mod C
+    return owner[None, :] == torch.arange(num_classes)[:, None]
 
 
-def _region_index(graph: RegionGraph) -> torch.Tensor:
-    """``(R, P, V)`` variables of every leaf region, padded with ``D`` to the largest size."""
-    members = graph.leaf_regions
-    size = int(members.sum(-1).max())
-    index = torch.full((*members.shape[:2], size), graph.in_features, dtype=torch.long)
-    for r in range(members.shape[0]):
-        for p in range(members.shape[1]):
-            variables = members[r, p].nonzero()[:, 0]
-            index[r, p, : len(variables)] = variables
-    return index
+class _SumRoute(torch.nn.Module):
+    """How one sum group reads its inputs from its level's products, and, going down, which
+    product each input is (index tensors as buffers, so they follow the circuit's device)."""
+
+    def __init__(self, group: SumGroup) -> None:
+        super().__init__()
+        self.folds, self.width = len(group.regions), group.inputs
+        self.register_buffer("index", group.index, persistent=False)
+        self.register_buffer("input_group", group.input_group, persistent=False)
+        self.register_buffer("input_fold", group.input_fold, persistent=False)
+        self.register_buffer("input_unit", group.input_unit, persistent=False)
+
+    def inputs(self, flat: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(B, F, Q)`` from the level's products flattened and concatenated."""
+        values = flat if self.index is None else flat.index_select(1, self.index)
+        return values.reshape(batch, self.folds, self.width)
+
+    def follow(self, choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chosen inputs ``(B, F)`` -> their product group, fold and unit, each ``(B, F)``."""
+        folds = torch.arange(self.folds, device=choice.device)[None, :]
+        return (
+            self.input_group[folds, choice],
+            self.input_fold[folds, choice],
+            self.input_unit[folds, choice],
+        )
+
+
+def _reshape_version_0_state(
+    module: torch.nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """Read the parameters of a repeated-tree circuit saved by version 0.x.
+
+    Its input parameters were ``(R, D, I, K)``, its sum layers ``(R, P, S, Q)`` and its root
+    ``(1, 1, C, R Q)``; a graph built by :meth:`RegionGraph.from_assignment
+    <ugmm_prob.circuits.region_graphs.RegionGraph.from_assignment>` lays out the same
+    numbers as ``(R D, I, K)``, ``(R P, S, Q)`` and ``(1, C, R Q)``, so a reshape reads them.
+    """
+    own = dict(module.named_parameters())
+    for key, value in list(state_dict.items()):
+        name = key[len(prefix) :]
+        if not key.startswith(prefix) or name not in own:
+            continue
+        target = own[name]
+        if value.shape != target.shape and value.numel() == target.numel():
+            state_dict[key] = value.reshape(target.shape)
 
 
 def _class_means(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,11 @@
-"""Input layers of a circuit: ``R x D x I`` univariate units, behind one interface.
+"""Input layers of a circuit: ``I`` units per leaf region, behind one interface.
 
-Unit ``(r, d, i)`` is a normalised distribution ``p_{r,d,i}(x_d)`` over variable ``d``,
-used by leaf regions of repetition ``r``. :class:`InputLayer` is what the circuit asks of
+A leaf region of the region graph holds one or several variables; a *slot* is one
+(leaf region, variable) pair, and the slots are listed in
+:class:`~ugmm_prob.circuits.compile.CompiledGraph` (``slot_var``, ``leaf_slots``). For the
+univariate kinds, unit ``(n, i)`` is a normalised distribution ``p_{n,i}(x_{var(n)})`` over
+the variable of slot ``n``, and input unit ``i`` of a leaf region is the product of unit
+``i`` of its slots. :class:`InputLayer` is what the circuit asks of
 any kind of unit: log-densities at observed values, their max-product twins and modes (for
 MPE), draws of selected units, exact moments, initialisation from training examples, and
 what :mod:`ugmm_prob.bayes` and the ArviZ export need to know (which parameters take priors,
@@ -27,7 +31,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
-from .._deprecation import RenamedAttribute, accepts_old_spellings
+from .._deprecation import RenamedAttribute
 from ..distributions import neuron_mixture
 from ..kernels import (
     categorical_leaf_region_log_density,
@@ -53,16 +57,19 @@ mean anywhere (with many components per unit, online EM diverged so)."""
 
 
 class InputLayer(PyroModule):
-    """``R x D x I`` univariate input units (abstract).
+    """``I`` input units per leaf region, univariate per slot here (abstract).
 
     Subclasses define :meth:`log_density`, :meth:`max_log_density`, :meth:`max_missing`,
-    :meth:`draw`, :meth:`moments`, :meth:`init_from_examples`, :attr:`support` and the
-    Bayesian bookkeeping :attr:`prior_parameters` / :meth:`prior_dims`.
+    :meth:`draw_units`, :meth:`moments`, :meth:`init_from_examples`, :attr:`support` and
+    the Bayesian bookkeeping :attr:`prior_parameters` / :meth:`prior_dims`; a kind of unit
+    over a whole leaf region (not a product over its slots) overrides
+    :meth:`region_log_values` and :meth:`draw` instead.
 
     Args:
         in_features: number of variables ``D``.
-        repetitions: repetitions ``R`` of the region graph.
-        channels: units per variable and repetition ``I``.
+        slot_var: ``(N,)`` the variable of every slot.
+        leaf_slots: ``(L, V)`` the slots of every leaf region, padded with ``N``.
+        channels: units per leaf region ``I``.
     """
 
     support: ClassVar[constraints.Constraint]
@@ -75,18 +82,42 @@ class InputLayer(PyroModule):
     num_vars = RenamedAttribute("in_features")
     """Deprecated name of ``in_features``, the number of variables ``D``."""
 
-    @accepts_old_spellings(renamed={"num_vars": "in_features"})
-    def __init__(self, in_features: int, repetitions: int, channels: int) -> None:
+    def __init__(
+        self, in_features: int, slot_var: torch.Tensor, leaf_slots: torch.Tensor, channels: int
+    ) -> None:
         super().__init__()
-        if min(in_features, repetitions, channels) < 1:
+        slot_var = torch.as_tensor(slot_var, dtype=torch.long)
+        if min(in_features, len(slot_var), channels) < 1:
             raise ValueError(
-                f"{type(self).__name__}: expected in_features, repetitions and channels >= 1, got "
-                f"{in_features}, {repetitions}, {channels}"
+                f"{type(self).__name__}: expected in_features, slots and channels >= 1, got "
+                f"{in_features}, {len(slot_var)}, {channels}"
             )
-        self.in_features, self.repetitions, self.channels = in_features, repetitions, channels
+        if int(slot_var.min()) < 0 or int(slot_var.max()) >= in_features:
+            raise ValueError(
+                f"{type(self).__name__}: slot variables must lie in 0..{in_features - 1}"
+            )
+        self.in_features, self.channels = in_features, channels
+        self.num_slots = len(slot_var)
+        self.register_buffer("slot_var", slot_var, persistent=False)
+        self.register_buffer("leaf_slots", torch.as_tensor(leaf_slots), persistent=False)
+        slot_leaf = torch.zeros(self.num_slots, dtype=torch.long)
+        for leaf, slots in enumerate(self.leaf_slots.tolist()):
+            for slot in slots:
+                if slot < self.num_slots:
+                    slot_leaf[slot] = leaf
+        self.register_buffer("slot_leaf", slot_leaf, persistent=False)
+
+    @property
+    def num_leaves(self) -> int:
+        """The number of leaf regions ``L``."""
+        return len(self.leaf_slots)
+
+    def slot_values(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, D)`` read at every slot's variable: ``(B, N)``."""
+        return x.index_select(-1, self.slot_var)
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p_{r,d,i}(x_{b,d})`` for ``x`` ``(B, D)`` in the support: ``(B, R, D, I)``."""
+        """``log p_{n,i}(x_{b,var(n)})`` for ``x`` ``(B, D)`` in the support: ``(B, N, I)``."""
         raise NotImplementedError
 
     def max_log_density(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,36 +125,52 @@ class InputLayer(PyroModule):
         return self.log_density(x)
 
     def max_missing(self) -> torch.Tensor:
-        """``max_v`` of :meth:`max_log_density` over the support, ``(R, D, I)``."""
+        """``max_v`` of :meth:`max_log_density` over the support, ``(N, I)``."""
         raise NotImplementedError
 
-    def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
-        """One value per variable from unit ``(rep[b], d, channel[b, d])``: ``(B, D)``.
+    def draw(
+        self,
+        leaf_channel: torch.Tensor,
+        x: torch.Tensor,
+        observed: torch.Tensor | None,
+        *,
+        mode: bool,
+    ) -> torch.Tensor:
+        """Values of every variable from the chosen input units: ``(B, D)``.
 
-        ``mode=False`` samples it exactly; ``mode=True`` gives the value at which the unit's
-        max-product value peaks (a mixture's most peaked component's mean).
+        Args:
+            leaf_channel: ``(B, L)`` the unit chosen in every leaf region, ``-1`` where the
+                leaf is not used (the chosen leaves of an example cover every variable once).
+            x, observed: the evidence (a unit over several variables draws its unobserved
+                ones given its observed ones; a product of univariate units ignores it).
+            mode: sample exactly (False), or give the value at which the unit's
+                max-product value peaks (a mixture's most peaked component's mean).
         """
-        raise NotImplementedError
+        slot_channel = leaf_channel.index_select(1, self.slot_leaf)  # (B, N)
+        batch = len(leaf_channel)
+        # the used slot of every variable: scatter slot numbers, unused ones to a spare column
+        target = torch.where(slot_channel >= 0, self.slot_var, self.in_features)
+        slot = torch.zeros(batch, self.in_features + 1, dtype=torch.long, device=x.device)
+        source = torch.arange(self.num_slots, device=x.device).expand(batch, -1)
+        slot = slot.scatter(1, target, source)[:, : self.in_features]
+        return self.draw_units(slot, slot_channel.gather(1, slot).clamp_min(0), mode=mode)
 
-    def _selected_units(
-        self, rep: torch.Tensor, channel: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The index of unit ``(rep[b], d, channel[b, d])`` for every example and variable,
-        broadcasting to ``(B, D)``: what :meth:`draw` reads its parameters at."""
-        variables = torch.arange(self.in_features, device=channel.device)
-        return rep[:, None], variables[None, :], channel
+    def draw_units(self, slot: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
+        """One value per variable from unit ``(slot[b, d], channel[b, d])``: ``(B, D)``."""
+        raise NotImplementedError
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact mean and second raw moment ``E[x^2]`` of every unit, each ``(R, D, I)``."""
+        """Exact mean and second raw moment ``E[x^2]`` of every slot's units, each ``(N, I)``."""
         raise NotImplementedError
 
     def init_from_examples(self, examples: torch.Tensor, spread: torch.Tensor) -> None:
         """Start every unit near training values.
 
         Args:
-            examples: ``(R, D, I, M)`` values of variable ``d`` in ``M =``
-                :attr:`examples_per_unit` training rows chosen for unit ``(r, d, i)``.
-            spread: ``(D,)`` typical within-group standard deviation of each variable.
+            examples: ``(N, I, M)`` values of slot ``n``'s variable in ``M =``
+                :attr:`examples_per_unit` training rows chosen for unit ``(n, i)``; the
+                slots of one leaf region read the same rows.
+            spread: ``(N,)`` typical within-group standard deviation of each slot's variable.
         """
         raise NotImplementedError
 
@@ -139,7 +186,8 @@ class InputLayer(PyroModule):
         Args:
             grads: gradient of a log-likelihood summed over a batch with respect to each
                 parameter, by name (``"loc_unconstrained"``, ...).
-            flow: ``(R, D, I)`` expected number of times each unit is used in the batch.
+            flow: ``(L, I)`` expected number of times each leaf region's units are used in
+                the batch.
         """
         raise NotImplementedError
 
@@ -160,34 +208,31 @@ class InputLayer(PyroModule):
     def log_values(
         self, x: torch.Tensor, observed: torch.Tensor | None, mode: str = "sum"
     ) -> torch.Tensor:
-        """Every unit's log-value ``(B, R, D, I)`` at ``x`` ``(B, D)``: :meth:`log_density`
-        (``mode="sum"``) or :meth:`max_log_density` (``"max"``); where ``observed`` is False
-        the units give ``log 1`` (sum) or :meth:`max_missing` (max)."""
+        """Every slot's units' log-values ``(B, N, I)`` at ``x`` ``(B, D)``:
+        :meth:`log_density` (``mode="sum"``) or :meth:`max_log_density` (``"max"``); where
+        ``observed`` is False the units give ``log 1`` (sum) or :meth:`max_missing` (max)."""
         evaluate = self.log_density if mode == "sum" else self.max_log_density
         if observed is None:
             return evaluate(x)
         filled = torch.where(observed, x, self.fill_value())  # no NaN reaches the gradient
         missing = 0.0 if mode == "sum" else self.max_missing()
-        return torch.where(observed[:, None, :, None], evaluate(filled), missing)
+        return torch.where(self.slot_values(observed)[..., None], evaluate(filled), missing)
 
     def region_log_values(
-        self,
-        x: torch.Tensor,
-        observed: torch.Tensor | None,
-        region_index: torch.Tensor,
-        mode: str = "sum",
+        self, x: torch.Tensor, observed: torch.Tensor | None, mode: str = "sum"
     ) -> torch.Tensor:
-        """:meth:`log_values` multiplied over each leaf region (see
-        :func:`~ugmm_prob.circuits.layers.region_products`): ``(B, R, P, I)``; in ``"sum"``
-        mode through :meth:`fused_region_log_values` where it gives a result."""
+        """The input units of every leaf region, ``(B, L, I)``: :meth:`log_values`
+        multiplied over each leaf's slots (see
+        :func:`~ugmm_prob.circuits.layers.region_products`); in ``"sum"`` mode through
+        :meth:`fused_region_log_values` where it gives a result."""
         if mode == "sum":
-            fused = self.fused_region_log_values(x, observed, region_index)
+            fused = self.fused_region_log_values(x, observed)
             if fused is not None:
                 return fused
-        return region_products(self.log_values(x, observed, mode), region_index)
+        return region_products(self.log_values(x, observed, mode), self.leaf_slots)
 
     def fused_region_log_values(
-        self, x: torch.Tensor, observed: torch.Tensor | None, region_index: torch.Tensor
+        self, x: torch.Tensor, observed: torch.Tensor | None
     ) -> torch.Tensor | None:
         """The ``"sum"`` leaf-region values from a fused kernel that never forms the
         ``(B, R, D, I)`` unit values, or None where none can run (the default: none)."""
@@ -214,7 +259,7 @@ class GaussianMixtureInput(InputLayer):
     """uGMM neurons with tied inputs: ``p(x_d) = sum_k pi_k N(x_d | mu_k, sigma_k^2)``.
 
     Parameters ``loc``, ``scale`` (``>= scale_floor``) and mixing ``logits``, each
-    ``(R, D, I, K)``. Log-densities go through the fused kernel
+    ``(N, I, K)`` (slot, channel, component). Log-densities go through the fused kernel
     :func:`~ugmm_prob.kernels.tied_mixture_log_density`.
     """
 
@@ -225,24 +270,24 @@ class GaussianMixtureInput(InputLayer):
         "logits": "logits",
     }
 
-    @accepts_old_spellings(renamed={"num_vars": "in_features"})
     def __init__(
         self,
         in_features: int,
-        repetitions: int,
+        slot_var: torch.Tensor,
+        leaf_slots: torch.Tensor,
         channels: int,
         *,
         components: int = 2,
         scale_floor: float = 1e-2,
     ) -> None:
-        super().__init__(in_features, repetitions, channels)
+        super().__init__(in_features, slot_var, leaf_slots, channels)
         if components < 1 or not scale_floor > 0:
             raise ValueError(
                 f"GaussianMixtureInput: expected components >= 1 and scale_floor > 0, got "
                 f"{components}, {scale_floor}"
             )
         self.scale_floor = float(scale_floor)
-        shape = (repetitions, in_features, channels, components)
+        shape = (self.num_slots, channels, components)
         self.loc = PyroParam(torch.randn(shape))
         self.scale = PyroParam(torch.ones(shape), constraint=self._floor())
         self.logits = PyroParam(torch.zeros(shape))
@@ -257,28 +302,33 @@ class GaussianMixtureInput(InputLayer):
 
     @property
     def mixture(self) -> dist.MixtureSameFamily:
-        """Every unit as one mixture with batch shape ``(R, D, I)``."""
+        """Every unit as one mixture with batch shape ``(N, I)``."""
         return neuron_mixture(self.loc, self.scale, self.logits)
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
-        """``log sum_k pi_k N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I)``."""
-        return tied_mixture_log_density(x, self.loc, self.scale, self.logits)
+        """``log sum_k pi_k N(x_n | mu_k, sigma_k^2)``: ``(B, N, I)``."""
+        xs = self.slot_values(x)
+        return tied_mixture_log_density(xs, self.loc[None], self.scale[None], self.logits[None])[
+            :, 0
+        ]
 
     def fused_region_log_values(
-        self, x: torch.Tensor, observed: torch.Tensor | None, region_index: torch.Tensor
+        self, x: torch.Tensor, observed: torch.Tensor | None
     ) -> torch.Tensor | None:
         """Sums of log-densities through the C++ kernel
         :func:`~ugmm_prob.kernels.tied_leaf_region_log_density` where it can run."""
         if not native_leaf_regions_usable(x, self.loc):
             return None
-        return tied_leaf_region_log_density(
-            x, self.loc, self.scale, self.logits, region_index, observed
-        )
+        xs = self.slot_values(x)
+        observed = None if observed is None else self.slot_values(observed)
+        params = (self.loc[None], self.scale[None], self.logits[None])
+        return tied_leaf_region_log_density(xs, *params, self.leaf_slots[None], observed)[:, 0]
 
     def _component_log_density(self, x: torch.Tensor) -> torch.Tensor:
-        """``log pi_k + log N(x_d | mu_k, sigma_k^2)``: ``(B, R, D, I, K)``."""
+        """``log pi_k + log N(x_n | mu_k, sigma_k^2)``: ``(B, N, I, K)``."""
         log_w = torch.log_softmax(self.logits, -1)
-        return log_w + dist.Normal(self.loc, self.scale).log_prob(x[:, None, :, None, None])
+        xs = self.slot_values(x)
+        return log_w + dist.Normal(self.loc, self.scale).log_prob(xs[:, :, None, None])
 
     def max_log_density(self, x: torch.Tensor) -> torch.Tensor:
         """The best component: ``max_k (log pi_k + log N(x_d | mu_k, sigma_k^2))``."""
@@ -292,9 +342,9 @@ class GaussianMixtureInput(InputLayer):
         """The highest weighted component peak of each unit."""
         return self._peaks().amax(-1)
 
-    def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
+    def draw_units(self, slot: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
         """A draw (or the most peaked component's mean) of the selected units."""
-        index = self._selected_units(rep, channel)
+        index = (slot, channel)
         loc, scale = self.loc[index], self.scale[index]  # (B, D, K)
         if mode:
             component = self._peaks()[index].argmax(-1, keepdim=True)
@@ -316,14 +366,14 @@ class GaussianMixtureInput(InputLayer):
         scale = spread.to(examples).clamp_min(2 * self.scale_floor)
         self.loc = PyroParam(examples.to(dtype).contiguous())
         self.scale = PyroParam(
-            scale[None, :, None, None].expand_as(examples).to(dtype).contiguous(),
+            scale[:, None, None].expand_as(examples).to(dtype).contiguous(),
             constraint=self._floor(),
         )
         self.logits = PyroParam(torch.zeros_like(self.loc))
 
     def prior_dims(self, attribute: str) -> list[str]:
-        """``repetition, variable, input_channel, component``."""
-        return ["repetition", "variable", "input_channel", "component"]
+        """``slot, input_channel, component``."""
+        return ["slot", "input_channel", "component"]
 
     @torch.no_grad()
     def expected_statistics(
@@ -338,6 +388,7 @@ class GaussianMixtureInput(InputLayer):
         """
         loc, scale = self.loc, self.scale
         weights = torch.softmax(self.logits, -1)
+        flow = flow.index_select(0, self.slot_leaf)  # a leaf's flow reaches each of its slots
         count = grads["logits_unconstrained"] + weights * flow[..., None]
         # scale = floor + exp(u): dL/dscale = dL/du / (scale - floor)
         scale_grad = grads["scale_unconstrained"] / (scale - self.scale_floor)
@@ -391,13 +442,20 @@ class CategoricalInput(InputLayer):
 
     prior_parameters: ClassVar[dict[str, str]] = {"logits": "logits"}
 
-    @accepts_old_spellings(renamed={"num_vars": "in_features"})
-    def __init__(self, in_features: int, repetitions: int, channels: int, *, num_values: int = 256):
-        super().__init__(in_features, repetitions, channels)
+    def __init__(
+        self,
+        in_features: int,
+        slot_var: torch.Tensor,
+        leaf_slots: torch.Tensor,
+        channels: int,
+        *,
+        num_values: int = 256,
+    ) -> None:
+        super().__init__(in_features, slot_var, leaf_slots, channels)
         if num_values < 2:
             raise ValueError(f"CategoricalInput: expected num_values >= 2, got {num_values}")
         self.num_values = int(num_values)
-        self.logits = PyroParam(0.01 * torch.randn(repetitions, in_features, channels, num_values))
+        self.logits = PyroParam(0.01 * torch.randn(self.num_slots, channels, num_values))
 
     @property
     def support(self) -> constraints.Constraint:  # type: ignore[override]
@@ -412,28 +470,32 @@ class CategoricalInput(InputLayer):
         return torch.log_softmax(self.logits, -1)
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p_{r,d,i}(x_d)``, gathered from the normalised logits: ``(B, R, D, I)``."""
-        table = self._log_probs().permute(1, 3, 0, 2)  # (D, V, R, I)
-        variables = torch.arange(self.in_features, device=x.device)
-        values = table[variables, x.long()]  # (B, D, R, I)
-        return values.permute(0, 2, 1, 3)
+        """``log p_{n,i}(x_{var(n)})``, gathered from the normalised logits: ``(B, N, I)``."""
+        table = self._log_probs().permute(0, 2, 1)  # (N, V, I)
+        slots = torch.arange(self.num_slots, device=x.device)
+        return table[slots, self.slot_values(x).long()]  # (B, N, I)
 
     def fused_region_log_values(
-        self, x: torch.Tensor, observed: torch.Tensor | None, region_index: torch.Tensor
+        self, x: torch.Tensor, observed: torch.Tensor | None
     ) -> torch.Tensor | None:
         """Sums of looked-up log-probabilities through the C++ kernel
         :func:`~ugmm_prob.kernels.categorical_leaf_region_log_density` where it can run."""
         if not native_categorical_regions_usable(x, self.logits):
             return None
-        return categorical_leaf_region_log_density(x, self._log_probs(), region_index, observed)
+        xs = self.slot_values(x)
+        observed = None if observed is None else self.slot_values(observed)
+        log_probs = self._log_probs()[None]
+        return categorical_leaf_region_log_density(xs, log_probs, self.leaf_slots[None], observed)[
+            :, 0
+        ]
 
     def max_missing(self) -> torch.Tensor:
         """``max_v log p(v)`` of each unit."""
         return self._log_probs().amax(-1)
 
-    def draw(self, rep: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
+    def draw_units(self, slot: torch.Tensor, channel: torch.Tensor, *, mode: bool) -> torch.Tensor:
         """A draw (or the most probable value) of the selected units, as floats."""
-        logits = self.logits[self._selected_units(rep, channel)]  # (B, D, V)
+        logits = self.logits[slot, channel]  # (B, D, V)
         value = logits.argmax(-1) if mode else sample_index(logits)
         return value.to(self.logits.dtype)
 
@@ -448,13 +510,13 @@ class CategoricalInput(InputLayer):
         """Each unit a discretised Gaussian around its example's value with the variable's
         ``spread`` (at least 1), so no value starts with probability 0."""
         values = torch.arange(self.num_values, dtype=self.logits.dtype, device=examples.device)
-        centre = examples[..., :1].to(values.dtype)  # (R, D, I, 1)
-        width = spread.to(values).clamp_min(1.0)[None, :, None, None]
+        centre = examples[..., :1].to(values.dtype)  # (N, I, 1)
+        width = spread.to(values).clamp_min(1.0)[:, None, None]
         self.logits = PyroParam((-0.5 * ((values - centre) / width) ** 2).contiguous())
 
     def prior_dims(self, attribute: str) -> list[str]:
-        """``repetition, variable, input_channel, value``."""
-        return ["repetition", "variable", "input_channel", "value"]
+        """``slot, input_channel, value``."""
+        return ["slot", "input_channel", "value"]
 
     @torch.no_grad()
     def expected_statistics(
@@ -462,6 +524,7 @@ class CategoricalInput(InputLayer):
     ) -> dict[str, torch.Tensor]:
         """``count[v]``: expected number of examples with ``x_d = v`` the unit explains,
         ``dL/dl_v + p_v flow``."""
+        flow = flow.index_select(0, self.slot_leaf)  # a leaf's flow reaches each of its slots
         count = torch.softmax(self.logits, -1).mul_(flow[..., None])
         return {"count": count.add_(grads["logits_unconstrained"])}
 

@@ -1,17 +1,18 @@
 """Product and sum layers of a circuit, over values in log space.
 
-Values of one level are a tensor ``(B, R, P, W)``: batch, repetition, region (in heap order,
-see :mod:`~ugmm_prob.circuits.region_graphs`), and the ``W`` units of each region.
+Values of one layer are a tensor ``(B, F, W)``: batch, fold (one region or partition of the
+region graph, see :mod:`~ugmm_prob.circuits.compile`), and the ``W`` units of each fold.
 
-- :class:`ProductLayer` multiplies every unit of region ``2q`` with every unit of its
-  sibling ``2q + 1`` (disjoint scopes: decomposable), ``W_out = W_left * W_right``;
+- :class:`ProductLayer` multiplies the units of each partition's children (disjoint scopes:
+  decomposable): Hadamard (unit ``k`` of every child) or Kronecker (every pair of units of
+  two children, ``W_out = W_left * W_right``), gathering the children from any lower layer;
 - :class:`SumLayer` gives each region ``S`` normalised mixtures of its ``Q`` inputs (equal
   scopes: smooth), computed with the max shift (log-einsum-exp) so that the inner work is a
   batched matrix product, ``log sum_q w_q e^{v_q} = m + log sum_q w_q e^{v_q - m}``; with
   ``mode="max"`` the max-product value ``max_q (log w_q + v_q)``.
 
 Both also run downwards: :meth:`ProductLayer.child_units` maps a chosen product unit to the
-units of the two children, :meth:`SumLayer.choose` picks one input of each chosen sum unit
+units of its children, :meth:`SumLayer.choose` picks one input of each chosen sum unit
 (at random in proportion to ``w_q e^{v_q}`` for sampling, or the best for MPE). A sum layer
 also takes part in EM (:mod:`~ugmm_prob.circuits.em`): :meth:`SumLayer.expected_counts` and
 the closed-form :meth:`SumLayer.maximise`.
@@ -19,12 +20,13 @@ the closed-form :meth:`SumLayer.maximise`.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
 import torch
 from pyro.nn import PyroModule, PyroParam
+
+from .compile import ProductGroup
 
 __all__ = [
     "MIN_LOG_WEIGHT",
@@ -141,50 +143,111 @@ def normalised_log_weights(
 
 
 def region_products(values: torch.Tensor, region_index: torch.Tensor) -> torch.Tensor:
-    """Products over each leaf region's variables: ``(B, R, D, W) -> (B, R, P, W)``.
+    """Products over each leaf region's slots: ``(B, N, W) -> (B, L, W)``.
 
-    ``region_index`` ``(R, P, V)`` lists the variables of leaf region ``p`` of repetition
-    ``r``, padded with ``D``, which reads a column of ``log 1 = 0``. A gather and a sum, not a
-    matrix product with a 0/1 matrix, so that a ``-inf`` log-value cannot become NaN.
+    ``region_index`` ``(L, V)`` lists the slots of leaf region ``l``, padded with ``N``,
+    which reads a column of ``log 1 = 0``. A gather and a sum, not a matrix product with a
+    0/1 matrix, so that a ``-inf`` log-value cannot become NaN.
     """
-    batch, reps, _, width = values.shape
-    padded = torch.cat([values, values.new_zeros(batch, reps, 1, width)], dim=2)
-    _, regions, size = region_index.shape
-    index = region_index.reshape(1, reps, regions * size, 1)
-    gathered = padded.gather(2, index.expand(batch, -1, -1, width))
-    return gathered.reshape(batch, reps, regions, size, width).sum(3)
+    batch, _, width = values.shape
+    padded = torch.cat([values, values.new_zeros(batch, 1, width)], dim=1)
+    regions, size = region_index.shape
+    gathered = padded.index_select(1, region_index.reshape(-1))
+    return gathered.reshape(batch, regions, size, width).sum(2)
+
+
+ValueSource = Callable[[int], torch.Tensor]
+"""Maps a layer (``LEAF_LAYER`` or a sum group's index) to its output ``(B, F, W)``."""
 
 
 class ProductLayer(torch.nn.Module):
-    """Products of sibling regions: ``(B, R, 2P, W) -> (B, R, P, W * W)``.
+    """The products of one product group (:class:`~ugmm_prob.circuits.compile.ProductGroup`):
+    ``F`` partitions, each multiplying the units of its children (a sum of log-values).
 
-    Unit ``u * W + v`` of region ``q`` is unit ``u`` of region ``2q`` times unit ``v`` of
-    region ``2q + 1`` (a sum of log-values).
+    ``"hadamard"``: unit ``k`` is the product of unit ``k`` of every child (children of
+    equal width ``W``; fewer children simply add fewer terms); ``"kronecker"``: unit
+    ``u * W_right + v`` is unit ``u`` of the left child times unit ``v`` of the right one.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, group: ProductGroup, place: dict[int, tuple[int, int]]) -> None:
         super().__init__()
-        self.width = int(width)
+        self.kind, self.width = group.kind, group.width
+        self.child_widths = group.child_widths
+        self.folds = len(group.partitions)
+        self.arity = group.children.shape[1]
+        self.source_layers = [source.layer for source in group.sources]
+        self.source_slots = [source.slot for source in group.sources]
+        for i, source in enumerate(group.sources):
+            self.register_buffer(f"positions_{i}", source.positions, persistent=False)
+            self.register_buffer(f"folds_{i}", source.folds, persistent=False)
+        # Going down: the layer and position of every child (layer -2 past a fold's arity).
+        child_layer = torch.full_like(group.children, -2)
+        child_position = torch.zeros_like(group.children)
+        for fold, children in enumerate(group.children.tolist()):
+            for slot, region in enumerate(children):
+                if region >= 0:
+                    child_layer[fold, slot], child_position[fold, slot] = place[region]
+        self.register_buffer("child_layer", child_layer, persistent=False)
+        self.register_buffer("child_position", child_position, persistent=False)
+        self.target_layers = sorted({int(v) for v in child_layer.unique()} - {-2})
+        # A source that fills every fold in order is read with one index_select.
+        self.in_order = [
+            len(source.folds) == self.folds
+            and bool((source.folds == torch.arange(self.folds)).all())
+            for source in group.sources
+        ]
 
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        """The log-values of all products of sibling units."""
-        left, right = self.factors(values)
+    def _source(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"positions_{i}"), getattr(self, f"folds_{i}")
+
+    def _gather(self, read: ValueSource, slot: int, width: int) -> torch.Tensor:
+        """The children in ``slot`` (Hadamard: all children, summed) as ``(B, F, W)``."""
+        out: torch.Tensor | None = None
+        for i, (layer, own_slot) in enumerate(zip(self.source_layers, self.source_slots)):
+            if own_slot != slot:
+                continue
+            positions, folds = self._source(i)
+            values = read(layer).index_select(1, positions)
+            if self.in_order[i] and out is None:
+                out = values
+                continue
+            if out is None:
+                out = values.new_zeros(len(values), self.folds, width)
+            out = out.index_add(1, folds, values)
+        assert out is not None  # every slot has a source
+        return out
+
+    def factors(self, read: ValueSource) -> tuple[torch.Tensor, torch.Tensor]:
+        """The left and right children of a Kronecker group, each ``(B, F, W_side)``."""
+        return self._gather(read, 0, self.child_widths[0]), self._gather(
+            read, 1, self.child_widths[1]
+        )
+
+    def forward(self, read: ValueSource) -> torch.Tensor:
+        """The log-values of every product unit, ``(B, F, W)``."""
+        if self.kind == "hadamard":
+            return self._gather(read, 0, self.width)
+        left, right = self.factors(read)
         return (left[..., :, None] + right[..., None, :]).flatten(-2)
 
-    @staticmethod
-    def factors(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The left (``2q``) and right (``2q + 1``) sibling regions, each ``(B, R, P, W)``."""
-        return values[:, :, 0::2], values[:, :, 1::2]
-
     def child_units(self, unit: torch.Tensor) -> torch.Tensor:
-        """Chosen product units ``(B, P)`` -> the child units they multiply ``(B, 2P)``."""
-        return torch.stack([unit // self.width, unit % self.width], dim=-1).flatten(-2)
+        """Chosen product units ``(B, F)`` -> the unit of each child ``(B, F, A)``."""
+        if self.kind == "hadamard":
+            return unit[..., None].expand(*unit.shape, self.arity)
+        right = self.child_widths[1]
+        return torch.stack([unit // right, unit % right], dim=-1)
 
 
 class SumLayer(PyroModule):
-    """``S`` mixtures per region of the region's ``Q`` input units, for ``R x P`` regions.
+    """``S`` mixtures of ``Q`` inputs for each of ``F`` regions (folds).
 
-    Parameter ``logits`` ``(R, P, S, Q)``; the weights are ``softmax(logits, -1)``.
+    Parameter ``logits`` ``(F, S, Q)``; the weights are ``softmax(logits, -1)``.
+
+    Args:
+        folds, sums, inputs: ``F``, ``S`` and ``Q``.
+        init_scale: standard deviation of the random starting logits.
+        allowed: optional boolean mask broadcastable to ``(F, S, Q)``: False where a sum
+            unit never mixes an input (its weight is exactly 0).
     """
 
     prior_parameters = {"logits": "sum_logits"}  # noqa: RUF012 - read-only table
@@ -194,8 +257,7 @@ class SumLayer(PyroModule):
 
     def __init__(
         self,
-        repetitions: int,
-        regions: int,
+        folds: int,
         sums: int,
         inputs: int,
         *,
@@ -203,7 +265,7 @@ class SumLayer(PyroModule):
         allowed: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.logits = PyroParam(init_scale * torch.randn(repetitions, regions, sums, inputs))
+        self.logits = PyroParam(init_scale * torch.randn(folds, sums, inputs))
         # allowed[..., q] False: the sum unit never mixes input q (its weight is exactly 0)
         if allowed is not None:
             shape = tuple(self.logits.shape)
@@ -221,55 +283,36 @@ class SumLayer(PyroModule):
             self.input_mask = self.input_index = None
 
     def log_weights(self) -> torch.Tensor:
-        """Normalised log-weights ``(R, P, S, Q)`` (``-inf`` where an input is not allowed)."""
+        """Normalised log-weights ``(F, S, Q)`` (``-inf`` where an input is not allowed)."""
         logits = self.logits if self.input_mask is None else self.logits + self.input_mask
         return torch.log_softmax(logits, dim=-1)
 
     def forward(self, values: torch.Tensor, mode: str = "sum") -> torch.Tensor:
-        """``(B, R, P, Q) -> (B, R, P, S)``: log-sums (``"sum"``) or max-products (``"max"``)."""
-        batch, reps, regions, inputs = values.shape
+        """``(B, F, Q) -> (B, F, S)``: log-sums (``"sum"``) or max-products (``"max"``)."""
         log_w = self.log_weights()
         if mode == "max":
-            combine = weighted_max
-        elif self.input_mask is None:
-            combine = self.sum_kernel
-        else:
-            # The matrix-product trick shifts by the largest input of any unit; an input a
-            # unit may not use can dwarf all of its own and underflow them to log 0. So each
-            # unit reduces over its own allowed inputs only (gathered: a fraction of Q).
-            index = self.input_index
-            index = index.reshape(reps * regions, *index.shape[2:])
-            combine = functools.partial(_allowed_logsumexp, index=index)
-        out = combine(
-            values.reshape(batch, reps * regions, inputs),
-            log_w.reshape(reps * regions, *log_w.shape[2:]),
-        )
-        return out.reshape(batch, reps, regions, log_w.shape[2])
+            return weighted_max(values, log_w)
+        if self.input_mask is None:
+            return self.sum_kernel(values, log_w)
+        # The matrix-product trick shifts by the largest input of any unit; an input a unit
+        # may not use can dwarf all of its own and underflow them to log 0. So each unit
+        # reduces over its own allowed inputs only (gathered: a fraction of Q).
+        return _allowed_logsumexp(values, log_w, self.input_index)
 
-    def sum_of_products(self, product: ProductLayer, values: torch.Tensor) -> torch.Tensor:
-        """``self(product(values))`` in ``"sum"`` mode, without forming the products'
+    def sum_of_products(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``self(kronecker(left, right))`` in ``"sum"`` mode without forming the products'
         log-values (:func:`product_logsumexp`) when this layer uses the default kernel and
-        no input mask."""
+        no input mask; ``left`` ``(B, F, U)``, ``right`` ``(B, F, V)``, ``Q = U V``."""
         if self.input_mask is not None or self.sum_kernel is not weighted_logsumexp:
-            return self(product(values))
-        left, right = product.factors(values)
-        batch, reps, regions, width = left.shape
-        log_w = self.log_weights()
-
-        def flat(side: torch.Tensor) -> torch.Tensor:
-            return side.reshape(batch, reps * regions, width)
-
-        out = product_logsumexp(
-            flat(left), flat(right), log_w.reshape(reps * regions, *log_w.shape[2:])
-        )
-        return out.reshape(batch, reps, regions, log_w.shape[2])
+            return self((left[..., :, None] + right[..., None, :]).flatten(-2))
+        return product_logsumexp(left, right, self.log_weights())
 
     @torch.no_grad()
     def expected_counts(self, logits_grad: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        """Expected number of times each sum unit picks each input, ``(R, P, S, Q)``.
+        """Expected number of times each sum unit picks each input, ``(F, S, Q)``.
 
         ``logits_grad`` is the gradient of a log-likelihood (summed over a batch) with respect
-        to :attr:`logits`, ``flow`` ``(R, P, S)`` the flow into each sum unit. With
+        to :attr:`logits`, ``flow`` ``(F, S)`` the flow into each sum unit. With
         ``w = softmax(l)``, ``d L / d l_q = n_q - w_q sum_j n_j``, so ``n_q = d L / d l_q + w_q
         flow``.
         """
@@ -284,27 +327,24 @@ class SumLayer(PyroModule):
             counts = counts.masked_fill(torch.isinf(self.input_mask), 0.0)
         self.logits_unconstrained.copy_(normalised_log_weights(counts, 0.0, self.logits))
 
-    def choose(
-        self, values: torch.Tensor, rep: torch.Tensor, unit: torch.Tensor, chooser: Chooser
-    ) -> torch.Tensor:
+    def choose(self, values: torch.Tensor, unit: torch.Tensor, chooser: Chooser) -> torch.Tensor:
         """One input of each chosen sum unit, weighted by ``w_q e^{v_q}``.
 
         Args:
-            values: this layer's inputs ``(B, R, P, Q)`` (from evidence, or all 0).
-            rep: repetition of each example ``(B,)``.
-            unit: chosen sum unit of every region ``(B, P)``.
+            values: this layer's inputs ``(B, F, Q)`` (from evidence, or all 0).
+            unit: the chosen sum unit of every fold ``(B, F)``, ``-1`` where none is (the
+                result there is arbitrary).
             chooser: sampling or argmax over the last dimension.
 
         Returns:
-            The chosen input of every region ``(B, P)``.
+            The chosen input of every fold ``(B, F)``.
         """
-        batch = torch.arange(len(rep), device=rep.device)
-        regions = torch.arange(unit.shape[1], device=rep.device)[None, :]
-        log_w = self.log_weights()[rep[:, None], regions, unit]  # (B, P, Q)
-        return chooser(log_w + values[batch, rep])
+        folds = torch.arange(unit.shape[1], device=unit.device)[None, :]
+        log_w = self.log_weights()[folds, unit.clamp_min(0)]  # (B, F, Q)
+        return chooser(log_w + values)
 
     def prior_dims(self, attribute: str) -> list[str]:
-        """This layer's ``repetition``, ``region``, ``sum`` and ``input`` axes, named after
-        its place in the circuit (``sums.0.region``, ``root.sum``, ...)."""
+        """This layer's ``region``, ``sum`` and ``input`` axes, named after its place in the
+        circuit (``sums.0.region``, ``root.sum``, ...)."""
         label = self._pyro_name.split(".", 1)[-1] if self._pyro_name else "sum"
-        return [f"{label}.{axis}" for axis in ("repetition", "region", "sum", "input")]
+        return [f"{label}.{axis}" for axis in ("region", "sum", "input")]

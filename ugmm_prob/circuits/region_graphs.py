@@ -41,98 +41,398 @@ __all__ = [
 ]
 
 
-@accepts_old_spellings(renamed={"num_vars": "in_features"})
 @dataclass(frozen=True, eq=False)
 class RegionGraph:
-    """``R`` complete binary trees of ``depth`` splits over ``in_features`` variables.
+    """A region graph: a DAG of regions (sets of variables) and partitions.
+
+    A *partition* splits one region into one or more disjoint child regions whose union is
+    the parent; a region with no partition is a *leaf* (its units are input units over its
+    variables). A region with several partitions mixes them (its sum units take the products
+    of all its partitions as inputs), and a region may be the child of several partitions
+    (a quad-graph shares sub-regions). Regions are nodes, not scopes: two regions may hold
+    the same variables (the repetitions of a RAT-SPN, or an HCLT's variable region above its
+    leaf), each with parameters of its own.
+
+    Checked on construction: every partition's children are disjoint and cover their parent
+    (so products are decomposable and sums smooth), the graph has no cycle, every region is
+    reachable from the root, and the root holds every variable.
 
     Attributes:
         in_features: number of variables ``D``.
-        depth: splits per tree; ``2**depth`` leaf regions per repetition.
-        leaf_regions: ``(R, 2**depth, D)`` boolean membership: ``leaf_regions[r, p, d]`` is
-            True when variable ``d`` lies in leaf region ``p`` of repetition ``r``. Every
-            variable lies in exactly one leaf region of each repetition, and no leaf region
-            is empty.
+        regions: each region's variables, sorted (region ``i`` is ``regions[i]``).
+        partitions: ``(parent, children)`` pairs of region indices.
+        root: the region over all variables, whose sum units are the circuit's roots.
         kind: the builder's name, for display (``"random"``, ``"quad"``, ``"data"``,
-            ``"custom"``).
+            ``"quad_graph"``, ``"hclt"``, ``"custom"``).
     """
 
     in_features: int
-    depth: int
-    leaf_regions: torch.Tensor
+    regions: tuple[tuple[int, ...], ...]
+    partitions: tuple[tuple[int, tuple[int, ...]], ...]
+    root: int
     kind: str = "custom"
 
     num_vars = RenamedAttribute("in_features")
     """Deprecated name of :attr:`in_features`."""
 
     def __post_init__(self) -> None:
-        regions = self.leaf_regions
-        expected = (2**self.depth, self.in_features)
-        if regions.dim() != 3 or tuple(regions.shape[1:]) != expected or len(regions) < 1:
-            raise ValueError(
-                f"RegionGraph: expected leaf_regions of shape (R >= 1, {expected[0]}, "
-                f"{expected[1]}), got {tuple(regions.shape)}"
-            )
-        if regions.dtype != torch.bool:
-            raise TypeError(f"RegionGraph: leaf_regions must be boolean, got {regions.dtype}")
-        counts = regions.sum(1)
-        if not bool((counts == 1).all()):
-            raise ValueError(
-                "RegionGraph: every variable must lie in exactly one leaf region of each repetition"
-            )
-        if not bool(regions.any(2).all()):
-            raise ValueError("RegionGraph: a leaf region is empty")
+        regions = tuple(tuple(sorted(int(v) for v in region)) for region in self.regions)
+        partitions = tuple(
+            (int(parent), tuple(int(c) for c in children)) for parent, children in self.partitions
+        )
+        object.__setattr__(self, "regions", regions)
+        object.__setattr__(self, "partitions", partitions)
+        _check_graph(self.in_features, regions, partitions, self.root)
+
+    # -- structure ---------------------------------------------------------------------
+    @functools.cached_property
+    def region_partitions(self) -> tuple[tuple[int, ...], ...]:
+        """The partitions of every region (indices into :attr:`partitions`), in order."""
+        own: list[list[int]] = [[] for _ in self.regions]
+        for index, (parent, _) in enumerate(self.partitions):
+            own[parent].append(index)
+        return tuple(tuple(p) for p in own)
+
+    @property
+    def leaves(self) -> tuple[int, ...]:
+        """The leaf regions (no partition), in index order."""
+        return tuple(i for i, parts in enumerate(self.region_partitions) if not parts)
+
+    @property
+    def max_arity(self) -> int:
+        """The most children any partition has."""
+        return max((len(children) for _, children in self.partitions), default=0)
+
+    @functools.cached_property
+    def heights(self) -> tuple[int, ...]:
+        """Each region's height: 0 for a leaf, else one more than its highest child."""
+        height = [0] * len(self.regions)
+        for region in self._bottom_up():
+            below = [
+                height[c] for p in self.region_partitions[region] for c in self.partitions[p][1]
+            ]
+            height[region] = 1 + max(below) if below else 0
+        return tuple(height)
+
+    @property
+    def depth(self) -> int:
+        """The root's height: the most partitions on a path from the root to a leaf."""
+        return self.heights[self.root]
+
+    def _bottom_up(self) -> list[int]:
+        """Regions in an order where every child comes before its parents."""
+        order: list[int] = []
+        seen = [False] * len(self.regions)
+        stack = [(self.root, False)]
+        while stack:
+            region, expanded = stack.pop()
+            if expanded:
+                order.append(region)
+                continue
+            if seen[region]:
+                continue
+            seen[region] = True
+            stack.append((region, True))
+            for p in reversed(self.region_partitions[region]):
+                stack.extend((c, False) for c in reversed(self.partitions[p][1]) if not seen[c])
+        return order
+
+    @functools.cached_property
+    def levels(self) -> tuple[int, ...]:
+        """Each region's level in the compiled circuit: as late as its parents allow (the
+        root at :attr:`depth`, any other region one below its lowest parent; leaves 0), so
+        a partition's children are, apart from leaves, computed by the level just below."""
+        level = [0] * len(self.regions)
+        level[self.root] = self.depth
+        for region in reversed(self._bottom_up()):
+            for p in self.region_partitions[region]:
+                for child in self.partitions[p][1]:
+                    if self.region_partitions[child]:
+                        candidate = level[region] - 1
+                        level[child] = (
+                            candidate if level[child] == 0 else min(level[child], candidate)
+                        )
+        return tuple(level)
 
     @property
     def repetitions(self) -> int:
-        """Number of trees ``R``."""
-        return len(self.leaf_regions)
+        """The root's number of partitions (a RAT-SPN's repetitions; 1 for a leaf root)."""
+        return max(1, len(self.region_partitions[self.root]))
 
-    @property
-    def var_region(self) -> torch.Tensor:
-        """``(R, D)``: the leaf region holding each variable, per repetition."""
-        return self.leaf_regions.long().argmax(1)
+    def root_partition_of_leaves(self) -> torch.Tensor:
+        """``(L,)``: for every leaf (in :attr:`leaves` order), the first root partition it
+        lies under (0 when the root is a leaf): a RAT-SPN leaf's repetition."""
+        owner = [-1] * len(self.regions)
+        for index, p in enumerate(self.region_partitions[self.root]):
+            stack = list(self.partitions[p][1])
+            while stack:
+                region = stack.pop()
+                if owner[region] >= 0:
+                    continue
+                owner[region] = index
+                for q in self.region_partitions[region]:
+                    stack.extend(self.partitions[q][1])
+        return torch.tensor([max(owner[leaf], 0) for leaf in self.leaves], dtype=torch.long)
 
-    def regions_at(self, level: int) -> torch.Tensor:
-        """``(R, 2**(depth - level), D)`` membership of the regions ``level`` splits up."""
-        if not 0 <= level <= self.depth:
-            raise ValueError(f"level must be in 0..{self.depth}, got {level}")
-        regions = self.leaf_regions
-        for _ in range(level):
-            regions = regions[:, 0::2] | regions[:, 1::2]
-        return regions
+    def is_tree(self) -> bool:
+        """Whether every region but the root is the child of exactly one partition."""
+        parents = [0] * len(self.regions)
+        for _, children in self.partitions:
+            for c in children:
+                parents[c] += 1
+        return all(n == 1 for i, n in enumerate(parents) if i != self.root)
 
+    # -- serialisation -----------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         """Plain values that :meth:`from_config` rebuilds the graph from (for checkpoints)."""
         return {
+            "format": 2,
             "in_features": self.in_features,
-            "depth": self.depth,
+            "regions": [list(r) for r in self.regions],
+            "partitions": [[parent, list(children)] for parent, children in self.partitions],
+            "root": self.root,
             "kind": self.kind,
-            "var_region": self.var_region.tolist(),
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RegionGraph:
-        """The graph :meth:`to_config` described."""
-        var_region = torch.as_tensor(config["var_region"], dtype=torch.long)
-        return cls.from_assignment(var_region, config["depth"], kind=config.get("kind", "custom"))
+        """The graph :meth:`to_config` described; also reads the repeated-tree format of
+        version 0.x (``depth`` and each variable's leaf region per repetition)."""
+        if "var_region" in config:  # written before general region graphs
+            var_region = torch.as_tensor(config["var_region"], dtype=torch.long)
+            return cls.from_assignment(
+                var_region, config["depth"], kind=config.get("kind", "custom")
+            )
+        if config.get("format") != 2:
+            raise ValueError(
+                f"RegionGraph.from_config: unknown format {config.get('format')!r} (this version "
+                "reads format 2 and the repeated trees of earlier versions)"
+            )
+        partitions = [(parent, tuple(children)) for parent, children in config["partitions"]]
+        return cls(
+            config["in_features"],
+            tuple(tuple(r) for r in config["regions"]),
+            tuple(partitions),
+            config["root"],
+            config.get("kind", "custom"),
+        )
 
+    # -- constructors ------------------------------------------------------------------
     @classmethod
     def from_assignment(
         cls, var_region: torch.Tensor, depth: int, *, kind: str = "custom"
     ) -> RegionGraph:
-        """A graph from each variable's leaf region ``(R, D)`` (values in ``0..2**depth-1``)."""
+        """``R`` complete binary trees of ``depth`` splits whose top regions meet at the root.
+
+        ``var_region[r, d]`` is the leaf region (``0..2**depth-1``, left to right) holding
+        variable ``d`` in tree ``r``; sibling leaf regions ``2q`` and ``2q + 1`` are the
+        children of region ``q`` one level up. Regions are numbered tree by tree, each tree
+        from its leaves up in heap order, and the root last, so circuits on these graphs lay
+        out their parameters as the repeated-tree circuits of version 0.x did.
+        """
         var_region = torch.as_tensor(var_region, dtype=torch.long)
-        if var_region.dim() != 2:
+        if var_region.dim() != 2 or len(var_region) < 1:
             raise ValueError(
-                f"RegionGraph: expected var_region (R, D), got {tuple(var_region.shape)}"
+                f"RegionGraph: expected var_region (R >= 1, D), got {tuple(var_region.shape)}"
             )
+        if depth < 0:
+            raise ValueError(f"RegionGraph: expected depth >= 0, got {depth}")
         if var_region.numel() and (var_region.min() < 0 or var_region.max() >= 2**depth):
             raise ValueError(f"RegionGraph: leaf regions must lie in 0..{2**depth - 1}")
         reps, in_features = var_region.shape
-        regions = torch.zeros(reps, 2**depth, in_features, dtype=torch.bool)
-        regions.scatter_(1, var_region[:, None, :], True)
-        return cls(in_features, depth, regions, kind)
+        regions: list[tuple[int, ...]] = []
+        partitions: list[tuple[int, tuple[int, ...]]] = []
+        tops: list[tuple[int, ...]] = []
+        for r in range(reps):
+            level = []
+            for p in range(2**depth):
+                members = (var_region[r] == p).nonzero()[:, 0].tolist()
+                if not members:
+                    raise ValueError(f"RegionGraph: leaf region {p} of tree {r} is empty")
+                regions.append(tuple(members))
+                level.append(len(regions) - 1)
+            while len(level) > 2:
+                merged = []
+                for q in range(len(level) // 2):
+                    pair = (level[2 * q], level[2 * q + 1])
+                    regions.append(regions[pair[0]] + regions[pair[1]])
+                    partitions.append((len(regions) - 1, pair))
+                    merged.append(len(regions) - 1)
+                level = merged
+            tops.append(tuple(level))
+        regions.append(tuple(range(in_features)))
+        root = len(regions) - 1
+        partitions.extend((root, top) for top in tops)
+        return cls(in_features, tuple(regions), tuple(partitions), root, kind)
+
+    @classmethod
+    def from_partitions(
+        cls,
+        in_features: int,
+        partitions: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+        *,
+        kind: str = "custom",
+    ) -> RegionGraph:
+        """A graph from partitions named by their variables: ``(parent, [child, ...])``.
+
+        Regions are identified by their variable sets, so a region named in several
+        partitions is shared (a DAG); a region that no partition splits is a leaf. The
+        root is the region over all ``in_features`` variables.
+
+        Example: ``RegionGraph.from_partitions(3, [((0, 1, 2), [(0,), (1, 2)]),
+        ((0, 1, 2), [(0, 1), (2,)]), ((1, 2), [(1,), (2,)]), ((0, 1), [(0,), (1,)])])``.
+        """
+        index: dict[frozenset[int], int] = {}
+
+        def region(variables: Sequence[int]) -> int:
+            key = frozenset(int(v) for v in variables)
+            if len(key) != len(variables):
+                raise ValueError(f"RegionGraph: region {tuple(variables)} repeats a variable")
+            return index.setdefault(key, len(index))
+
+        parts = [
+            (region(parent), tuple(region(c) for c in children)) for parent, children in partitions
+        ]
+        root_key = frozenset(range(in_features))
+        if root_key not in index:
+            if index:
+                raise ValueError(
+                    f"RegionGraph.from_partitions: no partition splits the region of all "
+                    f"{in_features} variables"
+                )
+            index[root_key] = 0
+        regions = tuple(tuple(sorted(key)) for key in index)
+        return cls(in_features, regions, tuple(parts), index[root_key], kind)
+
+    @classmethod
+    def from_nested(
+        cls, spec: Any, *, in_features: int | None = None, kind: str = "custom"
+    ) -> RegionGraph:
+        """A tree-shaped graph from nested tuples: a tuple splits its region into its
+        elements, an int is a one-variable leaf, a list of ints a leaf over those variables.
+
+        ``((0, 1), [2, 3])`` splits ``{0, 1, 2, 3}`` into ``{0, 1}`` (itself split into the
+        leaves ``{0}`` and ``{1}``) and the leaf ``{2, 3}``. A list of several such
+        descriptions at the top (``[spec_a, spec_b]`` with tuple elements) gives the root one
+        partition per description (alternative structures mixed at the root).
+        """
+        regions: list[tuple[int, ...]] = []
+        partitions: list[tuple[int, tuple[int, ...]]] = []
+
+        def build(node: Any) -> int:
+            if isinstance(node, bool):
+                raise TypeError("RegionGraph.from_nested: variables are ints, got a bool")
+            if isinstance(node, int):
+                regions.append((node,))
+                return len(regions) - 1
+            if isinstance(node, list) and all(isinstance(v, int) for v in node):
+                if not node:
+                    raise ValueError("RegionGraph.from_nested: a leaf holds no variable")
+                regions.append(tuple(node))
+                return len(regions) - 1
+            if isinstance(node, tuple) and node:
+                children = tuple(build(child) for child in node)
+                regions.append(tuple(v for c in children for v in regions[c]))
+                partitions.append((len(regions) - 1, children))
+                return len(regions) - 1
+            raise TypeError(
+                "RegionGraph.from_nested: expected an int, a non-empty list of ints or a "
+                f"non-empty tuple, got {node!r}"
+            )
+
+        alternatives = (
+            spec
+            if isinstance(spec, list) and spec and all(isinstance(s, tuple) for s in spec)
+            else [spec]
+        )
+        tops = [build(alt) for alt in alternatives]
+        variables = sorted(regions[tops[0]])
+        count = len(variables) if in_features is None else in_features
+        if len(tops) == 1:
+            root = tops[0]
+        else:
+            regions.append(tuple(variables))
+            root = len(regions) - 1
+            for top in tops:
+                if sorted(regions[top]) != variables:
+                    raise ValueError(
+                        "RegionGraph.from_nested: every alternative must cover the same variables"
+                    )
+                partitions.append((root, (top,)))
+        return cls(count, tuple(regions), tuple(partitions), root, kind)
+
+
+def _check_graph(
+    in_features: int,
+    regions: tuple[tuple[int, ...], ...],
+    partitions: tuple[tuple[int, tuple[int, ...]], ...],
+    root: int,
+) -> None:
+    """Raise a ValueError naming the first rule the graph breaks."""
+    if in_features < 1 or not regions:
+        raise ValueError(
+            f"RegionGraph: expected in_features >= 1 and at least one region, got "
+            f"{in_features} and {len(regions)} regions"
+        )
+    if not 0 <= root < len(regions):
+        raise ValueError(f"RegionGraph: root {root} is not a region (0..{len(regions) - 1})")
+    for i, region in enumerate(regions):
+        if not region:
+            raise ValueError(f"RegionGraph: region {i} holds no variable")
+        if len(set(region)) != len(region):
+            raise ValueError(f"RegionGraph: region {i} repeats a variable: {region}")
+        if region[0] < 0 or region[-1] >= in_features:
+            raise ValueError(
+                f"RegionGraph: region {i} holds variables outside 0..{in_features - 1}: {region}"
+            )
+    if regions[root] != tuple(range(in_features)):
+        raise ValueError(
+            f"RegionGraph: the root region must hold all {in_features} variables, it holds "
+            f"{len(regions[root])}"
+        )
+    children_of: list[list[int]] = [[] for _ in regions]
+    for parent, children in partitions:
+        bad = [r for r in (parent, *children) if not 0 <= r < len(regions)]
+        if bad or not children:
+            raise ValueError(
+                f"RegionGraph: partition {(parent, children)} names no child or a region "
+                f"outside 0..{len(regions) - 1}"
+            )
+        joined = [v for c in children for v in regions[c]]
+        if len(set(joined)) != len(joined):
+            raise ValueError(
+                f"RegionGraph: the children {children} of region {parent} overlap "
+                "(a product of them would not be decomposable)"
+            )
+        if sorted(joined) != list(regions[parent]):
+            raise ValueError(
+                f"RegionGraph: the children {children} of region {parent} do not cover it "
+                f"exactly (they hold {sorted(joined)}, it holds {list(regions[parent])})"
+            )
+        if parent in children:
+            raise ValueError(f"RegionGraph: region {parent} is its own child")
+        children_of[parent].extend(children)
+    # Reachability and acyclicity in one depth-first search from the root.
+    state = [0] * len(regions)  # 0 unseen, 1 on the path, 2 done
+    stack = [(root, iter(children_of[root]))]
+    state[root] = 1
+    while stack:
+        region, pending = stack[-1]
+        child = next(pending, None)
+        if child is None:
+            state[region] = 2
+            stack.pop()
+        elif state[child] == 1:
+            raise ValueError(f"RegionGraph: a cycle passes through region {child}")
+        elif state[child] == 0:
+            state[child] = 1
+            stack.append((child, iter(children_of[child])))
+    unreachable = [i for i, s in enumerate(state) if s == 0]
+    if unreachable:
+        raise ValueError(
+            f"RegionGraph: {len(unreachable)} region(s) cannot be reached from the root, "
+            f"e.g. region {unreachable[0]}"
+        )
 
 
 @accepts_old_spellings(renamed={"num_vars": "in_features"})
