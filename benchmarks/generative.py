@@ -63,8 +63,8 @@ def _materialised_logsumexp(values: torch.Tensor, log_weights: torch.Tensor) -> 
 class MaterialisedCircuit(UGMMCircuit):
     """The same circuit written straightforwardly: every product tensor materialised.
 
-    Input units through ``MixtureSameFamily.log_prob`` (``B x R x D x I x K``), leaf regions
-    by gathering their variables (one ``B x V x I`` tensor per region), sum layers by
+    Input units through ``MixtureSameFamily.log_prob`` (``B x N x I x K``), leaf regions
+    by gathering their slots (one ``B x V x I`` tensor per region), sum layers by
     broadcasting (``B x G x S x Q``).
     """
 
@@ -75,13 +75,10 @@ class MaterialisedCircuit(UGMMCircuit):
 
     def _leaf_region_values(self, x, mask, mode):
         assert mask is None and mode == "sum"
-        leaf = self.inputs.mixture.log_prob(x[:, None, :, None])
-        members = self.graph.leaf_regions  # (R, P, D)
+        inputs = self.inputs
+        leaf = inputs.mixture.log_prob(inputs.slot_values(x)[:, :, None])  # (B, N, I)
         return torch.stack(
-            [
-                torch.stack([leaf[:, r, region].sum(1) for region in members[r]], dim=1)
-                for r in range(members.shape[0])
-            ],
+            [leaf[:, slots[slots < inputs.num_slots]].sum(1) for slots in inputs.leaf_slots],
             dim=1,
         )
 

@@ -269,7 +269,7 @@ class TorchLeafRegionsCircuit(UGMMCircuit):
     per region."""
 
     def _leaf_region_values(self, x, mask, mode):
-        return region_products(self.inputs.log_values(x, mask, mode), self.region_index)
+        return region_products(self.inputs.log_values(x, mask, mode), self.inputs.leaf_slots)
 
 
 class PreviousCircuit(TorchLeafRegionsCircuit):

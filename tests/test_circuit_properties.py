@@ -25,60 +25,13 @@ import torch
 from scipy import stats
 
 from tests.circuit_cases import CASES, build
+from tests.circuit_reference import reference_joint
 from ugmm_prob.circuits import CircuitDistribution, UGMMCircuit
 
 
 def _draw(circuit, n, seed=0):
     torch.manual_seed(seed)
     return circuit.sample(n)[0]
-
-
-def reference_joint(circuit: UGMMCircuit, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x, c)`` of one example by plain recursion over the circuit's definition."""
-    inputs, graph = circuit.inputs, circuit.graph
-    if inputs.prior_parameters.get("loc"):
-        log_w = torch.log_softmax(inputs.logits, -1)
-        normal = torch.distributions.Normal(inputs.loc, inputs.scale)
-        leaf = torch.logsumexp(log_w + normal.log_prob(x[None, :, None, None]), -1)
-    else:
-        table = torch.log_softmax(inputs.logits, -1)  # (R, D, I, V)
-        leaf = torch.stack(
-            [table[:, d, :, int(x[d])] for d in range(circuit.in_features)], 1
-        )  # (R, D, I)
-    tops = []
-    for r in range(graph.repetitions):
-        values = [
-            [
-                sum(float(leaf[r, d, i]) for d in region.nonzero()[:, 0])
-                for i in range(leaf.shape[2])
-            ]
-            for region in graph.leaf_regions[r]
-        ]
-        for level in range(graph.depth):
-            merged = []
-            for q in range(len(values) // 2):
-                products = [u + v for u in values[2 * q] for v in values[2 * q + 1]]
-                if level < graph.depth - 1:
-                    logits = torch.log_softmax(circuit.sums[level].logits[r, q], -1)
-                    products = [
-                        float(
-                            torch.logsumexp(
-                                logits[s] + torch.tensor(products, dtype=torch.float64), 0
-                            )
-                        )
-                        for s in range(len(logits))
-                    ]
-                merged.append(products)
-            values = merged
-        tops += values[0]
-    root = torch.log_softmax(circuit.root.logits[0, 0], -1)
-    prior = torch.log_softmax(circuit.class_logits, -1)
-    return torch.stack(
-        [
-            prior[c] + torch.logsumexp(root[c] + torch.tensor(tops, dtype=torch.float64), 0)
-            for c in range(len(root))
-        ]
-    )
 
 
 def _enumerate(circuit: UGMMCircuit) -> torch.Tensor:

@@ -36,12 +36,13 @@ def grid(lo=-9.0, hi=9.0, points=1201):
 
 def test_region_graph_splits_disjointly_and_covers():
     graph = random_binary_trees(11, depth=2, repetitions=3, seed=1)
+    repetition = graph.root_partition_of_leaves()
+    assert graph.depth == 2 and graph.repetitions == 3 and graph.is_tree()
     for r in range(3):
-        members = graph.leaf_regions[r]  # (4, 11)
-        assert (members.sum(0) == 1).all()  # each variable in exactly one region
-        assert sorted(members.sum(1).tolist()) == [2, 3, 3, 3]  # balanced halves
-        for d in range(11):
-            assert members[graph.var_region[r, d], d]
+        leaves = [graph.regions[leaf] for leaf, own in zip(graph.leaves, repetition) if own == r]
+        variables = sorted(v for leaf in leaves for v in leaf)
+        assert variables == list(range(11))  # each variable in exactly one leaf region
+        assert sorted(len(leaf) for leaf in leaves) == [2, 3, 3, 3]  # balanced halves
     with pytest.raises(ValueError, match="more than the 3 variables"):
         random_binary_trees(3, depth=2, repetitions=1)
 
@@ -169,23 +170,26 @@ def test_conditional_samples_respect_evidence_and_follow_the_conditional():
 def _induced_tree_values(circuit, x, mask):
     """Brute force for depth-1 circuits: every class, root child, leaf channel, component."""
     log_prior = circuit.class_log_prior()
-    root = torch.log_softmax(circuit.root.logits[0, 0], -1)  # (C, R * I * I)
-    w = torch.log_softmax(circuit.inputs.logits, -1)
-    loc, scale = circuit.inputs.loc, circuit.inputs.scale
-    width = circuit.inputs.channels
+    root = torch.log_softmax(circuit.root.logits[0], -1)  # (C, R * I * I)
+    inputs, graph, compiled = circuit.inputs, circuit.graph, circuit.compiled
+    w = torch.log_softmax(inputs.logits, -1)
+    loc, scale = inputs.loc, inputs.scale  # (N, I, K)
+    width = inputs.channels
     best = -math.inf
     for c, j in itertools.product(range(circuit.num_classes), range(root.shape[1])):
-        r, q = divmod(j, circuit.top_width)
+        r, q = divmod(j, width * width)
         channels = (q // width, q % width)
         value = float(log_prior[c] + root[c, j])
-        for region in range(2):
-            for d in circuit.graph.leaf_regions[r, region].nonzero()[:, 0].tolist():
-                i = channels[region]
+        children = graph.partitions[graph.region_partitions[graph.root][r]][1]
+        for side, leaf in enumerate(children):
+            position = compiled.leaves.index(leaf)
+            for n in (compiled.slot_leaf == position).nonzero()[:, 0].tolist():
+                d, i = int(inputs.slot_var[n]), channels[side]
                 options = []
                 for k in range(loc.shape[-1]):
-                    at = x[d] if mask[d] else loc[r, d, i, k]
-                    normal = torch.distributions.Normal(loc[r, d, i, k], scale[r, d, i, k])
-                    options.append(float(w[r, d, i, k] + normal.log_prob(at)))
+                    at = x[d] if mask[d] else loc[n, i, k]
+                    normal = torch.distributions.Normal(loc[n, i, k], scale[n, i, k])
+                    options.append(float(w[n, i, k] + normal.log_prob(at)))
                 value += max(options)
         best = max(best, value)
     return best
@@ -275,10 +279,12 @@ def test_init_leaves_from_data_uses_data_values_and_spread():
     x = torch.randn(500, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([0.0, 10.0, -2.0])
     circuit = UGMMCircuit(3, num_classes=1, repetitions=2, channels=2, components=3)
     circuit.init_leaves_from_data(x, generator=torch.Generator().manual_seed(0))
-    loc = circuit.inputs.loc.detach()
+    inputs = circuit.inputs
+    loc, scale = inputs.loc.detach(), inputs.scale.detach()  # (N, I, K)
     for d in range(3):
-        assert set(loc[:, d].flatten().tolist()) <= set(x[:, d].tolist())
-    torch.testing.assert_close(circuit.inputs.scale.detach()[0, :, 0, 0], x.std(0))
+        mine = inputs.slot_var == d
+        assert set(loc[mine].flatten().tolist()) <= set(x[:, d].tolist())
+        torch.testing.assert_close(scale[mine], x.std(0)[d].expand(scale[mine].shape))
 
 
 def _straightforward_circuit_class():
@@ -296,10 +302,8 @@ def test_fast_paths_equal_the_straightforward_circuit(depth):
         13, num_classes=3, depth=depth, repetitions=3, channels=4
     )
     plain = plain.double()
-    plain.graph = fast.graph
+    assert plain.graph.to_config() == fast.graph.to_config()
     plain.load_state_dict(fast.state_dict())
-    for name in ("region_index", "var_region"):
-        setattr(plain, name, getattr(fast, name))
     x = torch.randn(37, 13, dtype=torch.float64)
     y = torch.randint(0, 3, (37,))
     losses = [c.training_loss(x, y) for c in (fast, plain)]
@@ -316,18 +320,18 @@ def test_layer_operations_equal_their_straightforward_definitions():
     """The fused input layer and the matrix-product region layer against plain versions."""
     circuit = make(7, 2, depth=2)
     x = torch.randn(6, 7, dtype=torch.float64)
-    plain_leaves = circuit.inputs.mixture.log_prob(x[:, None, :, None])
+    plain_leaves = circuit.inputs.mixture.log_prob(x[:, circuit.inputs.slot_var, None])
     torch.testing.assert_close(circuit.inputs.log_density(x), plain_leaves)
-    leaf = torch.randn(6, 2, 7, 3, dtype=torch.float64)
-    members = circuit.graph.leaf_regions  # (R, P, D)
+    inputs = circuit.inputs
+    leaf = torch.randn(6, inputs.num_slots, 3, dtype=torch.float64)
     gathered = torch.stack(
         [
-            torch.stack([leaf[:, r, members[r, p]].sum(1) for p in range(members.shape[1])], 1)
-            for r in range(2)
+            leaf[:, (inputs.slot_leaf == position).nonzero()[:, 0]].sum(1)
+            for position in range(inputs.num_leaves)
         ],
         1,
     )
-    torch.testing.assert_close(region_products(leaf, circuit.region_index), gathered)
+    torch.testing.assert_close(region_products(leaf, inputs.leaf_slots), gathered)
     values, log_w = torch.randn(6, 4, 9, dtype=torch.float64), torch.randn(4, 3, 9).double()
     log_w = torch.log_softmax(log_w, -1)
     torch.testing.assert_close(
@@ -343,7 +347,7 @@ def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
     circuit = UGMMCircuit(4, num_classes=3, depth=1, repetitions=6, channels=2, components=2)
     before = circuit.root.logits.detach().clone()
     circuit.init_from_data(x, y, generator=torch.Generator().manual_seed(1), class_bias=5.0)
-    loc = circuit.inputs.loc.detach()  # (R, D, I, K)
+    loc = circuit.inputs.loc.detach().reshape(6, 4, 2, 2)  # slots (R, D): (R, D, I, K)
     rows = {tuple(row.tolist()): int(label) for row, label in zip(x, y, strict=True)}
     for r in range(6):
         for i in range(2):
@@ -351,7 +355,8 @@ def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
                 # one whole training example of class r mod 3 per channel and component
                 assert rows[tuple(loc[r, :, i, k].tolist())] == r % 3
     within = (x - torch.stack([x[y == c].mean(0) for c in range(3)])[y]).pow(2).mean(0).sqrt()
-    torch.testing.assert_close(circuit.inputs.scale.detach(), within.median().expand(loc.shape))
+    scale = circuit.inputs.scale.detach()
+    torch.testing.assert_close(scale, within.median().expand(scale.shape))
     shift = (circuit.root.logits.detach() - before).reshape(3, 6, -1)
     for c in range(3):
         for r in range(6):
@@ -376,13 +381,14 @@ def test_separate_structure_gives_each_class_its_own_repetitions():
     data = torch.randn(50, 2, dtype=torch.float64)
     before = circuit.log_prob(data, torch.zeros(50, dtype=torch.long)).detach()
     with torch.no_grad():  # repetitions 1 and 3 serve class 1 only; moved far away, their
-        circuit.inputs.loc_unconstrained[1::2] -= 200.0  # values must not swamp class 0's
+        loc = circuit.inputs.loc_unconstrained  # slots (R, D) first
+        loc.view(4, 2, *loc.shape[1:])[1::2] -= 200.0  # values must not swamp class 0's
     after = circuit.log_prob(data, torch.zeros(50, dtype=torch.long)).detach()
     torch.testing.assert_close(after, before)
     assert not torch.allclose(circuit.log_prob(data, torch.ones(50, dtype=torch.long)), before)
     labels = (data[:, 0] > 0).long()
     fit_em(circuit, data, labels, epochs=3, batch_size=25, progress=False)
-    weights = circuit.root.log_weights().exp()[0, 0].reshape(2, 4, -1)  # (C, R, Q)
+    weights = circuit.root.log_weights().exp()[0].reshape(2, 4, -1)  # (C, R, Q)
     assert (weights[0, 1::2] == 0).all() and (weights[1, 0::2] == 0).all()
     torch.testing.assert_close(weights.sum((1, 2)), torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="cannot serve 3 classes"):

@@ -40,8 +40,8 @@ from ..datasets import check_classification_data
 from ..networks import constructor_config
 from ..roles import DensityModel
 from ..validation import is_validation_enabled
-from .distribution import CircuitDistribution, ObservedCircuit
 from .compile import LEAF_LAYER, CompiledGraph, SumGroup, compile_graph
+from .distribution import CircuitDistribution, ObservedCircuit
 from .inputs import INPUT_TYPES, InputLayer
 from .layers import Chooser, ProductLayer, SumLayer, sample_index
 from .region_graphs import (

@@ -203,7 +203,9 @@ class ProductLayer(torch.nn.Module):
     def _gather(self, read: ValueSource, slot: int, width: int) -> torch.Tensor:
         """The children in ``slot`` (Hadamard: all children, summed) as ``(B, F, W)``."""
         out: torch.Tensor | None = None
-        for i, (layer, own_slot) in enumerate(zip(self.source_layers, self.source_slots)):
+        for i, (layer, own_slot) in enumerate(
+            zip(self.source_layers, self.source_slots, strict=True)
+        ):
             if own_slot != slot:
                 continue
             positions, folds = self._source(i)

@@ -1,0 +1,62 @@
+"""A plain recursive evaluation of a circuit's definition, the truth the property suites
+compare the folded layers with: loops over regions, partitions, units and classes on the
+region graph itself, no compiled layout but where each region's parameters are stored."""
+
+from __future__ import annotations
+
+import torch
+
+from ugmm_prob.circuits import UGMMCircuit
+
+
+def unit_log_values(circuit: UGMMCircuit, x: torch.Tensor) -> list[list[float]]:
+    """``log p_{n,i}(x_{var(n)})`` of every slot ``n`` and input channel ``i``, by the
+    textbook formula for the input kind."""
+    inputs = circuit.inputs
+    values = []
+    for n, variable in enumerate(inputs.slot_var.tolist()):
+        value = x[variable]
+        if "loc" in inputs.prior_parameters:
+            log_w = torch.log_softmax(inputs.logits[n], -1)
+            normal = torch.distributions.Normal(inputs.loc[n], inputs.scale[n])
+            values.append(torch.logsumexp(log_w + normal.log_prob(value), -1).tolist())
+        else:
+            table = torch.log_softmax(inputs.logits[n], -1)  # (I, V)
+            values.append(table[:, int(value)].tolist())
+    return values
+
+
+def reference_joint(circuit: UGMMCircuit, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x, c)`` of one example ``x`` ``(D,)`` for every class, shape ``(C,)``."""
+    graph, compiled = circuit.graph, circuit.compiled
+    units = unit_log_values(circuit, x)
+    leaf_values = {}
+    for position, leaf in enumerate(compiled.leaves):
+        slots = [n for n, owner in enumerate(compiled.slot_leaf.tolist()) if owner == position]
+        assert sorted(compiled.slot_var[slots].tolist()) == list(graph.regions[leaf])
+        leaf_values[leaf] = [
+            sum(units[n][i] for n in slots) for i in range(circuit.inputs.channels)
+        ]
+    kinds = {p: group.kind for group in compiled.products for p in group.partitions}
+    memo: dict[int, list[float]] = dict(leaf_values)
+
+    def value(region: int) -> list[float]:
+        if region in memo:
+            return memo[region]
+        products: list[float] = []
+        for p in graph.region_partitions[region]:
+            children = [value(c) for c in graph.partitions[p][1]]
+            if kinds[p] == "kronecker":
+                left, right = children
+                products += [u + v for u in left for v in right]
+            else:
+                products += [sum(child[k] for child in children) for k in range(len(children[0]))]
+        group, fold = compiled.place[region]
+        layer = circuit.root if group == len(circuit.sums) else circuit.sums[group]
+        log_w = layer.log_weights()[fold]  # (S, Q)
+        terms = torch.tensor(products, dtype=torch.float64)
+        memo[region] = [float(torch.logsumexp(log_w[s] + terms, 0)) for s in range(len(log_w))]
+        return memo[region]
+
+    root = torch.tensor(value(graph.root), dtype=torch.float64)
+    return torch.log_softmax(circuit.class_logits, -1) + root
