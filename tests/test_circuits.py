@@ -39,7 +39,8 @@ def test_region_graph_splits_disjointly_and_covers():
     repetition = graph.root_partition_of_leaves()
     assert graph.depth == 2 and graph.repetitions == 3 and graph.is_tree()
     for r in range(3):
-        leaves = [graph.regions[leaf] for leaf, own in zip(graph.leaves, repetition) if own == r]
+        pairs = zip(graph.leaves, repetition.tolist(), strict=True)
+        leaves = [graph.regions[leaf] for leaf, own in pairs if own == r]
         variables = sorted(v for leaf in leaves for v in leaf)
         assert variables == list(range(11))  # each variable in exactly one leaf region
         assert sorted(len(leaf) for leaf in leaves) == [2, 3, 3, 3]  # balanced halves
