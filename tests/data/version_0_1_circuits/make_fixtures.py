@@ -2,9 +2,10 @@
 
 Run from the repository root of that version, with its package first on the path:
 ``PYTHONPATH=. python tests/data/version_0_1_circuits/make_fixtures.py OUT``. It saves one
-checkpoint per region-graph builder and input type (``<graph>-<inputs>.pt``) and writes ``reference.json``: each
-checkpoint's ``log p(x, c)`` at five samples, and the training log-likelihood of two small
-circuits before and after two epochs of EM from the same seeds (:func:`recipe`).
+checkpoint per region-graph builder and input type (``<graph>-<inputs>.pt``) and writes
+``reference.json``: each checkpoint's ``log p(x, c)`` at five samples, and the training
+log-likelihood of two small circuits before and after two epochs of EM from the same seeds
+(:func:`recipe`).
 ``tests/test_circuit_versions.py`` checks that the current version reads the checkpoints to
 the same values and reproduces the recipe, so results of version 0.1 still stand.
 """
