@@ -9,27 +9,39 @@ import torch
 from ugmm_prob.circuits import UGMMCircuit
 
 
-def unit_log_values(circuit: UGMMCircuit, x: torch.Tensor) -> list[list[float]]:
+def unit_log_values(
+    circuit: UGMMCircuit, x: torch.Tensor, observed: torch.Tensor | None = None, mode: str = "sum"
+) -> list[list[float]]:
     """``log p_{n,i}(x_{var(n)})`` of every slot ``n`` and input channel ``i``, by the
-    textbook formula for the input kind."""
+    textbook formula for the input kind; ``mode="max"`` gives the max-product value (the
+    best mixture component; for a missing variable, the best component's peak or the most
+    probable value), ``"sum"`` gives ``log 1 = 0`` for a missing variable."""
     inputs = circuit.inputs
+    reduce = torch.logsumexp if mode == "sum" else (lambda v, dim: v.amax(dim))
     values = []
     for n, variable in enumerate(inputs.slot_var.tolist()):
-        value = x[variable]
-        if "loc" in inputs.prior_parameters:
+        value, seen = x[variable], observed is None or bool(observed[variable])
+        if not seen and mode == "sum":
+            values.append([0.0] * inputs.channels)
+        elif "loc" in inputs.prior_parameters:
             log_w = torch.log_softmax(inputs.logits[n], -1)
             normal = torch.distributions.Normal(inputs.loc[n], inputs.scale[n])
-            values.append(torch.logsumexp(log_w + normal.log_prob(value), -1).tolist())
+            at = value if seen else inputs.loc[n]  # a component peaks at its mean
+            values.append(reduce(log_w + normal.log_prob(at), -1).tolist())
         else:
             table = torch.log_softmax(inputs.logits[n], -1)  # (I, V)
-            values.append(table[:, int(value)].tolist())
+            values.append((table[:, int(value)] if seen else table.amax(-1)).tolist())
     return values
 
 
-def reference_joint(circuit: UGMMCircuit, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x, c)`` of one example ``x`` ``(D,)`` for every class, shape ``(C,)``."""
+def reference_joint(
+    circuit: UGMMCircuit, x: torch.Tensor, observed: torch.Tensor | None = None, mode: str = "sum"
+) -> torch.Tensor:
+    """``log p(x_obs, c)`` of one example ``x`` ``(D,)`` for every class, shape ``(C,)``;
+    with ``mode="max"`` the max-product value (the best induced tree, latent choices and
+    missing values) instead of the sum over them."""
     graph, compiled = circuit.graph, circuit.compiled
-    units = unit_log_values(circuit, x)
+    units = unit_log_values(circuit, x, observed, mode)
     leaf_values = {}
     for position, leaf in enumerate(compiled.leaves):
         slots = [n for n, owner in enumerate(compiled.slot_leaf.tolist()) if owner == position]
@@ -55,7 +67,8 @@ def reference_joint(circuit: UGMMCircuit, x: torch.Tensor) -> torch.Tensor:
         layer = circuit.root if group == len(circuit.sums) else circuit.sums[group]
         log_w = layer.log_weights()[fold]  # (S, Q)
         terms = torch.tensor(products, dtype=torch.float64)
-        memo[region] = [float(torch.logsumexp(log_w[s] + terms, 0)) for s in range(len(log_w))]
+        reduce = torch.logsumexp if mode == "sum" else (lambda v, dim: v.amax(dim))
+        memo[region] = [float(reduce(log_w[s] + terms, 0)) for s in range(len(log_w))]
         return memo[region]
 
     root = torch.tensor(value(graph.root), dtype=torch.float64)

@@ -49,6 +49,24 @@ def test_upward_pass_equals_plain_recursion(graph, depth, inputs):
 
 
 @pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
+def test_mpe_value_is_the_best_induced_tree_and_the_completion_attains_it(graph, depth, inputs):
+    """The max-product value against a plain recursion with maxima (every induced tree,
+    latent component and missing value), and the downward pass's completion and class
+    reach that value with every variable observed."""
+    circuit = build(graph, depth, inputs)
+    x = _draw(circuit, 3, seed=6)
+    observed = torch.rand(x.shape, generator=torch.Generator().manual_seed(6)) < 0.5
+    completed, c, value = circuit.mpe(x, observed)
+    assert (completed[observed] == x[observed]).all()
+    with torch.no_grad():
+        for row in range(len(x)):  # the reference includes log p(c)
+            best = reference_joint(circuit, x[row], observed[row], mode="max")
+            assert float(value[row]) == pytest.approx(float(best.max()), abs=1e-9)
+            attained = reference_joint(circuit, completed[row], mode="max")
+            assert float(attained[c[row]]) == pytest.approx(float(value[row]), abs=1e-9)
+
+
+@pytest.mark.parametrize(("graph", "depth", "inputs"), CASES)
 def test_normalised_and_marginals_exact(graph, depth, inputs):
     circuit = build(graph, depth, inputs)
     d = circuit.in_features

@@ -23,6 +23,7 @@ __all__ = [
     "plot_neuron_mixtures",
     "plot_neuron_posterior",
     "plot_posteriors",
+    "plot_region_graph",
     "plot_reliability",
 ]
 
@@ -295,3 +296,84 @@ def plot_neuron_posterior(
     ax.set_title(f"neuron {neuron} of {layer.label}, {density.shape[1]} draws")
     ax.legend(fontsize="small")
     return fig
+
+
+def plot_region_graph(
+    graph: Any, *, ax: Any = None, labels: bool | None = None, title: str | None = None
+) -> Figure:
+    """A region graph drawn by level: regions as circles (leaves at the bottom, the root at
+    the top), each partition as a small square joined to its region above and its children
+    below, so a region shared by several partitions (a quad-graph) shows several parents.
+
+    Args:
+        graph: a :class:`~ugmm_prob.circuits.region_graphs.RegionGraph`.
+        ax: axes to draw on (a new figure otherwise).
+        labels: write each region's variables in it (default: when every region has at
+            most four variables or the graph has at most 40 regions).
+        title: the axes' title (default: the graph's kind and size).
+    """
+    levels = graph.levels
+    if labels is None:
+        labels = len(graph.regions) <= 40
+    fig, ax = _axes(ax, (8, 4.5))
+    rows: dict[int, list[int]] = {}
+    for region in graph._bottom_up():  # children before parents: a stable left-to-right order
+        rows.setdefault(levels[region], []).append(region)
+    top = max(rows)
+    position: dict[int, tuple[float, float]] = {}
+    for level in sorted(rows):  # leaves in their variables' order, the rest over their children
+        members = rows[level]
+        if level == 0:
+            members.sort(key=lambda r: (graph.regions[r][0], len(graph.regions[r])))
+        else:
+            members.sort(key=lambda r: _mean_child_x(graph, r, position))
+        for i, region in enumerate(members):
+            position[region] = ((i + 0.5) / len(members), 2.0 * level)
+    for parent, children in graph.partitions:
+        px, py = position[parent]
+        cx = sum(position[c][0] for c in children) / len(children)
+        square = (0.5 * (px + cx), py - 1.0)
+        ax.plot([px, square[0]], [py, square[1]], color="0.55", lw=0.8, zorder=1)
+        for child in children:
+            ax.plot(
+                [square[0], position[child][0]],
+                [square[1], position[child][1]],
+                color="0.75",
+                lw=0.6,
+                zorder=1,
+            )
+        ax.scatter(*square, marker="s", s=28, color="tab:orange", zorder=2)
+    leaves = set(graph.leaves)
+    for region, (x, y) in position.items():
+        colour = "tab:green" if region in leaves else "tab:blue"
+        ax.scatter(x, y, s=260 if labels else 60, color=colour, alpha=0.85, zorder=3)
+        if labels:
+            text = ",".join(str(v) for v in graph.regions[region][:4])
+            text += "…" if len(graph.regions[region]) > 4 else ""
+            ax.annotate(text, (x, y), ha="center", va="center", fontsize=6, zorder=4)
+    ax.set_ylim(-1.0, 2.0 * top + 1.0)
+    ax.set_xlim(-0.02, 1.02)
+    ax.axis("off")
+    ax.set_title(
+        title
+        or f"{graph.kind} region graph: {len(graph.regions)} regions, "
+        f"{len(graph.partitions)} partitions, {top} levels"
+    )
+    handles = [
+        ax.scatter([], [], color="tab:green", label="leaf region (input units)"),
+        ax.scatter([], [], color="tab:blue", label="region (sum units)"),
+        ax.scatter([], [], marker="s", color="tab:orange", label="partition (product units)"),
+    ]
+    ax.legend(handles=handles, loc="upper left", fontsize=7, frameon=False)
+    return fig
+
+
+def _mean_child_x(graph: Any, region: int, position: dict[int, tuple[float, float]]) -> float:
+    """The mean horizontal position of a region's children (drawn already)."""
+    xs = [
+        position[c][0]
+        for p in graph.region_partitions[region]
+        for c in graph.partitions[p][1]
+        if c in position
+    ]
+    return sum(xs) / len(xs) if xs else 0.5
