@@ -19,9 +19,6 @@ from ugmm_prob._deprecation import OldSpellingWarning
 from ugmm_prob.boundary import as_batch
 from ugmm_prob.checkpoints import build_model, load_checkpoint, save_checkpoint
 from ugmm_prob.circuits import (
-    CategoricalInput,
-    GaussianMixtureInput,
-    RegionGraph,
     UGMMCircuit,
     random_binary_trees,
 )
@@ -107,15 +104,7 @@ def test_building_blocks_accept_their_old_keywords():
     with pytest.warns(OldSpellingWarning, match="in_features="):
         old = random_binary_trees(num_vars=6, depth=1, repetitions=2, seed=3)
     new = random_binary_trees(6, depth=1, repetitions=2, seed=3)
-    assert torch.equal(old.leaf_regions, new.leaf_regions)
-    regions = torch.tensor([[[True, False], [False, True]]])
-    with pytest.warns(OldSpellingWarning, match="in_features="):
-        graph = RegionGraph(num_vars=2, depth=1, leaf_regions=regions)
-    assert graph.in_features == 2
-    for layer_class in (GaussianMixtureInput, CategoricalInput):
-        with pytest.warns(OldSpellingWarning, match="in_features="):
-            layer = layer_class(num_vars=3, repetitions=2, channels=2)
-        assert layer.in_features == 3 and layer.logits.shape[:3] == (2, 3, 2)
+    assert old.to_config() == new.to_config()
 
 
 def test_functions_accept_their_old_keywords():
@@ -160,14 +149,33 @@ def test_both_spellings_at_once_or_too_many_positions_are_errors():
         UGMMCircuit(4, 2, 3)  # never had a third positional argument
 
 
+def _version_0_graph_config(graph) -> dict:
+    """The repeated binary trees of ``graph`` as version 0.1 stored them: each variable's leaf
+    region per repetition (leaves listed repetition by repetition, left to right)."""
+    repetition = graph.root_partition_of_leaves().tolist()
+    var_region = [[0] * graph.in_features for _ in range(graph.repetitions)]
+    seen = [0] * graph.repetitions
+    for leaf, r in zip(graph.leaves, repetition, strict=True):
+        for variable in graph.regions[leaf]:
+            var_region[r][variable] = seen[r]
+        seen[r] += 1
+    depth = graph.depth
+    return {
+        "num_vars": graph.in_features,
+        "depth": depth,
+        "kind": graph.kind,
+        "var_region": var_region,
+    }
+
+
 def test_configs_stored_under_the_old_names_rebuild_silently():
     torch.manual_seed(0)
     circuit = UGMMCircuit(4, num_classes=3, depth=1, repetitions=2, channels=2)
     joint = JointScoreModel(4, num_classes=3, hidden=(5,))
     # What a checkpoint of the earlier release stored: the old keys, inside the graph too.
-    old_circuit = {**circuit.config, "graph": {**circuit.config["graph"]}}
+    old_circuit = {**circuit.config, "graph": _version_0_graph_config(circuit.graph)}
     old_circuit["num_vars"] = old_circuit.pop("in_features")
-    old_circuit["graph"]["num_vars"] = old_circuit["graph"].pop("in_features")
+    del old_circuit["product"]  # a later option: its default reads the old configs
     old_joint = {**joint.config}
     old_joint["num_features"] = old_joint.pop("in_features")
     x = torch.randn(6, 4)

@@ -1,14 +1,15 @@
 """Region graphs: which variables each product unit of a circuit splits.
 
-A region graph here is ``R`` *repetitions*, each a complete binary tree of ``depth`` splits
-over the same ``D`` variables. Every node is a *region* (a set of variables); an internal
-region is the disjoint union of its two children, so products over siblings are
-decomposable and sums over a region's units are smooth. The trees are stored in heap order:
-the ``2**depth`` leaf regions of repetition ``r`` are listed left to right, so the children
-of region ``q`` one level up are regions ``2q`` and ``2q + 1``; the circuit's layers rely on
-that order and on nothing else. The ``R`` top regions (all variables) meet at the roots.
+A :class:`RegionGraph` is a DAG of *regions* (sets of variables) and *partitions* (a split
+of one region into one or more disjoint children that cover it). Product units live on
+partitions, sum units on regions, input units on the leaf regions (regions no partition
+splits), which may hold one variable or several. The rules that make every unit of a circuit
+a normalised density (decomposable products, smooth sums) follow from the graph alone and
+are checked when it is built. Nothing downstream assumes binary splits, trees or an order:
+:mod:`~ugmm_prob.circuits.compile` folds any such graph into layers.
 
-Builders, one per structure:
+Repeated binary trees (RAT-SPN and its relatives), one builder per structure; each tree's
+top regions meet at the root, which has one partition per tree (*repetition*):
 
 - :func:`random_binary_trees`: RAT-SPN's random balanced splits (a random permutation of the
   variables halved ``depth`` times per repetition);
@@ -18,6 +19,11 @@ Builders, one per structure:
 - :func:`data_driven_tree`: balanced spectral bisection of the variables' Gaussian mutual
   information ``-1/2 log(1 - rho^2)``, so strongly correlated variables share regions;
   repetition 0 uses all rows, the others bootstrap resamples.
+
+Any other structure: :meth:`RegionGraph.from_partitions` (partitions named by their
+variables; regions named twice are shared), :meth:`RegionGraph.from_nested` (nested tuples),
+or the constructor; hidden Chow-Liu trees and quad-graphs are built in
+:mod:`~ugmm_prob.circuits.structures`.
 """
 
 from __future__ import annotations
