@@ -17,6 +17,9 @@ Parts (``--parts``, default all):
 - ``categorical-em``: one online-EM step of the discrete MNIST circuit (20 M parameters),
   with its leaf regions in C++ and in plain PyTorch.
 - ``classifier``: a train step of the paper's MNIST uGMM-NN against an MLP of its widths.
+- ``hclt``: forward + backward and one online-EM step of a hidden Chow-Liu tree with 32
+  latent states on 8-bit MNIST, beside the floor of its dense sum layers' multiply-adds at
+  this machine's matrix-product rate.
 
 Each part returns ``(records, markdown)``; records go to docs/results.json (``speed-*``),
 tables to docs/performance.md (between ``speed-<part>`` markers).
@@ -38,12 +41,13 @@ import time
 from collections.abc import Callable
 
 import torch
-from _results import REPO, run_parts
+from _results import REPO, default_mnist_dir, run_parts
 from generative import MNIST_CIRCUIT, MaterialisedCircuit
 
-from ugmm_prob.circuits import UGMMCircuit
+from ugmm_prob.circuits import UGMMCircuit, hclt
 from ugmm_prob.circuits.em import _EMTrainer
 from ugmm_prob.circuits.layers import region_products
+from ugmm_prob.datasets import DatasetNotFoundError, load_mnist
 from ugmm_prob.experiments import EXPERIMENTS, load_data, train_experiment
 from ugmm_prob.kernels import coupled_log_density
 from ugmm_prob.networks import JointScoreModel, MLPClassifier, UGMMClassifier
@@ -525,11 +529,123 @@ def part_classifier(args: argparse.Namespace) -> tuple[list[dict], str]:
     return records, table
 
 
+# ------------------------------------------------------------------------------------------
+# hclt
+# ------------------------------------------------------------------------------------------
+def matmul_per_second(size: int = 1024, rounds: int = 7) -> float:
+    """This machine's float32 multiply-adds per second in one large matrix product."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    out = a @ b
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return size**3 / statistics.median(times)
+
+
+def sum_layer_macs(circuit: UGMMCircuit) -> int:
+    """Multiply-adds of every sum layer for one example: ``F * S * Q`` per layer."""
+    return sum(int(layer.logits.numel()) for layer in [*circuit.sums, circuit.root])
+
+
+def mnist_training_images(args: argparse.Namespace, rows: int) -> tuple[torch.Tensor, str]:
+    """The first ``rows`` 8-bit MNIST training images as floats, or random images of the
+    same shape (named in the table) when the data folder is absent."""
+    try:
+        images, _ = load_mnist("train", root=args.mnist_dir)
+    except DatasetNotFoundError:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (rows, 784), generator=generator).float(), "random"
+    return (images[:rows] * 255).round(), "MNIST"
+
+
+def part_hclt(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """A hidden Chow-Liu tree with 32 latent states on 8-bit MNIST: forward + backward."""
+    batch, latents = 256, 32
+    x, source = mnist_training_images(args, 20_000)
+    start = time.perf_counter()
+    graph = hclt(x)
+    build_seconds = time.perf_counter() - start
+    torch.manual_seed(0)
+    circuit = UGMMCircuit(
+        784, graph=graph, channels=latents, inputs="categorical", product="hadamard"
+    )
+    images = x[:batch]
+
+    def step() -> None:
+        circuit.zero_grad(set_to_none=True)
+        (-circuit.log_prob(images).mean()).backward()
+
+    trainer = _EMTrainer(
+        circuit,
+        online=True,
+        step_size=0.1,
+        step_decay=0.0,
+        pseudo_count=1e-2,
+        variance_pseudo_count=1e-2,
+    )
+
+    def em_step() -> None:
+        trainer.step(images, None, weight=1.0, num_data=55_000)
+
+    ms = {
+        name: 1000 * t
+        for name, t in _medians({"fwd+bwd": step, "EM": em_step}, args.rounds).items()
+    }
+    macs = sum_layer_macs(circuit)
+    rate = matmul_per_second()
+    # forward: one multiply-add per weight and example; backward: two (inputs and weights)
+    floor = 1000 * 3 * macs * batch / rate
+    parameters = sum(p.numel() for p in circuit.parameters())
+    images_per_second = batch / ms["fwd+bwd"] * 1000
+    records = [
+        {
+            "experiment": "speed-hclt-mnist",
+            "metric": "images_per_second",
+            "value": round(images_per_second),
+            "paper": None,
+        },
+        {
+            "experiment": "speed-hclt-mnist",
+            "metric": "times_floor",
+            "value": round(ms["fwd+bwd"] / floor, 1),
+            "paper": None,
+        },
+    ]
+    table = "\n".join(
+        [
+            "### A hidden Chow-Liu tree (HCLT, 32 latent states) on 8-bit MNIST",
+            "",
+            f"Command: `python benchmarks/speed.py --parts hclt --rounds {args.rounds}`; the "
+            f"Chow-Liu tree of the first 20,000 {source} training images (built in "
+            f"{build_seconds:.1f} s), categorical inputs over 256 values, Hadamard products, "
+            f"{parameters:,} parameters, {len(graph.regions):,} regions compiled into "
+            f"{len(circuit.compiled.levels)} levels ({len(circuit.products)} product and "
+            f"{len(circuit.sums) + 1} sum layers); batch {batch}, float32; medians of "
+            f"{args.rounds} alternating rounds in one process. *fwd+bwd*: `log_prob` and its "
+            "gradient with respect to every parameter; *EM*: one online-EM step (the E-step's "
+            "forward and backward pass, the running statistics and every M-step). Floor: the "
+            f"sum layers' {macs:,} multiply-adds per image, three times (forward, and the "
+            f"backward pass's two products), at this machine's measured matrix-product rate of "
+            f"{rate / 1e9:.1f} G multiply-adds/s.",
+            "",
+            "| operation | ms per batch | images/s | floor ms |",
+            "|---|---:|---:|---:|",
+            f"| fwd+bwd | **{ms['fwd+bwd']:.1f}** | {images_per_second:,.0f} | {floor:.1f} "
+            f"({ms['fwd+bwd'] / floor:.0f}x above) |",
+            f"| online-EM step | {ms['EM']:.1f} | {batch / ms['EM'] * 1000:,.0f} | |",
+        ]
+    )
+    return records, table
+
+
 PARTS = {
     "overhead": part_overhead,
     "circuit": part_circuit,
     "categorical-em": part_categorical_em,
     "classifier": part_classifier,
+    "hclt": part_hclt,
 }
 """The parts of this script by name, each ``(args) -> (records, markdown)``."""
 
@@ -542,7 +658,13 @@ def main() -> None:
     parser.add_argument("--demo-epochs", type=int, default=300, help="overhead: whole fit")
     parser.add_argument("--demo-runs", type=int, default=3, help="overhead: demo wall times")
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
+    parser.add_argument(
+        "--mnist-dir",
+        default=None,
+        help="hclt: the MNIST folder (default $UGMM_PROB_MNIST_DIR or ../shared/data/mnist)",
+    )
     args = parser.parse_args()
+    args.mnist_dir = args.mnist_dir or default_mnist_dir()
     run_parts(PARTS, args, block="speed", page=PERFORMANCE_PAGE, write=not args.no_write)
 
 

@@ -248,8 +248,8 @@ def test_circuit_inference_data_groups_shapes_loo_and_compare():
         )
         name = bayesian._pyro_name
         loc = idata.posterior[f"{name}.inputs.loc"]
-        assert loc.dims == ("chain", "draw", "repetition", "variable", "input_channel", "component")
-        assert loc.shape == (1, 40, 2, 4, 2, 2)
+        assert loc.dims == ("chain", "draw", "slot", "input_channel", "component")
+        assert loc.shape == (1, 40, 2 * 4, 2, 2)  # slots: (repetition, variable) pairs
         assert idata.log_likelihood["x"].shape == (1, 40, 24)
         assert idata.posterior_predictive["x"].shape == (1, 40, 24, 4)
         assert idata.posterior_predictive["y"].shape == (1, 40, 24)
@@ -374,7 +374,7 @@ def test_nuts_on_a_bayesian_circuit_and_its_inference_data():
     bayesian = make_bayesian(_circuit(depth=1), parameters=("loc", "sum_logits"))
     mcmc = run_nuts(bayesian, x, y, num_samples=8, warmup_steps=8, max_tree_depth=3, progress=False)
     samples = mcmc.get_samples()
-    assert samples[f"{bayesian._pyro_name}.inputs.loc"].shape == (8, 2, 4, 2, 2)
+    assert samples[f"{bayesian._pyro_name}.inputs.loc"].shape == (8, 2 * 4, 2, 2)  # slots
     idata = to_inference_data(bayesian, x, y, posterior_samples=samples)
     assert idata.log_likelihood["x"].shape == (1, 8, 16)
     reference = posterior_log_likelihood(bayesian, x, y, posterior_samples=samples)

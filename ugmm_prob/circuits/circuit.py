@@ -488,7 +488,9 @@ class UGMMCircuit(DensityModel):
     ) -> UpwardPass:
         """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``
         (see :meth:`_internal_upward` for ``keep_products``)."""
-        leaf = self._leaf_region_values(x, mask, mode)
+        # contiguous: the native kernels hand back batch-innermost strides, and every level
+        # that reads leaves gathers from them (HCLT: every level; 30x slower strided)
+        leaf = self._leaf_region_values(x, mask, mode).contiguous()
         if probes is not None:
             leaf = leaf + probes.inputs
         return self._internal_upward(leaf, mode, probes, keep_products)
