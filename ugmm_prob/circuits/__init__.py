@@ -2,6 +2,8 @@
 
 - :mod:`~ugmm_prob.circuits.region_graphs`: which variables each product splits (random
   binary trees, quad-trees over images, data-driven trees);
+- :mod:`~ugmm_prob.circuits.structures`: hidden Chow-Liu trees (HCLT) and image
+  quad-graphs, region graphs that are not repeated binary trees;
 - :mod:`~ugmm_prob.circuits.inputs`: input layers behind one interface (uGMM Gaussian
   mixtures with tied inputs; categorical units for discrete data);
 - :mod:`~ugmm_prob.circuits.layers`: product and sum layers (log-einsum-exp);
@@ -20,6 +22,13 @@ from .em import fit_em
 from .inputs import CategoricalInput, GaussianMixtureInput, InputLayer
 from .layers import ProductLayer, SumLayer
 from .region_graphs import RegionGraph, data_driven_tree, quad_tree, random_binary_trees
+from .structures import (
+    chow_liu_tree,
+    hclt,
+    hclt_from_tree,
+    pairwise_mutual_information,
+    quad_graph,
+)
 
 __all__ = [
     "CategoricalInput",
@@ -30,8 +39,13 @@ __all__ = [
     "RegionGraph",
     "SumLayer",
     "UGMMCircuit",
+    "chow_liu_tree",
     "data_driven_tree",
     "fit_em",
+    "hclt",
+    "hclt_from_tree",
+    "pairwise_mutual_information",
+    "quad_graph",
     "quad_tree",
     "random_binary_trees",
 ]
