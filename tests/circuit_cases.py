@@ -3,8 +3,10 @@ and input type, with parameters spread away from their symmetric start.
 
 Structures: a RAT-SPN's random trees, image quad-trees, data-driven trees (all repeated
 binary trees, Kronecker products), a DAG whose regions are intervals split at two points
-(shared sub-regions, regions with two partitions, Kronecker products), and ternary trees
-(partitions of three children, Hadamard products)."""
+(shared sub-regions, regions with two partitions, Kronecker products), ternary trees
+(partitions of three children, Hadamard products), hidden Chow-Liu trees (one latent per
+variable, Hadamard products) and image quad-graphs (single-pixel leaves, rectangles shared
+between a horizontal and a vertical cut)."""
 
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from ugmm_prob.circuits import (
     RegionGraph,
     UGMMCircuit,
     data_driven_tree,
+    hclt,
+    quad_graph,
     quad_tree,
     random_binary_trees,
 )
 
-GRAPHS = ("random", "quad", "data", "dag", "ternary")
+GRAPHS = ("random", "quad", "data", "dag", "ternary", "hclt", "quad_graph")
 DEPTHS = (1, 2, 3, 4)
 INPUTS = ("gaussian", "categorical")
 IMAGE_SHAPES = {1: (1, 2), 2: (2, 2), 3: (2, 4), 4: (4, 4)}  # 2**depth pixels
@@ -72,10 +76,15 @@ def build(graph_kind: str, depth: int, inputs: str, *, classes: int = 2, seed: i
         graph = random_binary_trees(in_features, depth=depth, repetitions=2, seed=seed)
     elif graph_kind == "quad":
         graph = quad_tree(*IMAGE_SHAPES[depth], depth=depth, repetitions=2, seed=seed)
-    elif graph_kind == "data":
+    elif graph_kind in ("data", "hclt"):
         mixing = torch.randn(in_features, in_features, generator=generator)
         data = torch.randn(300, in_features, generator=generator) @ mixing
-        graph = data_driven_tree(data, depth=depth, repetitions=2, seed=seed)
+        if graph_kind == "data":
+            graph = data_driven_tree(data, depth=depth, repetitions=2, seed=seed)
+        else:
+            graph = hclt(data)
+    elif graph_kind == "quad_graph":
+        graph = quad_graph(*IMAGE_SHAPES[depth])
     elif graph_kind == "dag":
         graph = interval_dag(in_features)
     else:

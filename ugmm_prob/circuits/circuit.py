@@ -124,8 +124,9 @@ class UGMMCircuit(DensityModel):
             which keeps maximum likelihood from blurring the classes).
         product: how a partition multiplies its children's units: ``"kronecker"`` (every
             pair of units of two children), ``"hadamard"`` (unit ``k`` of every child; an
-            HCLT's products), or ``"auto"``: Kronecker unless a partition has more than
-            two children (see :func:`~ugmm_prob.circuits.compile.compile_graph`).
+            HCLT's products), or ``"auto"``: Hadamard for an HCLT or where a partition has
+            more than two children, else Kronecker (see
+            :func:`~ugmm_prob.circuits.compile.compile_graph`).
         seed: seed of the default region graph (not of the parameters).
     """
 

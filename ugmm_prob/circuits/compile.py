@@ -183,8 +183,9 @@ def compile_graph(
         product: ``"kronecker"`` (every pair of units of two children; partitions of more
             than two children are refused), ``"hadamard"`` (unit ``k`` of every child; all
             children need equal widths, so ``input_width == sum_width`` unless every leaf
-            sits under the root alone), or ``"auto"``: Kronecker when no partition has more
-            than two children, else Hadamard.
+            sits under the root alone), or ``"auto"``: Hadamard for a hidden Chow-Liu tree
+            (``graph.kind == "hclt"``: its products pair equal latent states) or a graph
+            with a partition of more than two children, else Kronecker.
 
     Raises:
         ValueError: the root is a leaf, an unknown product kind, a Kronecker partition of
@@ -196,7 +197,7 @@ def compile_graph(
             "partition of one child mixes that child's units)"
         )
     if product == "auto":
-        product = "kronecker" if graph.max_arity <= 2 else "hadamard"
+        product = "hadamard" if graph.kind == "hclt" or graph.max_arity > 2 else "kronecker"
     if product not in ("kronecker", "hadamard"):
         raise ValueError(f"product must be 'kronecker', 'hadamard' or 'auto', got {product!r}")
     if product == "kronecker" and graph.max_arity > 2:
