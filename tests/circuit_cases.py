@@ -27,7 +27,7 @@ from ugmm_prob.circuits import (
 
 GRAPHS = ("random", "quad", "data", "dag", "ternary", "hclt", "quad_graph")
 DEPTHS = (1, 2, 3, 4)
-INPUTS = ("gaussian", "categorical")
+INPUTS = ("gaussian", "categorical", "multivariate")
 IMAGE_SHAPES = {1: (1, 2), 2: (2, 2), 3: (2, 4), 4: (4, 4)}  # 2**depth pixels
 VALUES = {1: 5, 2: 4, 3: 3, 4: 2}  # categories: V**D configurations stay enumerable
 
@@ -105,6 +105,8 @@ def build(graph_kind: str, depth: int, inputs: str, *, classes: int = 2, seed: i
                 param.normal_(0, 1.5)
             elif name == "inputs.scale_unconstrained":
                 param.uniform_(-0.5, 0.3)
+            elif name == "inputs.scale_tril_unconstrained":  # log-diagonal and correlations
+                param.normal_(0.0, 0.3)  # scales of 0.4-2.5: the quadratures reach the tails
             else:  # mixing, sum, root and class logits
                 param.normal_(0, 1)
     return circuit

@@ -34,14 +34,60 @@ def unit_log_values(
     return values
 
 
+def multivariate_leaf_values(
+    circuit: UGMMCircuit, x: torch.Tensor, observed: torch.Tensor | None, mode: str
+) -> list[list[float]]:
+    """Every leaf's Gaussian units at ``x`` by the textbook formulas: the marginal density of
+    the observed block (``"sum"``), or that times the peak of the conditional Gaussian of the
+    missing block (``"max"``)."""
+    inputs, values = circuit.inputs, []
+    for leaf, slots in enumerate(inputs.leaf_slots.tolist()):
+        slots = [n for n in slots if n < inputs.num_slots]
+        variables = inputs.slot_var[slots]
+        seen = torch.ones(len(slots), dtype=torch.bool) if observed is None else observed[variables]
+        row = []
+        for i in range(inputs.channels):
+            mean = inputs.loc[slots, i]
+            factor = inputs.scale_tril[leaf, i, : len(slots), : len(slots)]
+            cov = factor @ factor.T
+            o, m = seen.nonzero()[:, 0], (~seen).nonzero()[:, 0]
+            value = 0.0
+            if len(o):
+                normal = torch.distributions.MultivariateNormal(mean[o], cov[o][:, o])
+                value += float(normal.log_prob(x[variables[o]]))
+            if mode == "max" and len(m):
+                conditional = cov[m][:, m]
+                if len(o):
+                    conditional = conditional - cov[m][:, o] @ torch.linalg.solve(
+                        cov[o][:, o], cov[o][:, m]
+                    )
+                value += float(
+                    -0.5 * len(m) * torch.log(torch.tensor(2 * torch.pi, dtype=cov.dtype))
+                    - 0.5 * torch.logdet(conditional)
+                )
+            row.append(value)
+        values.append(row)
+    return values
+
+
 def reference_joint(
     circuit: UGMMCircuit, x: torch.Tensor, observed: torch.Tensor | None = None, mode: str = "sum"
 ) -> torch.Tensor:
     """``log p(x_obs, c)`` of one example ``x`` ``(D,)`` for every class, shape ``(C,)``;
     with ``mode="max"`` the max-product value (the best induced tree, latent choices and
     missing values) instead of the sum over them."""
+    compiled = circuit.compiled
+    if hasattr(circuit.inputs, "scale_tril"):  # a Gaussian over each leaf's variables
+        rows = multivariate_leaf_values(circuit, x, observed, mode)
+        leaf_values = {leaf: rows[position] for position, leaf in enumerate(compiled.leaves)}
+    else:
+        leaf_values = _products_over_slots(circuit, unit_log_values(circuit, x, observed, mode))
+    return _upward(circuit, leaf_values, mode)
+
+
+def _products_over_slots(circuit: UGMMCircuit, units: list[list[float]]) -> dict[int, list]:
+    """Each leaf's input units: the products (sums of logs) of its slots' units."""
     graph, compiled = circuit.graph, circuit.compiled
-    units = unit_log_values(circuit, x, observed, mode)
     leaf_values = {}
     for position, leaf in enumerate(compiled.leaves):
         slots = [n for n, owner in enumerate(compiled.slot_leaf.tolist()) if owner == position]
@@ -49,6 +95,12 @@ def reference_joint(
         leaf_values[leaf] = [
             sum(units[n][i] for n in slots) for i in range(circuit.inputs.channels)
         ]
+    return leaf_values
+
+
+def _upward(circuit: UGMMCircuit, leaf_values: dict[int, list], mode: str) -> torch.Tensor:
+    """Regions from the leaves up by recursion on the graph; ``log p(c) +`` the root's."""
+    graph, compiled = circuit.graph, circuit.compiled
     kinds = {p: group.kind for group in compiled.products for p in group.partitions}
     memo: dict[int, list[float]] = dict(leaf_values)
 

@@ -5,7 +5,8 @@
 - :mod:`~ugmm_prob.circuits.structures`: hidden Chow-Liu trees (HCLT) and image
   quad-graphs, region graphs that are not repeated binary trees;
 - :mod:`~ugmm_prob.circuits.inputs`: input layers behind one interface (uGMM Gaussian
-  mixtures with tied inputs; categorical units for discrete data);
+  mixtures with tied inputs; categorical units for discrete data), and
+  :mod:`~ugmm_prob.circuits.multivariate`: full-covariance Gaussians over leaf regions;
 - :mod:`~ugmm_prob.circuits.layers`: product and sum layers (log-einsum-exp);
 - :mod:`~ugmm_prob.circuits.circuit`: :class:`UGMMCircuit`, assembled from a region graph,
   with one upward and one downward pass over its layers;
@@ -21,6 +22,7 @@ from .distribution import CircuitDistribution
 from .em import fit_em
 from .inputs import CategoricalInput, GaussianMixtureInput, InputLayer
 from .layers import ProductLayer, SumLayer
+from .multivariate import MultivariateGaussianInput
 from .region_graphs import RegionGraph, data_driven_tree, quad_tree, random_binary_trees
 from .structures import (
     chow_liu_tree,
@@ -35,6 +37,7 @@ __all__ = [
     "CircuitDistribution",
     "GaussianMixtureInput",
     "InputLayer",
+    "MultivariateGaussianInput",
     "ProductLayer",
     "RegionGraph",
     "SumLayer",

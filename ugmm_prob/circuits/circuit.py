@@ -42,8 +42,9 @@ from ..roles import DensityModel
 from ..validation import is_validation_enabled
 from .compile import LEAF_LAYER, CompiledGraph, SumGroup, compile_graph
 from .distribution import CircuitDistribution, ObservedCircuit
-from .inputs import INPUT_TYPES, InputLayer
+from .inputs import CategoricalInput, GaussianMixtureInput, InputLayer
 from .layers import Chooser, ProductLayer, SumLayer, sample_index
+from .multivariate import MultivariateGaussianInput
 from .region_graphs import (
     RegionGraph,
     data_driven_tree,
@@ -52,7 +53,14 @@ from .region_graphs import (
     random_binary_trees,
 )
 
-__all__ = ["FlowProbes", "UGMMCircuit", "UpwardPass"]
+__all__ = ["INPUT_TYPES", "FlowProbes", "UGMMCircuit", "UpwardPass"]
+
+INPUT_TYPES: dict[str, type[InputLayer]] = {
+    "gaussian": GaussianMixtureInput,
+    "categorical": CategoricalInput,
+    "multivariate": MultivariateGaussianInput,
+}
+"""Input layers by the name :class:`UGMMCircuit` takes (``inputs=``)."""
 
 
 @dataclass
@@ -108,12 +116,17 @@ class UGMMCircuit(DensityModel):
         repetitions: trees ``R`` of the default graph.
         channels: sum units per region ``S`` (an HCLT's latent states ``H``).
         input_channels: input units per leaf region ``I`` (default ``channels``).
-        inputs: the input units, ``"gaussian"`` (uGMM mixtures; continuous data) or
-            ``"categorical"`` (integers ``0..num_values-1``; e.g. 8-bit pixels).
+        inputs: the input units (:data:`INPUT_TYPES`): ``"gaussian"`` (uGMM mixtures, a
+            leaf region's unit the product of one per variable; continuous data),
+            ``"categorical"`` (integers ``0..num_values-1``, one per variable; e.g. 8-bit
+            pixels) or ``"multivariate"`` (one full-covariance Gaussian over each leaf
+            region's variables, :class:`~ugmm_prob.circuits.multivariate.MultivariateGaussianInput`;
+            continuous data, correlations within a leaf).
         components: Gaussian components per input unit ``K`` (``"gaussian"``).
         num_values: categories per variable (``"categorical"``).
-        scale_floor: lower bound of every Gaussian input scale, so the likelihood cannot
-            diverge.
+        scale_floor: lower bound of every Gaussian input scale (``"gaussian"``), or of the
+            diagonal of every Cholesky factor (``"multivariate"``: every conditional and
+            marginal standard deviation), so the likelihood cannot diverge.
         likelihood_weight: ``lambda`` of the training objective
             ``lambda * NLL / D + (1 - lambda) * cross-entropy of p(c | x)``; 1 is maximum
             likelihood of ``(x, c)``.
@@ -177,6 +190,8 @@ class UGMMCircuit(DensityModel):
         )
         if inputs == "gaussian":
             options: dict[str, Any] = {"components": components, "scale_floor": scale_floor}
+        elif inputs == "multivariate":
+            options = {"scale_floor": scale_floor}
         else:
             options = {"num_values": num_values}
         compiled = self.compiled
@@ -653,7 +668,7 @@ class UGMMCircuit(DensityModel):
                     )
         leaf_channel = chosen[LEAF_LAYER][:, :-1]
         value = self.inputs.draw(leaf_channel, x, mask, mode=chooser is _argmax).to(x.dtype)
-        return value if mask is None else torch.where(mask, x, value)
+        return x if mask is None else torch.where(mask, x, value)  # None: all observed
 
     def _sample_given(self, x: torch.Tensor, mask: torch.Tensor, c: torch.Tensor):
         up = self._upward(x, mask, keep_products=True)

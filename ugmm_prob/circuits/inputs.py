@@ -14,11 +14,14 @@ their dimension names). A new kind of input is one new subclass.
 - :class:`GaussianMixtureInput`: uGMM neurons with tied inputs, ``K``-component univariate
   Gaussian mixtures (the default; continuous data);
 - :class:`CategoricalInput`: a categorical distribution over ``0..V-1`` (e.g. 8-bit pixels
-  with ``V = 256``), for discrete data.
+  with ``V = 256``), for discrete data;
+- :class:`~ugmm_prob.circuits.multivariate.MultivariateGaussianInput` (its own module): a
+  full-covariance Gaussian over a whole leaf region, not a product over its slots.
 
-Why one module past 400 lines: the interface and its two implementations are read side by
-side (every method of :class:`InputLayer` is answered by both, and they inherit its
-leaf-region products); a third kind of unit would be the time to split.
+Why one module past 400 lines: the interface and its two univariate implementations are read
+side by side (every method of :class:`InputLayer` is answered by both, and they inherit its
+leaf-region products). The registry of kinds by name, ``INPUT_TYPES``, lives in
+:mod:`ugmm_prob.circuits.circuit`, which imports every kind.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from ..kernels import (
 )
 from .layers import normalised_log_weights, region_products, sample_index
 
-__all__ = ["INPUT_TYPES", "CategoricalInput", "GaussianMixtureInput", "InputLayer"]
+__all__ = ["CategoricalInput", "GaussianMixtureInput", "InputLayer"]
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 MEAN_PSEUDO_COUNT = 1e-8
@@ -541,8 +544,11 @@ class CategoricalInput(InputLayer):
         self.logits_unconstrained.copy_(log_probs)
 
 
-INPUT_TYPES: dict[str, type[InputLayer]] = {
-    "gaussian": GaussianMixtureInput,
-    "categorical": CategoricalInput,
-}
-"""Input layers by the name :class:`~ugmm_prob.circuits.UGMMCircuit` takes (``inputs=``)."""
+def __getattr__(name: str) -> object:
+    """``INPUT_TYPES`` moved to :mod:`ugmm_prob.circuits.circuit` (it lists the multivariate
+    kind, which imports this module); the old import keeps working."""
+    if name == "INPUT_TYPES":
+        from .circuit import INPUT_TYPES
+
+        return INPUT_TYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
