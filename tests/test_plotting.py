@@ -16,6 +16,7 @@ from ugmm_prob.plotting import (
     plot_history,
     plot_neuron_mixtures,
     plot_posteriors,
+    plot_region_graph,
     plot_reliability,
 )
 from ugmm_prob.uncertainty import accuracy_coverage
@@ -134,3 +135,26 @@ def test_panels_of_a_grid_do_not_overprint_each_other():
     assert len(texts) >= 12
     clashes = [(i, j) for i in range(len(texts)) for j in range(i) if _overlap(texts[i], texts[j])]
     assert clashes == []
+
+
+def test_region_graph_figure_draws_every_region_and_partition_with_their_edges():
+    from ugmm_prob.circuits import RegionGraph
+
+    # a DAG: the region {1, 2} is shared by two partitions of the root
+    partitions = [
+        ((0, 1, 2), [(0,), (1, 2)]),
+        ((0, 1, 2), [(0, 1), (2,)]),
+        ((1, 2), [(1,), (2,)]),
+        ((0, 1), [(0,), (1,)]),
+    ]
+    graph = RegionGraph.from_partitions(3, partitions)
+    fig = plot_region_graph(graph)
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    squares = [c for c in points if c.get_offsets()[0][1] % 2 == 1]  # partitions sit between levels
+    assert len(squares) == len(graph.partitions)
+    assert len(points) - len(squares) == len(graph.regions)
+    edges = sum(1 + len(children) for _, children in graph.partitions)
+    assert len(ax.lines) == edges
+    assert ax.get_title() == "custom region graph: 6 regions, 4 partitions, 2 levels"
+    FigureCanvasAgg(fig).draw()
