@@ -5,13 +5,15 @@
 
 Three parts, each independent (one that fails is reported and the others still run):
 
-1. ``correctness``: every model family and both kernels on the device, in float64, against
-   the same model on the CPU: ``training_loss`` and every parameter gradient; one ``fit``
-   epoch on the device and a checkpoint round trip.
+1. ``correctness``: every model family (circuits on repeated trees, an HCLT, a quad-graph, a
+   DAG of shared regions and multivariate leaves) and both kernels on the device, in
+   float64, against the same model on the CPU: ``training_loss`` and every parameter
+   gradient; one ``fit`` epoch on the device and a checkpoint round trip.
 2. ``speed`` (medians of alternating rounds, the device synchronised around each step): the
    layer kernel (forward + backward, batch 128, 784 -> 128) against the plain broadcast
    formula and ``torch.compile`` of it; the MNIST-sized circuit's train step and
-   ``log_prob`` against the straightforward circuit of ``benchmarks/generative.py``.
+   ``log_prob`` against the straightforward circuit of ``benchmarks/generative.py``; a
+   hidden Chow-Liu tree's forward and backward pass (32 latent states, 784 pixels).
 3. ``training``: one EM epoch of the MNIST circuit and one epoch of the paper's uGMM-NN
    (``UGMMClassifier(784, hidden=(128, 64), num_classes=10)``), images per second; MNIST
    from ``--mnist-dir`` or ``UGMM_PROB_MNIST_DIR`` when present, otherwise random images of
@@ -41,7 +43,7 @@ from _results import REPO, machine, replace_block
 from generative import MaterialisedCircuit, mnist_circuit
 
 from ugmm_prob.checkpoints import load_checkpoint, save_checkpoint
-from ugmm_prob.circuits import UGMMCircuit, fit_em
+from ugmm_prob.circuits import RegionGraph, UGMMCircuit, fit_em, hclt, quad_graph
 from ugmm_prob.kernels import coupled_log_density, reference_log_density
 from ugmm_prob.networks import (
     ConvUGMMClassifier,
@@ -83,9 +85,50 @@ def model_cases(quick: bool) -> dict[str, tuple[Callable[[], torch.nn.Module], t
             torch.randint(0, 5, (6, 4), generator=g).double(),
         ),
     }
+    levels = torch.randint(0, 5, (6, 4), generator=g).double()
+    correlated = torch.randn(200, 4, generator=g).cumsum(1)
+    cases |= {
+        "UGMMCircuit (HCLT, categorical)": (
+            lambda: UGMMCircuit(
+                4,
+                num_classes=3,
+                graph=hclt(correlated),
+                channels=3,
+                inputs="categorical",
+                num_values=5,
+            ),
+            levels,
+        ),
+        "UGMMCircuit (quad-graph, Hadamard)": (
+            lambda: UGMMCircuit(4, num_classes=3, graph=quad_graph(2, 2), product="hadamard"),
+            table,
+        ),
+        "UGMMCircuit (DAG of shared regions)": (
+            lambda: UGMMCircuit(4, num_classes=3, graph=_shared_regions_graph()),
+            table,
+        ),
+        "UGMMCircuit (multivariate leaves)": (
+            lambda: UGMMCircuit(4, num_classes=3, depth=1, repetitions=2, inputs="multivariate"),
+            table,
+        ),
+    }
     if not quick:
         cases["ConvUGMMClassifier"] = (lambda: ConvUGMMClassifier(3, features=8), images)
     return cases
+
+
+def _shared_regions_graph() -> RegionGraph:
+    """Four variables; the root split two ways that share the region ``{1, 2}``."""
+    return RegionGraph.from_partitions(
+        4,
+        [
+            ((0, 1, 2, 3), [(0,), (1, 2, 3)]),
+            ((0, 1, 2, 3), [(0, 1, 2), (3,)]),
+            ((1, 2, 3), [(1, 2), (3,)]),
+            ((0, 1, 2), [(0,), (1, 2)]),
+            ((1, 2), [(1,), (2,)]),
+        ],
+    )
 
 
 def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -250,7 +293,28 @@ def circuit_steps(device: torch.device, quick: bool) -> dict[str, Callable[[], o
 
         steps[f"circuit train step, {label}"] = train
         steps[f"circuit log_prob, {label}"] = score
+    steps["HCLT fwd+bwd"] = hclt_step(device, quick)
     return steps
+
+
+def hclt_step(device: torch.device, quick: bool) -> Callable[[], object]:
+    """Forward and backward of a hidden Chow-Liu tree with 32 latent states over 784 8-bit
+    pixels (16 variables and 4 states with ``quick``), batch 256."""
+    in_features, latents = (16, 4) if quick else (784, 32)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2_000, in_features), generator=g).float()
+    images = images.cumsum(1).remainder(256)  # neighbours depend on each other
+    torch.manual_seed(0)
+    circuit = UGMMCircuit(
+        in_features, graph=hclt(images), channels=latents, inputs="categorical"
+    ).to(device)
+    x = images[:256].to(device)
+
+    def step(circuit=circuit, x=x):
+        circuit.zero_grad(set_to_none=True)
+        (-circuit.log_prob(x).mean()).backward()
+
+    return step
 
 
 def part_speed(device: torch.device, args: argparse.Namespace) -> tuple[str, bool]:
@@ -262,6 +326,12 @@ def part_speed(device: torch.device, args: argparse.Namespace) -> tuple[str, boo
     lines = [
         f"| layer kernel: {name} | {ms:.2f} | {plain / ms:.1f}x |" for name, ms in kernel.items()
     ]
+    hclt_ms = circuit.pop("HCLT fwd+bwd")
+    size = "4 latent states, 16 pixels" if quick else "32 latent states, 784 pixels"
+    lines.append(
+        f"| HCLT ({size}) forward + backward, batch 256 | {hclt_ms:.1f} "
+        f"({256e3 / hclt_ms:,.0f} images/s) | |"
+    )
     for operation in ("train step", "log_prob"):
         fast = circuit[f"circuit {operation}, ugmm_prob"]
         slow = circuit[f"circuit {operation}, straightforward"]
@@ -320,7 +390,9 @@ def part_training(device: torch.device, args: argparse.Namespace) -> tuple[str, 
         f"training accuracy {100 * history[-1]['accuracy']:.1f}% |"
     )
     torch.manual_seed(0)
-    network = UGMMClassifier(784, (16, 8) if quick else (128, 64), 10, dropout=0.3)
+    network = UGMMClassifier(
+        784, hidden=(16, 8) if quick else (128, 64), num_classes=10, dropout=0.3
+    )
     start = time.perf_counter()
     history = fit(network, x, y, epochs=1, batch_size=128, lr=1e-2, device=device, progress=False)
     seconds = time.perf_counter() - start
