@@ -394,3 +394,26 @@ def test_separate_structure_gives_each_class_its_own_repetitions():
     torch.testing.assert_close(weights.sum((1, 2)), torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="cannot serve 3 classes"):
         UGMMCircuit(2, num_classes=3, depth=1, repetitions=2, shared_structure=False)
+
+
+def test_structure_options_of_the_constructors():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=generator).cumsum(1)  # a random walk: a chain of columns
+    y = (x[:, 0] > 0).long()
+    circuit = UGMMCircuit.from_data(x, y, structure="hclt", channels=3, components=2)
+    assert circuit.graph.kind == "hclt" and circuit.graph.is_tree()
+    assert {group.kind for group in circuit.compiled.products} == {"hadamard"}
+    # one root partition for two classes: no class owns it, so examples come from all rows
+    # and the roots keep their random start
+    rows = {tuple(row.tolist()) for row in x}
+    loc = circuit.inputs.loc.detach()  # (N, I, K), one slot per variable
+    for i in range(3):
+        for k in range(2):
+            assert tuple(loc[:, i, k].tolist()) in rows  # whole training rows
+    assert circuit.root.logits.detach().abs().max() < 1.0
+    images = UGMMCircuit.for_images(4, 4, 2, structure="quad_graph", channels=2)
+    assert images.graph.kind == "quad_graph" and not images.graph.is_tree()
+    with pytest.raises(ValueError, match="structure must be 'tree' or 'hclt'"):
+        UGMMCircuit.from_data(x, structure="chow-liu")
+    with pytest.raises(ValueError, match="structure must be 'quad_tree' or 'quad_graph'"):
+        UGMMCircuit.for_images(4, 4, structure="tree")

@@ -52,6 +52,7 @@ from .region_graphs import (
     quad_tree,
     random_binary_trees,
 )
+from .structures import hclt, quad_graph
 
 __all__ = ["INPUT_TYPES", "FlowProbes", "UGMMCircuit", "UpwardPass"]
 
@@ -242,16 +243,27 @@ class UGMMCircuit(DensityModel):
         width: int,
         num_classes: int = 1,
         *,
+        structure: str = "quad_tree",
         depth: int | None = None,
         repetitions: int = 4,
         seed: int = 0,
         **options: Any,
     ) -> UGMMCircuit:
-        """A circuit over ``height x width`` images (flattened row by row) on a quad-tree
-        region graph (:func:`~ugmm_prob.circuits.region_graphs.quad_tree`), so regions are
-        patches of neighbouring pixels. ``options`` go to the constructor."""
-        depth = default_depth(height * width) if depth is None else depth
-        graph = quad_tree(height, width, depth=depth, repetitions=repetitions, seed=seed)
+        """A circuit over ``height x width`` images (flattened row by row) whose regions are
+        patches of neighbouring pixels: ``structure="quad_tree"`` (``repetitions`` trees of
+        ``depth`` cuts, :func:`~ugmm_prob.circuits.region_graphs.quad_tree`) or
+        ``"quad_graph"`` (every rectangle cut across both axes down to single pixels, shared
+        sub-rectangles, :func:`~ugmm_prob.circuits.structures.quad_graph`; ``depth`` and
+        ``repetitions`` do not apply). ``options`` go to the constructor."""
+        if structure == "quad_graph":
+            graph = quad_graph(height, width)
+        elif structure == "quad_tree":
+            depth = default_depth(height * width) if depth is None else depth
+            graph = quad_tree(height, width, depth=depth, repetitions=repetitions, seed=seed)
+        else:
+            raise ValueError(
+                f"for_images: structure must be 'quad_tree' or 'quad_graph', got {structure!r}"
+            )
         return cls(height * width, num_classes=num_classes, graph=graph, seed=seed, **options)
 
     @classmethod
@@ -261,24 +273,33 @@ class UGMMCircuit(DensityModel):
         y: torch.Tensor | None = None,
         num_classes: int | None = None,
         *,
+        structure: str = "tree",
         depth: int | None = None,
         repetitions: int = 4,
         seed: int = 0,
         generator: torch.Generator | None = None,
         **options: Any,
     ) -> UGMMCircuit:
-        """A circuit for tabular data: a data-driven region graph
-        (:func:`~ugmm_prob.circuits.region_graphs.data_driven_tree`, correlated variables in
-        one region), initialised from the rows of ``x`` (:meth:`init_from_data`).
+        """A circuit for tabular data whose structure follows the dependence between the
+        columns of ``x``, initialised from its rows (:meth:`init_from_data`).
 
-        ``num_classes`` defaults to ``max(y) + 1`` (1 without ``y``); ``options`` go to the
-        constructor.
+        ``structure="tree"``: ``repetitions`` data-driven trees of ``depth`` splits
+        (:func:`~ugmm_prob.circuits.region_graphs.data_driven_tree`, correlated variables in
+        one region); ``"hclt"``: a hidden Chow-Liu tree
+        (:func:`~ugmm_prob.circuits.structures.hclt`, one latent per variable with
+        ``channels`` states; ``depth`` and ``repetitions`` do not apply). ``num_classes``
+        defaults to ``max(y) + 1`` (1 without ``y``); ``options`` go to the constructor.
         """
         x = torch.as_tensor(x)
         if num_classes is None:
             num_classes = 1 if y is None else int(torch.as_tensor(y).max()) + 1
-        depth = default_depth(x.shape[-1]) if depth is None else depth
-        graph = data_driven_tree(x, depth=depth, repetitions=repetitions, seed=seed)
+        if structure == "hclt":
+            graph = hclt(x)
+        elif structure == "tree":
+            depth = default_depth(x.shape[-1]) if depth is None else depth
+            graph = data_driven_tree(x, depth=depth, repetitions=repetitions, seed=seed)
+        else:
+            raise ValueError(f"from_data: structure must be 'tree' or 'hclt', got {structure!r}")
         circuit = cls(x.shape[-1], num_classes=num_classes, graph=graph, seed=seed, **options)
         circuit.init_from_data(x.to(circuit.class_logits.dtype), y, generator=generator)
         return circuit
@@ -332,18 +353,20 @@ class UGMMCircuit(DensityModel):
         x = self._check_data(x, "init_from_data")
         reps, channels = self.graph.repetitions, self.inputs.channels
         per_unit = self.inputs.examples_per_unit
-        if y is None or self.num_classes == 1:
-            labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
-            owner = torch.zeros(reps, dtype=torch.long)
-        else:
+        labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        if y is not None and self.num_classes > 1:
             check_classification_data(x, y, self.num_classes, name="init_from_data data")
             labels = y.to(x.device)
-            owner = torch.arange(reps) % self.num_classes
+        # classes own root partitions when there are enough of them (an HCLT has one)
+        classwise = y is not None and 1 < self.num_classes <= reps
+        owner = torch.arange(reps) % self.num_classes if classwise else torch.zeros(reps).long()
         rows = torch.empty(reps, channels, per_unit, dtype=torch.long)
         for r in range(reps):
-            pool = (labels == int(owner[r])).nonzero().squeeze(1).cpu()
-            if len(pool) == 0:  # a class without examples: draw from all rows
-                pool = torch.arange(len(x))
+            pool = torch.arange(len(x))
+            if classwise:
+                pool = (labels == int(owner[r])).nonzero().squeeze(1).cpu()
+                if len(pool) == 0:  # a class without examples: draw from all rows
+                    pool = torch.arange(len(x))
             picks = torch.randint(0, len(pool), (channels, per_unit), generator=generator)
             rows[r] = pool[picks]
         slot_rep = self.compiled.leaf_root_partition().to(x.device)[self.inputs.slot_leaf]
@@ -352,7 +375,7 @@ class UGMMCircuit(DensityModel):
         centred = x - _class_means(x, labels)[labels]
         spread = centred.pow(2).mean(0).sqrt().median()
         self.inputs.init_from_examples(examples, spread.expand(self.inputs.num_slots))
-        if y is not None and self.num_classes > 1:
+        if classwise:
             mine = (
                 owner.to(x.device)[self.root_partition]
                 == torch.arange(self.num_classes, device=x.device)[:, None]
