@@ -637,6 +637,7 @@ def part_hclt(args: argparse.Namespace) -> tuple[list[dict], str]:
             f"| online-EM step | {ms['EM']:.1f} | {batch / ms['EM'] * 1000:,.0f} | |",
         ]
     )
+    print(table, flush=True)
     return records, table
 
 

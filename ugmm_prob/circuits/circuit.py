@@ -221,6 +221,20 @@ class UGMMCircuit(DensityModel):
             allowed = _own_partitions(self.root_partition, self.graph.repetitions, root.units)
         self.root = SumLayer(1, root.units, root.inputs, allowed=allowed)
         self.routes = torch.nn.ModuleList([_SumRoute(group) for group in compiled.sums])
+        # the product layers' reads of leaf values, in one order (see _internal_upward)
+        self.leaf_readers = [
+            (g, i)
+            for g, layer in enumerate(self.products)
+            for i, source in enumerate(layer.source_layers)
+            if source == LEAF_LAYER
+        ]
+        order = [self.products[g].positions(i) for g, i in self.leaf_readers]
+        self.leaf_read_sizes = [len(positions) for positions in order]
+        order = torch.cat(order)
+        in_place = len(order) == len(compiled.leaves) and bool(
+            (order == torch.arange(len(order))).all()
+        )
+        self.register_buffer("leaf_order", None if in_place else order, persistent=False)
 
     def _sum_layer(self, group: int) -> SumLayer:
         """The sum layer of sum group ``group`` (the last one is the root)."""
@@ -479,17 +493,32 @@ class UGMMCircuit(DensityModel):
         batch = len(leaf)
         outputs: list[torch.Tensor | None] = [None] * len(self.routes)
         kept: list[torch.Tensor | None] = [None] * len(self.routes)
+        # Every read of the leaves in one gather, split per reader: a gather per level would
+        # cost a zero-filled leaf-sized gradient per level in the backward pass (an HCLT
+        # reads leaves at each of its ~45 levels; this was 60% of its training step).
+        gathered = leaf if self.leaf_order is None else leaf.index_select(1, self.leaf_order)
+        leaf_reads = dict(
+            zip(self.leaf_readers, gathered.split(self.leaf_read_sizes, 1), strict=True)
+        )
 
-        def read(layer: int) -> torch.Tensor:
-            return leaf if layer == LEAF_LAYER else outputs[layer]  # type: ignore[return-value]
+        def reader(g: int):
+            layer = self.products[g]
+
+            def read(i: int) -> torch.Tensor:
+                source = layer.source_layers[i]
+                if source == LEAF_LAYER:
+                    return leaf_reads[g, i]
+                return outputs[source].index_select(1, layer.positions(i))  # type: ignore[union-attr]
+
+            return read
 
         for product_ids, sum_ids in self.compiled.levels:
             fused = mode == "sum" and not keep_products and self._fusable(product_ids, sum_ids)
             if fused:
-                left, right = self.products[product_ids[0]].factors(read)
+                left, right = self.products[product_ids[0]].factors(reader(product_ids[0]))
                 results = [self._sum_layer(sum_ids[0]).sum_of_products(left, right)]
             else:
-                products = [self.products[g](read).flatten(1) for g in product_ids]
+                products = [self.products[g](reader(g)).flatten(1) for g in product_ids]
                 flat = products[0] if len(products) == 1 else torch.cat(products, 1)
                 results = []
                 for g in sum_ids:

@@ -30,7 +30,7 @@ import torch
 
 from .region_graphs import RegionGraph
 
-__all__ = ["CompiledGraph", "ProductGroup", "Source", "SumGroup", "compile_graph"]
+__all__ = ["LEAF_LAYER", "CompiledGraph", "ProductGroup", "Source", "SumGroup", "compile_graph"]
 
 LEAF_LAYER = -1
 """The :attr:`Source.layer` of the input layer's leaf-region values."""

@@ -157,7 +157,8 @@ def region_products(values: torch.Tensor, region_index: torch.Tensor) -> torch.T
 
 
 ValueSource = Callable[[int], torch.Tensor]
-"""Maps a layer (``LEAF_LAYER`` or a sum group's index) to its output ``(B, F, W)``."""
+"""Maps the index ``i`` of one of a product layer's sources to the values it reads,
+``(B, n_i, W)``: its layer's output at :meth:`ProductLayer.positions` ``(i)``."""
 
 
 class ProductLayer(torch.nn.Module):
@@ -197,19 +198,18 @@ class ProductLayer(torch.nn.Module):
             for source in group.sources
         ]
 
-    def _source(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, f"positions_{i}"), getattr(self, f"folds_{i}")
+    def positions(self, i: int) -> torch.Tensor:
+        """The folds of source ``i``'s layer that this product layer reads, ``(n_i,)``."""
+        return getattr(self, f"positions_{i}")
 
     def _gather(self, read: ValueSource, slot: int, width: int) -> torch.Tensor:
         """The children in ``slot`` (Hadamard: all children, summed) as ``(B, F, W)``."""
         out: torch.Tensor | None = None
-        for i, (layer, own_slot) in enumerate(
-            zip(self.source_layers, self.source_slots, strict=True)
-        ):
+        for i, own_slot in enumerate(self.source_slots):
             if own_slot != slot:
                 continue
-            positions, folds = self._source(i)
-            values = read(layer).index_select(1, positions)
+            folds = getattr(self, f"folds_{i}")
+            values = read(i)
             if self.in_order[i] and out is None:
                 out = values
                 continue
