@@ -1,13 +1,15 @@
 """The ugmm-prob command: demo, train, evaluate and its error messages."""
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from ugmm_prob._version import __version__
 from ugmm_prob.checkpoints import load_checkpoint
-from ugmm_prob.cli import main
+from ugmm_prob.cli import build_parser, main
 from ugmm_prob.datasets import MNIST_ENV
 
 
@@ -83,6 +85,21 @@ def test_missing_mnist_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "MNIST IDX files not found" in err and "nowhere" in err
+    # the fix is named in the command's terms, not the loader's Python arguments
+    assert f"--mnist-dir {tmp_path / 'nowhere'}: no such folder" in err
+    assert "Pass --mnist-dir FOLDER" in err and MNIST_ENV in err
+    assert "root=" not in err and "download=True" not in err
+    assert err.count("\n") == 1
+    # evaluate says the same
+    run = tmp_path / "run"
+    assert main(["train", "iris-joint", "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    checkpoint = str(run / "checkpoint.pt")
+    args = ["evaluate", checkpoint, "--data", "mnist", "--mnist-dir", str(tmp_path / "nowhere")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ugmm-prob evaluate: error: MNIST IDX files not found" in err
+    assert "Pass --mnist-dir FOLDER" in err and "root=" not in err
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -104,3 +121,36 @@ def test_cuda_without_cuda(tmp_path, capsys):
     args = ["train", "iris-joint", "--epochs", "1", "--quiet", "--device", "cuda"]
     assert main([*args, "--out", str(tmp_path)]) == 2
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_subcommand_has_a_description_and_every_option_help():
+    parser = build_parser()
+    commands = _subcommands(parser)
+    assert set(commands) >= {"demo", "train", "evaluate", "fit", "score", "sample"}
+    undocumented = []
+    for name, sub in {"": parser, **commands}.items():
+        if name and not (sub.description or "").strip():
+            undocumented.append(f"{name}: no description")
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                where = "/".join(action.option_strings) or action.dest
+                undocumented.append(f"{name or 'ugmm-prob'} {where}: no help")
+    # every subcommand also has its one-line summary in the top-level --help
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    summaries = {choice.dest: choice.help for choice in action._choices_actions}
+    undocumented += [f"{n}: no summary" for n in commands if not (summaries.get(n) or "").strip()]
+    assert not undocumented, undocumented
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ugmm-prob {__version__}"
