@@ -9,17 +9,40 @@ import torch
 
 from ugmm_prob._version import __version__
 from ugmm_prob.checkpoints import load_checkpoint
-from ugmm_prob.cli import build_parser, main
+from ugmm_prob.cli import _common, build_parser, main
 from ugmm_prob.datasets import MNIST_ENV
 
 
-def test_demo_prints_posteriors_and_saves_a_plot(tmp_path, capsys):
+def test_demo_prints_posteriors_and_saves_a_plot(tmp_path, capsys, monkeypatch):
+    from ugmm_prob.cli import _presets
+
+    figures = []
+
+    def save_figure(fig, path):
+        figures.append(fig)
+        return _common.save_figure(fig, path)
+
+    monkeypatch.setattr(_presets, "save_figure", save_figure)
     assert main(["demo", "--quiet", "--epochs", "30", "--show", "3", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "exact posterior accuracy" in out and "/30" in out
     assert out.count("setosa") >= 2  # header and at least one row
     png = tmp_path / "iris_demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the figure: the kept epoch marked, axes saying what they show, legends off the data
+    (fig,) = figures
+    fig.canvas.draw()
+    posteriors, training, first_layer, second_layer, twin = fig.axes  # twin: made last
+    kept = int(out.split("model of epoch ")[1].split(",")[0])
+    assert [line.get_xdata()[0] for line in training.get_lines()][-1] == kept
+    assert f"epoch kept ({kept})" in [t.get_text() for t in training.get_legend().get_texts()]
+    assert twin.get_ylabel() == "accuracy on held-out training flowers"
+    assert "held-out" in training.get_title()
+    assert first_layer.get_title().endswith("neurons 0-7 of 10")
+    assert second_layer.get_title() == "mixtures of UGMMLayer(in_features=10, out_features=5)"
+    for ax in (posteriors, training):
+        legend = ax.get_legend().get_window_extent()
+        assert not legend.overlaps(ax.get_window_extent())
 
 
 def test_console_script_entry_point_runs(tmp_path):

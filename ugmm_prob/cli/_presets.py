@@ -64,8 +64,8 @@ def _demo(args: argparse.Namespace) -> int:
     fig, axes = figure_grid(2, 2, size=(12, 7.5))
     plot_posteriors(posterior, data.y_test, class_names=IRIS_CLASSES, ax=axes[0, 0])
     axes[0, 0].set_title("exact p(c | x) on the 30 test flowers")
-    plot_history(history, ax=axes[0, 1])
-    axes[0, 1].set_title("training (metrics on the held-out training flowers)")
+    plot_history(history, held_out="held-out training flowers", ax=axes[0, 1])
+    axes[0, 1].set_title("training: loss on the training flowers, metrics on held-out ones")
     plot_neuron_mixtures(model.stack.layers[0], ax=axes[1, 0])
     plot_neuron_mixtures(model.stack.layers[1], ax=axes[1, 1])
     path = save_figure(fig, out / "iris_demo.png")
@@ -162,7 +162,9 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
         f"{saved}{processes}{selected}"
     )
     if history:
-        path = save_figure(plot_history(history), out / "history.png")
+        path = save_figure(
+            plot_history(history, held_out="the validation split"), out / "history.png"
+        )
         print(f"training curve saved to {path}")
     return 0
 
