@@ -216,3 +216,18 @@ def test_read_table_names_duplicate_columns(tmp_path):
     path.write_text("a,a\n1,2\n")
     with pytest.raises(TableError, match="appear twice: a"):
         read_table(path)
+
+
+def test_score_names_a_missing_or_wrong_model_folder(tmp_path, capsys):
+    data = _write(tmp_path / "rows.csv", _data(3))
+    missing = tmp_path / "no-model"
+    assert main(["score", str(missing), str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such folder" in err and "--out folder of 'ugmm-prob fit'" in err
+    assert "checkpoint file" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in ("score", "posterior", "impute"):
+        assert main([command, str(empty), str(data)]) == 2
+        err = capsys.readouterr().err
+        assert f"{empty}: a folder without model.pt" in err and err.count("\n") == 1

@@ -72,8 +72,46 @@ def test_history_lines_are_the_history():
     assert (ax.get_xlabel(), ax.get_ylabel(), twin.get_ylabel()) == (
         "epoch",
         "training loss",
-        "accuracy",
+        "accuracy on held-out data",
     )
+
+
+def test_history_labels_what_each_metric_is_on_and_marks_the_kept_epoch():
+    history = [
+        {"epoch": e, "loss": 1.0 / e, "nll": 0.2 * e, "accuracy": 0.9, "best_epoch": 2}
+        for e in (1, 2, 3, 4)
+    ]
+    fig = plot_history(history, held_out="held-out flowers")
+    ax, twin = fig.axes
+    _, nll, kept = ax.get_lines()
+    np.testing.assert_allclose(nll.get_ydata(), [0.2, 0.4, 0.6, 0.8])
+    assert list(kept.get_xdata()) == [2, 2]  # the vertical line at the kept epoch
+    assert ax.get_ylabel() == "loss and NLL per example"
+    assert twin.get_ylabel() == "accuracy on held-out flowers"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [
+        "training loss",
+        "NLL on held-out flowers",
+        "accuracy on held-out flowers",
+        "epoch kept (2)",
+    ]
+    # an explicit epoch wins; a history without accuracy has no right axis
+    fig = plot_history(
+        [{k: v for k, v in r.items() if k != "accuracy"} for r in history], kept_epoch=3
+    )
+    (ax,) = fig.axes
+    assert list(ax.get_lines()[-1].get_xdata()) == [3, 3]
+
+
+def test_the_mixture_panel_says_which_neurons_it_shows():
+    layer = UGMMLayer(5, 10)
+    (ax,) = plot_neuron_mixtures(layer).axes
+    assert ax.get_title() == f"mixtures of {layer.label}: neurons 0-7 of 10"
+    assert len(ax.get_lines()) == 8
+    (ax,) = plot_neuron_mixtures(layer, [1, 4, 5]).axes
+    assert ax.get_title() == f"mixtures of {layer.label}: neurons 1, 4, 5 of 10"
+    (ax,) = plot_neuron_mixtures(layer, range(10)).axes
+    assert ax.get_title() == f"mixtures of {layer.label}"
 
 
 def test_reliability_bars_are_the_per_bin_accuracies_and_the_title_the_ece():
@@ -115,13 +153,18 @@ def _overlap(a, b) -> bool:
 
 
 def test_panels_of_a_grid_do_not_overprint_each_other():
-    """The demo's layout: the top panels' x labels stay clear of the bottom panels' titles."""
+    """The demo's layout: titles, axis labels and legends stay clear of each other, and the
+    legends of the posterior and training panels stay clear of the plotted data."""
     fig, axes = figure_grid(2, 2, size=(12, 7.5))
     probs = torch.softmax(torch.randn(30, 3), -1)
     plot_posteriors(probs, torch.randint(0, 3, (30,)), ax=axes[0, 0])
     axes[0, 0].set_title("exact p(c | x) on the 30 test flowers")
-    plot_history([{"epoch": 1, "loss": 1.0, "accuracy": 0.5}], ax=axes[0, 1])
-    axes[0, 1].set_title("training (metrics on the held-out training flowers)")
+    history = [
+        {"epoch": e, "loss": 1.0 / e, "nll": 0.5, "accuracy": 0.5, "best_epoch": 2}
+        for e in (1, 2, 3)
+    ]
+    plot_history(history, held_out="held-out training flowers", ax=axes[0, 1])
+    axes[0, 1].set_title("training: loss on the training flowers, metrics on held-out ones")
     plot_neuron_mixtures(UGMMLayer(5, 10), ax=axes[1, 0])
     plot_neuron_mixtures(UGMMLayer(10, 5), ax=axes[1, 1])
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -133,8 +176,12 @@ def test_panels_of_a_grid_do_not_overprint_each_other():
         if artist.get_text()
     ]
     assert len(texts) >= 12
-    clashes = [(i, j) for i in range(len(texts)) for j in range(i) if _overlap(texts[i], texts[j])]
+    legends = [axes[0, 0].get_legend(), axes[0, 1].get_legend()]
+    boxes = texts + [legend.get_window_extent(renderer) for legend in legends]
+    clashes = [(i, j) for i in range(len(boxes)) for j in range(i) if _overlap(boxes[i], boxes[j])]
     assert clashes == []
+    for ax, legend in zip(axes[0], legends, strict=True):
+        assert not _overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer))
 
 
 def test_region_graph_figure_draws_every_region_and_partition_with_their_edges():

@@ -65,7 +65,21 @@ PathLike = str | os.PathLike
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are not where we looked; the message lists the places and the fix."""
+    """The dataset's files are not where we looked; the message lists the places and the fix.
+
+    Attributes:
+        looked_in: the places looked at, as ``(source, folder, problem)`` triples:
+            ``source`` is ``"root"`` (the folder passed in), ``"env"``
+            (``$UGMM_PROB_MNIST_DIR``) or ``"cache"`` (the default cache folder), and
+            ``problem`` says what was wrong there. Empty where not known. The command line
+            uses them to name its own options in the fix.
+    """
+
+    def __init__(
+        self, message: str, *, looked_in: tuple[tuple[str, pathlib.Path, str], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.looked_in = tuple(looked_in)
 
 
 class DatasetDownloadError(DatasetNotFoundError):
@@ -291,14 +305,19 @@ def _existing(folder: pathlib.Path, name: str) -> pathlib.Path | None:
     return None
 
 
+_SOURCE_LABELS = {"root": "root argument", "env": f"${MNIST_ENV}", "cache": "default cache"}
+
+
 def _candidates(root: PathLike | None) -> list[tuple[str, pathlib.Path]]:
+    """The folders to look in, in order, each with its source (``root``, ``env``,
+    ``cache``)."""
     places = []
     if root is not None:
-        places.append(("root argument", pathlib.Path(root).expanduser()))
+        places.append(("root", pathlib.Path(root).expanduser()))
     env = _env_dir()
     if env is not None:
-        places.append((f"${MNIST_ENV}", env))
-    places.append(("default cache", _cache_dir()))
+        places.append(("env", env))
+    places.append(("cache", _cache_dir()))
     return places
 
 
@@ -314,22 +333,27 @@ def find_mnist(root: PathLike | None = None) -> pathlib.Path:
         DatasetNotFoundError: no such folder; the message lists every place looked at, what
             was missing there, and how to point the library at the data.
     """
-    report = []
-    for label, folder in _candidates(root):
+    looked_in = []
+    for source, folder in _candidates(root):
         if not folder.is_dir():
-            report.append(f"  - {label}: {folder} (no such folder)")
+            looked_in.append((source, folder, "no such folder"))
             continue
         missing = [name for name in _MNIST_NAMES if _existing(folder, name) is None]
         if not missing:
             return folder
-        report.append(f"  - {label}: {folder} (missing {', '.join(f'{m}[.gz]' for m in missing)})")
+        looked_in.append((source, folder, f"missing {', '.join(f'{m}[.gz]' for m in missing)}"))
+    report = [
+        f"  - {_SOURCE_LABELS[source]}: {folder} ({problem})"
+        for source, folder, problem in looked_in
+    ]
     if _env_dir() is None:
         report.append(f"  - ${MNIST_ENV} is not set")
     raise DatasetNotFoundError(
         "MNIST IDX files not found. Looked in:\n"
         + "\n".join(report)
         + f"\nTo fix it: pass root=<folder with the four files>, set {MNIST_ENV}=<folder>, "
-        "or call load_mnist(..., download=True) to fetch them."
+        "or call load_mnist(..., download=True) to fetch them.",
+        looked_in=tuple(looked_in),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.transforms import ScaledTranslation
 
 from .distributions import neuron_mixture
 from .layers import UGMMLayer
@@ -49,7 +50,11 @@ def plot_neuron_mixtures(
     points: int = 600,
     ax: Any = None,
 ) -> Figure:
-    """The densities ``P_j(y)`` of some neurons of a layer (default: up to 8 of them)."""
+    """The densities ``P_j(y)`` of some neurons of a layer (default: up to 8 of them).
+
+    The title names the layer and, when not every neuron is drawn, which ones are (``neurons
+    0-7 of 10``).
+    """
     neurons = list(range(min(layer.out_features, 8))) if neurons is None else list(neurons)
     mixture = layer.mixture
     loc, scale = layer.loc.detach()[neurons], layer.scale.detach()[neurons]
@@ -69,9 +74,20 @@ def plot_neuron_mixtures(
         ax.plot(grid.cpu().numpy(), density[:, j].numpy(), label=f"neuron {j}")
     ax.set_xlabel("y")
     ax.set_ylabel("P_j(y)")
-    ax.set_title(f"mixtures of {layer.label}")
+    shown = "" if sorted(neurons) == list(range(layer.out_features)) else _which(neurons)
+    ax.set_title(
+        f"mixtures of {layer.label}"
+        + (f": neurons {shown} of {layer.out_features}" if shown else "")
+    )
     ax.legend(fontsize="small")
     return fig
+
+
+def _which(neurons: Sequence[int]) -> str:
+    """``0-7`` for a run of consecutive indices, else ``1, 4, 5``."""
+    if len(neurons) > 2 and list(neurons) == list(range(neurons[0], neurons[-1] + 1)):
+        return f"{neurons[0]}-{neurons[-1]}"
+    return ", ".join(str(j) for j in neurons)
 
 
 def plot_posteriors(
@@ -81,7 +97,10 @@ def plot_posteriors(
     class_names: Sequence[str] | None = None,
     ax: Any = None,
 ) -> Figure:
-    """Stacked bars of ``p(c | x)`` per example; true labels marked when given."""
+    """Stacked bars of ``p(c | x)`` per example; true labels marked when given.
+
+    The legend stands to the right of the axes, clear of the bars.
+    """
     probs = probs.detach().cpu()
     n, classes = probs.shape
     names = list(class_names) if class_names is not None else [str(c) for c in range(classes)]
@@ -97,34 +116,89 @@ def plot_posteriors(
     if labels is not None:
         labels = labels.detach().cpu()
         wrong = probs.argmax(-1) != labels
+        errors = int(wrong.sum())
         ax.scatter(
             torch.arange(n)[wrong].numpy(),
-            torch.full((int(wrong.sum()),), 1.03).numpy(),
+            torch.full((errors,), 1.03).numpy(),
             marker="x",
             color="k",
-            label="misclassified",
+            label="misclassified" if errors else "misclassified (none)",
         )
     ax.set_ylim(0, 1.08)
     ax.set_xlabel("example")
     ax.set_ylabel("p(c | x)")
-    ax.legend(fontsize="small", ncol=classes + 1, loc="lower right")
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
 
 
-def plot_history(history: Sequence[dict[str, float]], *, ax: Any = None) -> Figure:
-    """Training loss and accuracy per epoch, from :func:`ugmm_prob.training.fit`'s history."""
+def plot_history(
+    history: Sequence[dict[str, float]],
+    *,
+    held_out: str = "held-out data",
+    kept_epoch: int | None = None,
+    ax: Any = None,
+) -> Figure:
+    """Per epoch, from :func:`ugmm_prob.training.fit`'s history: the training loss and,
+    where the history has them, the NLL per example on the held-out data (left axis, blue)
+    and the accuracy there (right axis, orange); the epoch whose model was kept is marked.
+
+    Args:
+        history: rows with ``epoch`` and ``loss``, and optionally ``nll``, ``accuracy``
+            (metrics on the validation data given to ``fit``) and ``best_epoch``.
+        held_out: what the metrics were computed on, for the labels (e.g. ``"held-out
+            training flowers"``, ``"test images"``).
+        kept_epoch: the epoch marked as kept (default: the last row's ``best_epoch``, the
+            epoch ``fit(..., keep_best=...)`` restored; none marked without it).
+
+    The legend stands below the axes, clear of the lines.
+    """
     if ax is None:
         fig = _figure((7, 3.5))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
     epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row["loss"] for row in history], color="tab:blue", label="training loss")
+    handles = ax.plot(
+        epochs, [row["loss"] for row in history], color="tab:blue", label="training loss"
+    )
+    has_nll = bool(history) and all("nll" in row for row in history)
+    if has_nll:
+        handles += ax.plot(
+            epochs,
+            [row["nll"] for row in history],
+            color="tab:blue",
+            ls="--",
+            label=f"NLL on {held_out}",
+        )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss", color="tab:blue")
-    twin = ax.twinx()
-    twin.plot(epochs, [row["accuracy"] for row in history], color="tab:orange")
-    twin.set_ylabel("accuracy", color="tab:orange")
+    ax.set_ylabel("loss and NLL per example" if has_nll else "training loss", color="tab:blue")
+    if history and all("accuracy" in row for row in history):
+        twin = ax.twinx()
+        handles += twin.plot(
+            epochs,
+            [row["accuracy"] for row in history],
+            color="tab:orange",
+            label=f"accuracy on {held_out}",
+        )
+        twin.set_ylabel(f"accuracy on {held_out}", color="tab:orange")
+    if kept_epoch is None and history:
+        kept_epoch = history[-1].get("best_epoch")
+    if kept_epoch is not None:
+        handles.append(
+            ax.axvline(kept_epoch, color="0.3", ls=":", label=f"epoch kept ({kept_epoch})")
+        )
+    # Below the x-axis label (a fixed distance in points, whatever the panel's size).
+    below = ax.transAxes + ScaledTranslation(0, -30 / 72, fig.dpi_scale_trans)
+    ax.legend(
+        handles=handles,
+        fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=below,
+        ncol=min(len(handles), 2),
+        frameon=False,
+    )
     return fig
 
 

@@ -32,6 +32,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._version import __version__
 from ..checkpoints import CheckpointError
 from ..datasets import CorruptDatasetError, DatasetNotFoundError
 from ..tables import TableError
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ugmm-prob``."""
     parser = argparse.ArgumentParser(
         prog="ugmm-prob", description="uGMM-NN: neural networks of univariate Gaussian mixtures"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_preset_commands(sub)

@@ -18,7 +18,14 @@ from ..datasets import IRIS_CLASSES
 from ..experiments import EXPERIMENTS, INITIALISATIONS, load_data, train_experiment
 from ..plotting import figure_grid, plot_history, plot_neuron_mixtures, plot_posteriors
 from ..training import evaluate
-from ._common import UsageError, check_device, check_file, check_folder, save_figure
+from ._common import (
+    UsageError,
+    check_device,
+    check_file,
+    check_folder,
+    load_preset_data,
+    save_figure,
+)
 
 __all__ = ["add_preset_commands", "check_train_args"]
 
@@ -57,8 +64,8 @@ def _demo(args: argparse.Namespace) -> int:
     fig, axes = figure_grid(2, 2, size=(12, 7.5))
     plot_posteriors(posterior, data.y_test, class_names=IRIS_CLASSES, ax=axes[0, 0])
     axes[0, 0].set_title("exact p(c | x) on the 30 test flowers")
-    plot_history(history, ax=axes[0, 1])
-    axes[0, 1].set_title("training (metrics on the held-out training flowers)")
+    plot_history(history, held_out="held-out training flowers", ax=axes[0, 1])
+    axes[0, 1].set_title("training: loss on the training flowers, metrics on held-out ones")
     plot_neuron_mixtures(model.stack.layers[0], ax=axes[1, 0])
     plot_neuron_mixtures(model.stack.layers[1], ax=axes[1, 1])
     path = save_figure(fig, out / "iris_demo.png")
@@ -120,7 +127,7 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
     out = pathlib.Path(args.out)
     checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else out / "checkpoint.pt"
     check_file("checkpoint", str(checkpoint))
-    data = load_data(experiment.data, mnist_root=args.mnist_dir)
+    data = load_preset_data(experiment.data, args.mnist_dir)
     before = _checkpoint_state(checkpoint)
     try:
         model, history, _ = train_experiment(
@@ -155,7 +162,9 @@ def _train_experiment(args: argparse.Namespace, ctx: distributed.DistributedCont
         f"{saved}{processes}{selected}"
     )
     if history:
-        path = save_figure(plot_history(history), out / "history.png")
+        path = save_figure(
+            plot_history(history, held_out="the validation split"), out / "history.png"
+        )
         print(f"training curve saved to {path}")
     return 0
 
@@ -209,7 +218,7 @@ def _selected_model_note(model: torch.nn.Module, history: list[dict], out: pathl
 def _evaluate(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
     name = args.data or ("iris" if state.model.in_features == 4 else "mnist")
-    data = load_data(name, mnist_root=args.mnist_dir)
+    data = load_preset_data(name, args.mnist_dir)
     if state.model.in_features not in (None, data.x_test[0].numel()):
         raise UsageError(
             f"{args.checkpoint} holds a model of {state.model.in_features} inputs; the {name} "
@@ -231,10 +240,25 @@ def _format_metric(name: str, value: float) -> str:
 
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="train on Iris (shipped) and show exact posteriors")
-    demo.add_argument("--out", default="ugmm-demo", help="folder for the figure")
+    demo = sub.add_parser(
+        "demo",
+        help="train on Iris (shipped) and show exact posteriors",
+        description="Train the paper's joint-score uGMM-NN on Iris (shipped with the package; "
+        "no data folder needed), keep the epoch with the best NLL on held-out training "
+        "flowers, print the test accuracy and the exact class posteriors p(c | x) of the "
+        "first test flowers, and save a figure (OUT/iris_demo.png): the posteriors, the "
+        "training curves and the mixtures of the hidden neurons.",
+    )
+    demo.add_argument(
+        "--out", default="ugmm-demo", help="folder for the figure (default %(default)s)"
+    )
     demo.add_argument("--epochs", type=int, help="override the preset's 300 epochs")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialisation, validation split and data order (default 0)",
+    )
     demo.add_argument("--show", type=int, default=8, help="how many flowers to print")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
@@ -248,20 +272,29 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         "-m ugmm_prob train ...` the N processes train data-parallel (--batch-size is the "
         "global batch); see docs/distributed.md.",
     )
-    train.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    train.add_argument(
+        "experiment",
+        choices=sorted(EXPERIMENTS),
+        metavar="experiment",
+        help=f"the preset to train: {', '.join(sorted(EXPERIMENTS))}",
+    )
     train.add_argument("--out", default="runs", help="folder for checkpoint, metrics, plot")
     train.add_argument("--checkpoint", help="checkpoint file (default OUT/checkpoint.pt)")
     train.add_argument("--metrics", help="metrics file, .csv or .jsonl (default OUT/metrics.csv)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
+    train.add_argument("--epochs", type=int, help="epochs in all (default: the preset's)")
+    train.add_argument(
+        "--batch-size", type=int, help="minibatch size, global under torchrun (default: preset's)"
+    )
+    train.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
     train.add_argument(
         "--override-lr",
         action="store_true",
         help="with --resume: continue with --lr instead of the checkpoint's learning rate",
     )
-    train.add_argument("--optimizer", choices=["adam", "sgd"])
+    train.add_argument(
+        "--optimizer", choices=["adam", "sgd"], help="optimiser (default: the preset's)"
+    )
     train.add_argument("--milestones", type=int, nargs="*", help="MultiStepLR epochs")
     train.add_argument(
         "--subset",
@@ -274,17 +307,39 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         help="'paper' (N(0,1) means) or 'data' (prototype init); default: the preset's",
     )
     train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--mnist-dir", help="MNIST IDX folder (default: $UGMM_PROB_MNIST_DIR)")
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialisation, validation split and data order (default 0)",
+    )
+    train.add_argument(
+        "--mnist-dir",
+        help="folder of the four MNIST IDX files, raw or .gz (default: $UGMM_PROB_MNIST_DIR, "
+        "then ~/.cache/ugmm-prob/mnist)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
 
 
 def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
-    score = sub.add_parser("evaluate", help="score a checkpoint on its test split")
-    score.add_argument("checkpoint")
-    score.add_argument("--data", choices=["iris", "mnist"], help="default: from the model")
-    score.add_argument("--mnist-dir")
+    score = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint on its test split",
+        description="Load a checkpoint written by 'ugmm-prob train' (checkpoint.pt or best.pt) "
+        "and print its accuracy, NLL and ECE on the test split of its data set.",
+    )
+    score.add_argument("checkpoint", help="checkpoint file written by 'ugmm-prob train'")
+    score.add_argument(
+        "--data",
+        choices=["iris", "mnist"],
+        help="the data set (default: iris for a model of 4 inputs, else mnist)",
+    )
+    score.add_argument(
+        "--mnist-dir",
+        help="folder of the four MNIST IDX files (default: $UGMM_PROB_MNIST_DIR, then "
+        "~/.cache/ugmm-prob/mnist)",
+    )
     score.set_defaults(run=_evaluate)
 
 

@@ -179,11 +179,24 @@ def _plot_training(history: list[dict], ax) -> None:
 
 
 def _load_fitted(folder: str):
+    """The estimator saved by ``fit`` in ``folder`` (its ``--out``; the ``model.pt`` file
+    inside it is accepted too), its feature columns and its target column."""
     _sklearn_module()
     from ..sklearn import load_estimator
 
     path = pathlib.Path(folder)
-    path = path / MODEL_FILE if path.is_dir() else path
+    if not path.exists():
+        raise UsageError(
+            f"{folder}: no such folder; expected the --out folder of 'ugmm-prob fit' "
+            f"(holding {MODEL_FILE})"
+        )
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise UsageError(
+                f"{folder}: a folder without {MODEL_FILE}; expected the --out folder of "
+                "'ugmm-prob fit'"
+            )
+        path = path / MODEL_FILE
     estimator, extra = load_estimator(path)
     return estimator, list(extra["columns"]), extra.get("target")
 
@@ -328,6 +341,13 @@ def _impute_table(args: argparse.Namespace) -> int:
     return _output(args, [*columns, target], rows)
 
 
+_MODEL_DIR_HELP = f"the --out folder of 'ugmm-prob fit' (holding {MODEL_FILE})"
+_DATA_HELP = (
+    "CSV file with a header line naming the model's columns (empty cells are missing), or a "
+    ".npy array"
+)
+
+
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", help="CSV file to write (default: stdout)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --output")
@@ -345,9 +365,21 @@ def _add_fit_command(sub: argparse._SubParsersAction) -> None:
     table_fit.add_argument("data", help="CSV file with a header line, or a .npy array")
     table_fit.add_argument("--out", required=True, help="folder for model.pt, metrics, figure")
     table_fit.add_argument("--target", help="the class column (default: none, a density)")
-    table_fit.add_argument("--model", choices=["circuit", "net"], default="circuit")
+    table_fit.add_argument(
+        "--model",
+        choices=["circuit", "net"],
+        default="circuit",
+        help="'circuit': the generative circuit (default); 'net': the paper's uGMM-NN, a "
+        "classifier (needs --target)",
+    )
     table_fit.add_argument("--max-iter", type=int, help="epochs (default: the estimator's)")
-    table_fit.add_argument("--seed", type=int, default=0)
+    table_fit.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the estimator's random_state: the same seed on the same table gives the same "
+        "model (default 0)",
+    )
     table_fit.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     table_fit.add_argument("--quiet", action="store_true", help="no progress bars")
     table_fit.add_argument("--force", action="store_true", help="overwrite OUT/model.pt")
@@ -362,23 +394,35 @@ def _add_score_command(sub: argparse._SubParsersAction) -> None:
         "marginalised exactly), the class posteriors p(class | x) when the model has a target, "
         "and log p(target | x) when the table has the target column.",
     )
-    table_score.add_argument("model_dir", help="the --out folder of 'ugmm-prob fit'")
-    table_score.add_argument("data")
+    table_score.add_argument("model_dir", help=_MODEL_DIR_HELP)
+    table_score.add_argument("data", help=_DATA_HELP)
     _add_output_options(table_score)
     table_score.set_defaults(run=_score_table)
 
 
 def _add_posterior_command(sub: argparse._SubParsersAction) -> None:
-    table_posterior = sub.add_parser("posterior", help="class posteriors p(class | x) per row")
-    table_posterior.add_argument("model_dir")
-    table_posterior.add_argument("data")
+    table_posterior = sub.add_parser(
+        "posterior",
+        help="class posteriors p(class | x) per row",
+        description="Per row of the table: the class posteriors p(class | x) of a model "
+        "fitted with --target, and the most probable class. A circuit marginalises empty "
+        "cells exactly; the uGMM-NN (--model net) refuses them.",
+    )
+    table_posterior.add_argument("model_dir", help=_MODEL_DIR_HELP)
+    table_posterior.add_argument("data", help=_DATA_HELP)
     _add_output_options(table_posterior)
     table_posterior.set_defaults(run=_posterior_table)
 
 
 def _add_sample_command(sub: argparse._SubParsersAction) -> None:
-    table_sample = sub.add_parser("sample", help="exact samples from a fitted circuit")
-    table_sample.add_argument("model_dir")
+    table_sample = sub.add_parser(
+        "sample",
+        help="exact samples from a fitted circuit",
+        description="Draw rows from the density of a fitted circuit (exact ancestral "
+        "sampling), in the table's units; with a target column, each row's class too (or "
+        "only rows of --class). Draws are fixed by the seed the model was fitted with.",
+    )
+    table_sample.add_argument("model_dir", help=_MODEL_DIR_HELP)
     table_sample.add_argument("-n", type=int, default=10, help="number of rows (default 10)")
     table_sample.add_argument("--class", dest="klass", help="draw rows of this class only")
     _add_output_options(table_sample)
@@ -393,10 +437,12 @@ def _add_impute_command(sub: argparse._SubParsersAction) -> None:
         "circuit, or with --mode by the max-product completion (the conditional mode). An "
         "empty target cell is filled too (a class drawn from p(class | observed cells)).",
     )
-    table_impute.add_argument("model_dir")
-    table_impute.add_argument("data")
+    table_impute.add_argument("model_dir", help=_MODEL_DIR_HELP)
+    table_impute.add_argument("data", help=_DATA_HELP)
     table_impute.add_argument("--mode", action="store_true", help="the max-product completion")
-    table_impute.add_argument("--seed", type=int, default=0, help="for drawn classes")
+    table_impute.add_argument(
+        "--seed", type=int, default=0, help="seed of the classes drawn for empty targets"
+    )
     _add_output_options(table_impute)
     table_impute.set_defaults(run=_impute_table)
 

@@ -27,6 +27,12 @@ training (with a warning; their trainers take complete rows) and marginalise mis
 exactly at prediction; the uGMM-NN cannot marginalise them and refuses NaN cells in ``fit``
 and ``predict`` with a message saying what to use instead.
 
+An int ``random_state`` fixes every random choice of ``fit`` (the region graph, the
+initialisation, the data order, the validation split) and of ``sample``/``impute``: the
+same data give bit-identical models in any process on the same machine and thread count
+(every draw comes from generators seeded from ``random_state``, inside
+``torch.random.fork_rng``, so torch's global generator is left as it was).
+
 A pickled estimator holds its model's class path, configuration and weights (never a torch
 module), so the model rebuilt on unpickling gets a Pyro name of its own.
 :func:`~ugmm_prob.sklearn.persistence.save_estimator` and

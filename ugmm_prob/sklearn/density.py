@@ -70,6 +70,11 @@ class _CircuitMixin:
         (:meth:`UGMMCircuit.from_data`, under the estimator's seed), in float64 on the data's
         device; ``train`` it; keep it (``model_``) and its history."""
         with self._rng():
+            # Some of the circuit's parameters (the sum layers' weights) are drawn from
+            # torch's global generator: seeding it here, inside the fork, makes a fixed
+            # random_state give the same model in every process, and leaves the caller's
+            # global generator as it was.
+            torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
             circuit = UGMMCircuit.from_data(
                 x.cpu(),
@@ -191,7 +196,8 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
             10 rows needed) and keep the epoch with the best held-out log-likelihood.
         validation_fraction: share of the rows held out for ``early_stopping``.
         random_state: seed (int), ``RandomState`` or None, for the region graph, the
-            initialisation, the data order, the validation split and ``sample``/``impute``.
+            initialisation, the data order, the validation split and ``sample``/``impute``;
+            an int gives bit-identical fits in every process (same machine, thread count).
         device: torch device (``"cpu"``, ``"cuda"``); default CPU.
         verbose: show progress bars while training.
 
