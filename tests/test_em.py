@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.circuit_cases import GRAPHS, build
+from tests.circuit_cases import GRAPHS, INPUTS, build
 from ugmm_prob.circuits import UGMMCircuit, fit_em
 from ugmm_prob.circuits.em import expected_statistics, maximise
 
@@ -86,7 +86,7 @@ def test_m_step_keeps_a_component_whose_statistics_are_rounding():
     torch.testing.assert_close(circuit.inputs.loc[0, 0, :2].detach(), reached)
 
 
-@pytest.mark.parametrize("inputs", ["gaussian", "categorical"])
+@pytest.mark.parametrize("inputs", INPUTS)
 @pytest.mark.parametrize("graph", GRAPHS)
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_full_batch_em_never_lowers_the_likelihood(depth, graph, inputs):
