@@ -394,6 +394,19 @@ def part_circuit(args: argparse.Namespace) -> tuple[list[dict], str]:
 # ------------------------------------------------------------------------------------------
 # categorical-em
 # ------------------------------------------------------------------------------------------
+def online_em(circuit: UGMMCircuit) -> _EMTrainer:
+    """``fit_em``'s online EM with its defaults (step size 0.1, pseudo-counts 1e-2), whose
+    ``step`` is one minibatch's E-step, running statistics and M-step."""
+    return _EMTrainer(
+        circuit,
+        online=True,
+        step_size=0.1,
+        step_decay=0.0,
+        pseudo_count=1e-2,
+        variance_pseudo_count=1e-2,
+    )
+
+
 def part_categorical_em(args: argparse.Namespace) -> tuple[list[dict], str]:
     batch, num_data = 256, 55_000
     generator = torch.Generator().manual_seed(0)
@@ -407,14 +420,7 @@ def part_categorical_em(args: argparse.Namespace) -> tuple[list[dict], str]:
             28, 28, 10, shared_structure=False, seed=0, inputs="categorical", **options
         )
         circuit.init_from_data(x, y, generator=torch.Generator().manual_seed(1))
-        trainer = _EMTrainer(
-            circuit,
-            online=True,
-            step_size=0.1,
-            step_decay=0.0,
-            pseudo_count=1e-2,
-            variance_pseudo_count=1e-2,
-        )
+        trainer = online_em(circuit)
         batches = itertools.cycle(range(4))
 
         def step(trainer=trainer, batches=batches):
@@ -577,14 +583,7 @@ def part_hclt(args: argparse.Namespace) -> tuple[list[dict], str]:
         circuit.zero_grad(set_to_none=True)
         (-circuit.log_prob(images).mean()).backward()
 
-    trainer = _EMTrainer(
-        circuit,
-        online=True,
-        step_size=0.1,
-        step_decay=0.0,
-        pseudo_count=1e-2,
-        variance_pseudo_count=1e-2,
-    )
+    trainer = online_em(circuit)
 
     def em_step() -> None:
         trainer.step(images, None, weight=1.0, num_data=55_000)
