@@ -354,9 +354,9 @@ class UGMMCircuit(DensityModel):
         start with ``class_bias`` more log-weight on the products of the partitions given
         to ``c``. The structure stays shared:
         training may move any root's weight anywhere. The spread of every unit is the
-        median over variables of the pooled within-class standard deviation. Without ``y``
-        (or with one class) the examples are drawn from all rows and the roots are left
-        alone.
+        median over variables of the pooled within-class standard deviation. Without ``y``,
+        with one class, or when the root has a single partition (an HCLT), the examples are
+        drawn from all rows and the roots are left alone.
 
         Args:
             x: training inputs ``(n, D)``, finite.
@@ -371,8 +371,8 @@ class UGMMCircuit(DensityModel):
         if y is not None and self.num_classes > 1:
             check_classification_data(x, y, self.num_classes, name="init_from_data data")
             labels = y.to(x.device)
-        # classes own root partitions when there are enough of them (an HCLT has one)
-        classwise = y is not None and 1 < self.num_classes <= reps
+        # a root of one partition (an HCLT) cannot be shared out among classes
+        classwise = y is not None and self.num_classes > 1 and reps > 1
         owner = torch.arange(reps) % self.num_classes if classwise else torch.zeros(reps).long()
         rows = torch.empty(reps, channels, per_unit, dtype=torch.long)
         for r in range(reps):
