@@ -47,7 +47,7 @@ from _results import (
     update_results,
 )
 
-from ugmm_prob.circuits import UGMMCircuit, fit_em
+from ugmm_prob.circuits import UGMMCircuit, fit_em, hclt
 from ugmm_prob.distributions import logit_pixels, pixel_logit_transform
 from ugmm_prob.experiments import load_data
 from ugmm_prob.training import fit
@@ -290,18 +290,24 @@ def _em_circuit(args: argparse.Namespace, inputs: str):
     torch.manual_seed(args.seed)
     options = {"components": args.em_components, "scale_floor": 1e-2}
     options = options if inputs == "gaussian" else {}
-    circuit = UGMMCircuit.for_images(
-        28,
-        28,
-        10,
-        depth=4,
-        repetitions=args.em_repetitions,
-        channels=args.em_channels,
-        shared_structure=False,
-        seed=args.seed,
-        inputs=inputs,
-        **options,
-    )
+    if args.em_structure == "hclt":  # the Chow-Liu tree of the training images
+        graph = hclt(split["x"], seed=args.seed)
+        circuit = UGMMCircuit(
+            784, num_classes=10, graph=graph, channels=args.em_channels, inputs=inputs, **options
+        )
+    else:
+        circuit = UGMMCircuit.for_images(
+            28,
+            28,
+            10,
+            depth=4,
+            repetitions=args.em_repetitions,
+            channels=args.em_channels,
+            shared_structure=False,
+            seed=args.seed,
+            inputs=inputs,
+            **options,
+        )
     circuit.init_from_data(split["x"], split["y"], generator=split["generator"])
     started = time.perf_counter()
     history = fit_em(
@@ -357,22 +363,42 @@ def _figures(args, circuit: UGMMCircuit, split: dict) -> str:
 
 
 def _components_flag(args: argparse.Namespace, inputs: str) -> str:
-    """`` --em-components K`` where it is not the default (commands stay as they were)."""
-    return (
+    """`` --em-components K`` and ``--em-structure`` where they are not the defaults
+    (commands stay as they were)."""
+    flags = (
         f" --em-components {args.em_components}"
         if inputs == "gaussian" and (args.em_components != 2)
         else ""
     )
+    return flags + (
+        f" --em-structure {args.em_structure}" if args.em_structure != "quad_tree" else ""
+    )
+
+
+def _structure_words(args: argparse.Namespace) -> str:
+    """The circuit's structure in the words of a results table."""
+    if args.em_structure == "hclt":
+        return (
+            f"hidden Chow-Liu tree ({args.em_channels} latent states per pixel, one root "
+            "sum unit per class)"
+        )
+    return "quad-tree circuit, one circuit per class"
 
 
 def _protocol(args: argparse.Namespace) -> str:
+    structure = (
+        f"a hidden Chow-Liu tree of the training images (pairwise mutual information of "
+        f"binned pixels), {args.em_channels} latent states per pixel"
+        if args.em_structure == "hclt"
+        else f"depth-4 quad-tree (7 x 7 patches; repetitions after the first cut off the "
+        f"middle), {args.em_repetitions} repetitions, {args.em_channels} channels, "
+        "repetition r serving class r mod 10 only"
+    )
     return (
         f"seed {args.seed}; the last {args.val_rows:,} training images held out as the "
         "validation split (every epoch, weight and setting chosen there), the 10,000 test "
-        f"images scored once per row; depth-4 quad-tree (7 x 7 patches; repetitions after "
-        f"the first cut off the middle), {args.em_repetitions} repetitions, "
-        f"{args.em_channels} channels, repetition r serving class r mod 10 only; online EM, "
-        f"batch 256, step size {args.em_step_size}."
+        f"images scored once per row; {structure}; online EM, batch 256, step size "
+        f"{args.em_step_size}."
     )
 
 
@@ -419,8 +445,8 @@ def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], dict[str, str]]
                 "",
                 "| model | parameters | bits/dim | accuracy argmax p(c\\|x) | training |",
                 "|---|---:|---:|---:|---|",
-                f"| quad-tree circuit, {inputs} inputs ({space}), one circuit per class, "
-                f"online EM | {sum(p.numel() for p in circuit.parameters()):,} | **{bpd:.3f}** | "
+                f"| {_structure_words(args)}, {inputs} inputs ({space}), online EM | "
+                f"{sum(p.numel() for p in circuit.parameters()):,} | **{bpd:.3f}** | "
                 f"{100 * accuracy:.2f}% | {args.epochs} epochs ({kept} kept), {minutes:.1f} min; "
                 f"validation bits/dim (their own space) / accuracy per epoch: {curve} |",
             ]
@@ -523,6 +549,13 @@ def main() -> None:
     parser.add_argument("--em-channels", type=int, default=10)
     parser.add_argument("--em-step-size", type=float, default=0.1)
     parser.add_argument("--em-components", type=int, default=2, help="gaussian inputs: K")
+    parser.add_argument(
+        "--em-structure",
+        default="quad_tree",
+        choices=["quad_tree", "hclt"],
+        help="mnist-em: per-class quad-trees (--em-repetitions) or a hidden Chow-Liu tree "
+        "with --em-channels latent states",
+    )
     parser.add_argument(
         "--validation-only",
         action="store_true",

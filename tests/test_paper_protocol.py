@@ -214,7 +214,8 @@ def test_table_marks_rows_from_before_the_protocol(reproduce_paper):
 # --- benchmarks/generative.py: choosing a setting on validation only ---------------------
 
 
-def test_generative_validation_only_never_scores_the_test_split(monkeypatch, capsys):
+@pytest.mark.parametrize("structure", ["quad_tree", "hclt"])
+def test_generative_validation_only_never_scores_the_test_split(monkeypatch, capsys, structure):
     import argparse
 
     generative = import_benchmark("generative")
@@ -232,6 +233,7 @@ def test_generative_validation_only_never_scores_the_test_split(monkeypatch, cap
         mnist_dir=None, train_rows=None, val_rows=MNIST_VALIDATION_ROWS, seed=0, alpha=1e-6,
         em_repetitions=10, em_channels=2, em_components=1, em_step_size=0.1, epochs=1,
         device=None, metrics_dir=None, em_inputs=["gaussian"], validation_only=True,
+        em_structure=structure,
     )  # fmt: skip
     records, tables = generative.part_mnist_em(args)
     assert records == [] and tables == {}
