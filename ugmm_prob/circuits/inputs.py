@@ -439,8 +439,9 @@ class GaussianMixtureInput(InputLayer):
 class CategoricalInput(InputLayer):
     """A categorical distribution over the integers ``0..V-1``: ``p(x_d = v) = softmax(l)_v``.
 
-    Parameter ``logits`` ``(R, D, I, V)``. Values must be integers in range (stored in a
-    floating tensor like every circuit input, e.g. 8-bit pixels as ``0.0 .. 255.0``).
+    Parameter ``logits`` ``(N, I, V)`` (slot, channel, value). Values must be integers in
+    range (stored in a floating tensor like every circuit input, e.g. 8-bit pixels as
+    ``0.0 .. 255.0``).
     """
 
     prior_parameters: ClassVar[dict[str, str]] = {"logits": "logits"}
