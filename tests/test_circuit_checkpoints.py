@@ -1,8 +1,9 @@
 """Circuit checkpoints load and evaluate in a fresh interpreter, command line included.
 
 A fresh process imports nothing but :mod:`ugmm_prob.checkpoints` (the class is found on the
-allow-list by ``module:qualname``, with no import side effect), for every region graph, both
-input types and the point circuit ``fit_svi`` writes for a Bayesian circuit.
+allow-list by ``module:qualname``, with no import side effect), for every region graph of the
+property suite (repeated trees, DAGs, HCLT, quad-graph), every input type and the point
+circuit ``fit_svi`` writes for a Bayesian circuit.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 import torch
 
-from tests.circuit_cases import build
+from tests.circuit_cases import GRAPHS, INPUTS, build
 from ugmm_prob.bayes import fit_svi, make_bayesian
 from ugmm_prob.checkpoints import save_checkpoint
 from ugmm_prob.circuits import UGMMCircuit
@@ -44,8 +45,8 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_every_graph_and_input_type_loads_in_a_fresh_process(tmp_path):
     paths, expected_lines = [], []
-    for graph in ("random", "quad", "data"):
-        for inputs in ("gaussian", "categorical"):
+    for graph in GRAPHS:
+        for inputs in INPUTS:
             circuit = build(graph, 2, inputs)
             x = circuit.sample(6)[0]
             path = save_checkpoint(tmp_path / f"{graph}-{inputs}.pt", circuit, epoch=1)
