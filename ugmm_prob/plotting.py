@@ -391,7 +391,7 @@ def plot_region_graph(
         labels = len(graph.regions) <= 40
     fig, ax = _axes(ax, (8, 4.5))
     rows: dict[int, list[int]] = {}
-    for region in graph._bottom_up():  # children before parents: a stable left-to-right order
+    for region in graph.bottom_up():  # children before parents: a stable left-to-right order
         rows.setdefault(levels[region], []).append(region)
     top = max(rows)
     position: dict[int, tuple[float, float]] = {}

@@ -113,7 +113,7 @@ class RegionGraph:
     def heights(self) -> tuple[int, ...]:
         """Each region's height: 0 for a leaf, else one more than its highest child."""
         height = [0] * len(self.regions)
-        for region in self._bottom_up():
+        for region in self.bottom_up():
             below = [
                 height[c] for p in self.region_partitions[region] for c in self.partitions[p][1]
             ]
@@ -125,7 +125,7 @@ class RegionGraph:
         """The root's height: the most partitions on a path from the root to a leaf."""
         return self.heights[self.root]
 
-    def _bottom_up(self) -> list[int]:
+    def bottom_up(self) -> list[int]:
         """Regions in an order where every child comes before its parents."""
         order: list[int] = []
         seen = [False] * len(self.regions)
@@ -150,7 +150,7 @@ class RegionGraph:
         a partition's children are, apart from leaves, computed by the level just below."""
         level = [0] * len(self.regions)
         level[self.root] = self.depth
-        for region in reversed(self._bottom_up()):
+        for region in reversed(self.bottom_up()):
             for p in self.region_partitions[region]:
                 for child in self.partitions[p][1]:
                     if self.region_partitions[child]:
