@@ -495,8 +495,13 @@ class UGMMCircuit(DensityModel):
         kept: list[torch.Tensor | None] = [None] * len(self.routes)
         # Every read of the leaves in one gather, split per reader: a gather per level would
         # cost a zero-filled leaf-sized gradient per level in the backward pass (an HCLT
-        # reads leaves at each of its ~45 levels; this was 60% of its training step).
-        gathered = leaf if self.leaf_order is None else leaf.index_select(1, self.leaf_order)
+        # reads leaves at each of its ~45 levels; this was 60% of its training step). Either
+        # way the pieces come out contiguous: the native kernels hand back batch-innermost
+        # strides, on which the levels' gathers and sums would be several times slower.
+        if self.leaf_order is None:
+            gathered = leaf.contiguous()
+        else:
+            gathered = leaf.index_select(1, self.leaf_order)
         leaf_reads = dict(
             zip(self.leaf_readers, gathered.split(self.leaf_read_sizes, 1), strict=True)
         )
@@ -556,9 +561,7 @@ class UGMMCircuit(DensityModel):
     ) -> UpwardPass:
         """Values of every layer for flat ``x`` ``(B, D)``; ``mode`` is ``"sum"`` or ``"max"``
         (see :meth:`_internal_upward` for ``keep_products``)."""
-        # contiguous: the native kernels hand back batch-innermost strides, and every level
-        # that reads leaves gathers from them (HCLT: every level; 30x slower strided)
-        leaf = self._leaf_region_values(x, mask, mode).contiguous()
+        leaf = self._leaf_region_values(x, mask, mode)
         if probes is not None:
             leaf = leaf + probes.inputs
         return self._internal_upward(leaf, mode, probes, keep_products)
