@@ -17,7 +17,7 @@ layers, picks a child of every sum unit on the way down: at random in proportion
 ``weight x child value`` for exact (conditional) samples, the best one for the max-product
 MPE.
 
-Why one module of some 750 lines: it is one class, whose upward pass, downward pass,
+Why one module of some 950 lines: it is one class, whose upward pass, downward pass,
 initialisation and input checks all read the same compiled layout (the folded groups, the
 slots of the input layer, the order of the layers), and checkpoints name the class
 ``ugmm_prob.circuits.circuit:UGMMCircuit``. The layers, region graphs, input units,

@@ -43,6 +43,9 @@ with lower triangle ``tril(Y)`` (``L^T`` times a strictly upper matrix is strict
 and ``2 Sigma G Sigma = 2 L P L^T``. So :meth:`~MultivariateGaussianInput.expected_statistics`
 keeps the interface ``(grads, flow)`` of :class:`~ugmm_prob.circuits.inputs.InputLayer` and
 needs no batch.
+
+Why one module past 400 lines: one class, whose evaluation per missing pattern, conditional
+draws and EM statistics all read the same padded Cholesky layout derived above.
 """
 
 from __future__ import annotations

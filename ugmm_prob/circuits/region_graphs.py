@@ -24,6 +24,11 @@ Any other structure: :meth:`RegionGraph.from_partitions` (partitions named by th
 variables; regions named twice are shared), :meth:`RegionGraph.from_nested` (nested tuples),
 or the constructor; hidden Chow-Liu trees and quad-graphs are built in
 :mod:`~ugmm_prob.circuits.structures`.
+
+Why one module past 400 lines: the graph class (its checks, serialisation and constructors
+from descriptions) and the repeated-tree builders that produce it are read together (every
+builder ends in :meth:`RegionGraph.from_assignment`); builders from other ideas live in
+:mod:`~ugmm_prob.circuits.structures`.
 """
 
 from __future__ import annotations

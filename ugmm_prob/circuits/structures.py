@@ -12,6 +12,10 @@ Both builders return a :class:`~ugmm_prob.circuits.region_graphs.RegionGraph` th
 - :func:`quad_graph`: the rectangles of an image, each cut in halves across both axes (two
   partitions), with one region per distinct rectangle, so sub-rectangles are shared between
   partitions (a DAG, as in the quad-graphs of published image circuits).
+
+Why one module past 400 lines: both builders are small, and most of the module is the
+mutual-information estimates and tree routines (spanning tree, centre, rooting) that the
+Chow-Liu tree needs and nothing else uses.
 """
 
 from __future__ import annotations
