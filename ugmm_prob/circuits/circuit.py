@@ -40,10 +40,10 @@ from ..datasets import check_classification_data
 from ..networks import constructor_config
 from ..roles import DensityModel
 from ..validation import is_validation_enabled
-from .compile import LEAF_LAYER, CompiledGraph, SumGroup, compile_graph
+from .compile import LEAF_LAYER, CompiledGraph, compile_graph
 from .distribution import CircuitDistribution, ObservedCircuit
 from .inputs import CategoricalInput, GaussianMixtureInput, InputLayer
-from .layers import Chooser, ProductLayer, SumLayer, sample_index
+from .layers import Chooser, ProductLayer, SumLayer, SumRoute, sample_index
 from .multivariate import MultivariateGaussianInput
 from .region_graphs import (
     RegionGraph,
@@ -206,7 +206,7 @@ class UGMMCircuit(DensityModel):
     def _add_internal_layers(self, shared_structure: bool) -> None:
         """A product layer per product group, a sum layer per sum group below the root
         (``sums``), the root, and the routes from products to sums
-        (:class:`_SumRoute`)."""
+        (:class:`~ugmm_prob.circuits.layers.SumRoute`)."""
         compiled = self.compiled
         self.products = torch.nn.ModuleList(
             [ProductLayer(group, compiled.place) for group in compiled.products]
@@ -220,7 +220,7 @@ class UGMMCircuit(DensityModel):
         if not shared_structure:
             allowed = _own_partitions(self.root_partition, self.graph.repetitions, root.units)
         self.root = SumLayer(1, root.units, root.inputs, allowed=allowed)
-        self.routes = torch.nn.ModuleList([_SumRoute(group) for group in compiled.sums])
+        self.routes = torch.nn.ModuleList([SumRoute(group) for group in compiled.sums])
         # the product layers' reads of leaf values, in one order (see _internal_upward)
         self.leaf_readers = [
             (g, i)
@@ -383,7 +383,7 @@ class UGMMCircuit(DensityModel):
                     pool = torch.arange(len(x))
             picks = torch.randint(0, len(pool), (channels, per_unit), generator=generator)
             rows[r] = pool[picks]
-        slot_rep = self.compiled.leaf_root_partition().to(x.device)[self.inputs.slot_leaf]
+        slot_rep = self.graph.root_partition_of_leaves().to(x.device)[self.inputs.slot_leaf]
         slot_rows = rows.to(x.device)[slot_rep]  # (N, I, M): a slot reads its leaf's rows
         examples = x[slot_rows, self.inputs.slot_var[:, None, None]]
         centred = x - _class_means(x, labels)[labels]
@@ -902,33 +902,6 @@ def _own_partitions(
         )
     owner = root_partition % num_classes  # partition r serves class r mod C
     return owner[None, :] == torch.arange(num_classes)[:, None]
-
-
-class _SumRoute(torch.nn.Module):
-    """How one sum group reads its inputs from its level's products, and, going down, which
-    product each input is (index tensors as buffers, so they follow the circuit's device)."""
-
-    def __init__(self, group: SumGroup) -> None:
-        super().__init__()
-        self.folds, self.width = len(group.regions), group.inputs
-        self.register_buffer("index", group.index, persistent=False)
-        self.register_buffer("input_group", group.input_group, persistent=False)
-        self.register_buffer("input_fold", group.input_fold, persistent=False)
-        self.register_buffer("input_unit", group.input_unit, persistent=False)
-
-    def inputs(self, flat: torch.Tensor, batch: int) -> torch.Tensor:
-        """``(B, F, Q)`` from the level's products flattened and concatenated."""
-        values = flat if self.index is None else flat.index_select(1, self.index)
-        return values.reshape(batch, self.folds, self.width)
-
-    def follow(self, choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Chosen inputs ``(B, F)`` -> their product group, fold and unit, each ``(B, F)``."""
-        folds = torch.arange(self.folds, device=choice.device)[None, :]
-        return (
-            self.input_group[folds, choice],
-            self.input_fold[folds, choice],
-            self.input_unit[folds, choice],
-        )
 
 
 def _reshape_version_0_state(

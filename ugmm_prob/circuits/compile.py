@@ -131,15 +131,6 @@ class CompiledGraph:
     place: dict[int, tuple[int, int]]
     levels: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
 
-    @property
-    def num_slots(self) -> int:
-        """The number of (leaf region, variable) slots ``N``."""
-        return len(self.slot_var)
-
-    def leaf_root_partition(self) -> torch.Tensor:
-        """``(L,)`` the first root partition every leaf lies under (its *repetition*)."""
-        return self.graph.root_partition_of_leaves()
-
 
 def _leaf_layout(graph: RegionGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``slot_var``, ``slot_leaf`` and the padded ``leaf_slots`` of :class:`CompiledGraph`.

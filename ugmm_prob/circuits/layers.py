@@ -6,6 +6,8 @@ region graph, see :mod:`~ugmm_prob.circuits.compile`), and the ``W`` units of ea
 - :class:`ProductLayer` multiplies the units of each partition's children (disjoint scopes:
   decomposable): Hadamard (unit ``k`` of every child) or Kronecker (every pair of units of
   two children, ``W_out = W_left * W_right``), gathering the children from any lower layer;
+- :class:`SumRoute` reads a sum group's inputs from its level's products (and, going down,
+  says which product each input is);
 - :class:`SumLayer` gives each region ``S`` normalised mixtures of its ``Q`` inputs (equal
   scopes: smooth), computed with the max shift (log-einsum-exp) so that the inner work is a
   batched matrix product, ``log sum_q w_q e^{v_q} = m + log sum_q w_q e^{v_q - m}``; with
@@ -26,12 +28,13 @@ from collections.abc import Callable
 import torch
 from pyro.nn import PyroModule, PyroParam
 
-from .compile import ProductGroup
+from .compile import ProductGroup, SumGroup
 
 __all__ = [
     "MIN_LOG_WEIGHT",
     "ProductLayer",
     "SumLayer",
+    "SumRoute",
     "normalised_log_weights",
     "product_logsumexp",
     "region_products",
@@ -238,6 +241,33 @@ class ProductLayer(torch.nn.Module):
             return unit[..., None].expand(*unit.shape, self.arity)
         right = self.child_widths[1]
         return torch.stack([unit // right, unit % right], dim=-1)
+
+
+class SumRoute(torch.nn.Module):
+    """How one sum group reads its inputs from its level's products, and, going down, which
+    product each input is (index tensors as buffers, so they follow the circuit's device)."""
+
+    def __init__(self, group: SumGroup) -> None:
+        super().__init__()
+        self.folds, self.width = len(group.regions), group.inputs
+        self.register_buffer("index", group.index, persistent=False)
+        self.register_buffer("input_group", group.input_group, persistent=False)
+        self.register_buffer("input_fold", group.input_fold, persistent=False)
+        self.register_buffer("input_unit", group.input_unit, persistent=False)
+
+    def inputs(self, flat: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(B, F, Q)`` from the level's products flattened and concatenated."""
+        values = flat if self.index is None else flat.index_select(1, self.index)
+        return values.reshape(batch, self.folds, self.width)
+
+    def follow(self, choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chosen inputs ``(B, F)`` -> their product group, fold and unit, each ``(B, F)``."""
+        folds = torch.arange(self.folds, device=choice.device)[None, :]
+        return (
+            self.input_group[folds, choice],
+            self.input_fold[folds, choice],
+            self.input_unit[folds, choice],
+        )
 
 
 class SumLayer(PyroModule):
