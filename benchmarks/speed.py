@@ -20,6 +20,11 @@ Parts (``--parts``, default all):
 - ``hclt``: forward + backward and one online-EM step of a hidden Chow-Liu tree with 32
   latent states on 8-bit MNIST, beside the floor of its dense sum layers' multiply-adds at
   this machine's matrix-product rate.
+- ``contention``: the demo (a fresh process), the uGMM layer's training step, the MNIST
+  Gaussian circuit's training step and the HCLT's forward + backward, on an idle machine and
+  beside one CPU-bound process that the script starts and stops itself, on one thread and
+  on two with the thread count fixed or adapted (:mod:`ugmm_prob.threads`, as the training
+  loop runs it); the ratios to the idle single-thread time.
 
 Each part returns ``(records, markdown)``; records go to docs/results.json (``speed-*``),
 tables to docs/performance.md (between ``speed-<part>`` markers).
@@ -31,7 +36,9 @@ tables to docs/performance.md (between ``speed-<part>`` markers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import re
 import statistics
 import subprocess
@@ -44,13 +51,16 @@ import torch
 from _results import REPO, default_mnist_dir, run_parts
 from generative import MNIST_CIRCUIT, MaterialisedCircuit
 
+from ugmm_prob import threads as threads_module
 from ugmm_prob.circuits import UGMMCircuit, hclt
 from ugmm_prob.circuits.em import _EMTrainer
 from ugmm_prob.circuits.layers import region_products
 from ugmm_prob.datasets import DatasetNotFoundError, load_mnist
 from ugmm_prob.experiments import EXPERIMENTS, load_data, train_experiment
 from ugmm_prob.kernels import coupled_log_density
+from ugmm_prob.layers import UGMMLayer
 from ugmm_prob.networks import JointScoreModel, MLPClassifier, UGMMClassifier
+from ugmm_prob.threads import adaptive_threads
 from ugmm_prob.training.point import _make_optimizer, _PointEstimateTrainer
 from ugmm_prob.validation import validation_enabled
 
@@ -569,7 +579,7 @@ def mnist_training_images(args: argparse.Namespace, rows: int) -> tuple[torch.Te
 def part_hclt(args: argparse.Namespace) -> tuple[list[dict], str]:
     """A hidden Chow-Liu tree with 32 latent states on 8-bit MNIST: forward + backward."""
     batch, latents = 256, 32
-    x, source = mnist_training_images(args, 20_000)
+    x, source = mnist_training_images(args, args.hclt_rows)
     start = time.perf_counter()
     graph = hclt(x)
     build_seconds = time.perf_counter() - start
@@ -617,7 +627,7 @@ def part_hclt(args: argparse.Namespace) -> tuple[list[dict], str]:
             "### A hidden Chow-Liu tree (HCLT, 32 latent states) on 8-bit MNIST",
             "",
             f"Command: `python benchmarks/speed.py --parts hclt --rounds {args.rounds}`; the "
-            f"Chow-Liu tree of the first 20,000 {source} training images (built in "
+            f"Chow-Liu tree of the first {args.hclt_rows:,} {source} training images (built in "
             f"{build_seconds:.1f} s), categorical inputs over 256 values, Hadamard products, "
             f"{parameters:,} parameters, {len(graph.regions):,} regions compiled into "
             f"{len(circuit.compiled.levels)} levels ({len(circuit.products)} product and "
@@ -640,12 +650,187 @@ def part_hclt(args: argparse.Namespace) -> tuple[list[dict], str]:
     return records, table
 
 
+# ------------------------------------------------------------------------------------------
+# contention
+# ------------------------------------------------------------------------------------------
+BUSY_PROGRAM = (
+    "import sys, time\n"
+    "end = time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < end: pass"
+)
+"""A CPU-bound neighbour: one core spinning until its deadline (so it cannot outlive the
+benchmark even if the benchmark is killed)."""
+
+CONDITIONS = {
+    "idle, 1 thread": (False, 1, True),
+    "idle, 2 threads fixed": (False, 2, False),
+    "idle, 2 threads adaptive": (False, 2, True),
+    "busy, 1 thread": (True, 1, True),
+    "busy, 2 threads fixed": (True, 2, False),
+    "busy, 2 threads adaptive": (True, 2, True),
+}
+"""Each condition: ``(beside a busy process, threads, thread count adapted)``."""
+
+
+@contextlib.contextmanager
+def busy_neighbour(active: bool, seconds: float = 600.0):
+    """One CPU-bound process beside the block (none when not ``active``), stopped after it."""
+    if not active:
+        yield
+        return
+    process = subprocess.Popen([sys.executable, "-c", BUSY_PROGRAM, str(seconds)])
+    try:
+        time.sleep(0.5)  # running before the timing starts
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _governed_step_seconds(step: Callable[[], None], adaptive: bool, seconds: float) -> float:
+    """Median seconds per call of ``step`` over ``seconds`` of calls in a loop that ticks a
+    thread governor, as the training loop does (``adaptive=False``: the count stays)."""
+    for _ in range(3):  # warm-up at the count set
+        step()
+    times = []
+    with adaptive_threads(enabled=adaptive) as governor:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 5:
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+            governor.tick()
+    return statistics.median(times)
+
+
+def _demo_seconds(threads: int, adaptive: bool, epochs: int, runs: int) -> float:
+    """Median wall seconds of ``python -m ugmm_prob demo`` in a fresh process."""
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    environment[threads_module.ENVIRONMENT_VARIABLE] = "1" if adaptive else "0"
+    walls = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as out:
+            command = [sys.executable, "-m", "ugmm_prob", "demo", "--out", out, "--quiet"]
+            start = time.perf_counter()
+            subprocess.run(
+                [*command, "--epochs", str(epochs)],
+                capture_output=True,
+                check=True,
+                env=environment,
+            )
+            walls.append(time.perf_counter() - start)
+    return statistics.median(walls)
+
+
+def _contention_steps(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], str]:
+    """The training steps of the contention part by record name, and the HCLT's data."""
+    torch.manual_seed(0)
+    layer = UGMMLayer(784, 128)
+    x_layer = torch.randn(128, 784, generator=torch.Generator().manual_seed(0))
+
+    def layer_step() -> None:
+        layer.zero_grad(set_to_none=True)
+        layer(x_layer).sum().backward()
+
+    steps, _ = _circuit_steps(128)
+    images, source = mnist_training_images(args, args.hclt_rows)
+    torch.manual_seed(0)
+    circuit = UGMMCircuit(784, graph=hclt(images), channels=32, inputs="categorical")
+    batch = images[:256]
+
+    def hclt_step() -> None:
+        circuit.zero_grad(set_to_none=True)
+        (-circuit.log_prob(batch).mean()).backward()
+
+    return {
+        "layer": layer_step,
+        "mnist-circuit": steps["train ugmm_prob"],
+        "hclt": hclt_step,
+    }, source
+
+
+CONTENTION_WORKLOADS = {
+    "demo": "demo, whole command (s)",
+    "layer": "uGMM layer 784 -> 128, batch 128: forward + backward (ms)",
+    "mnist-circuit": "MNIST Gaussian circuit, batch 128: training step (ms)",
+    "hclt": "HCLT-32 on 8-bit MNIST, batch 256: forward + backward (ms)",
+}
+
+
+def part_contention(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """Each workload idle and beside a busy process, on 1 and 2 threads (fixed / adaptive)."""
+    steps, source = _contention_steps(args)
+    saved = torch.get_num_threads()
+    seconds: dict[str, dict[str, float]] = {name: {} for name in CONTENTION_WORKLOADS}
+    try:
+        for busy in (False, True):
+            with busy_neighbour(busy):
+                for condition, (beside, threads, adaptive) in CONDITIONS.items():
+                    if beside != busy:
+                        continue
+                    seconds["demo"][condition] = _demo_seconds(
+                        threads, adaptive, args.demo_epochs, args.demo_runs
+                    )
+                    torch.set_num_threads(threads)
+                    for name, step in steps.items():
+                        seconds[name][condition] = _governed_step_seconds(
+                            step, adaptive, args.contention_seconds
+                        )
+                    print(f"{condition}: done", flush=True)
+    finally:
+        torch.set_num_threads(saved)
+    records, rows = [], []
+    for name, row in seconds.items():
+        idle = row["idle, 1 thread"]
+        fixed, adaptive = (
+            row["busy, 2 threads fixed"] / idle,
+            row["busy, 2 threads adaptive"] / idle,
+        )
+        scale = 1 if name == "demo" else 1000
+        cells = " | ".join(f"{scale * value:,.1f}" for value in row.values())
+        label = CONTENTION_WORKLOADS[name]
+        rows.append(f"| {label} | {cells} | {fixed:.2f}x | **{adaptive:.2f}x** |")
+        records.append(
+            {
+                "experiment": f"speed-contention-{name}",
+                "metric": "busy_over_idle_single_thread",
+                "value": round(adaptive, 2),
+                "paper": None,
+            }
+        )
+    header = " | ".join(CONDITIONS)
+    table = "\n".join(
+        [
+            "### Beside a busy process",
+            "",
+            f"Command: `python benchmarks/speed.py --parts contention --demo-runs "
+            f"{args.demo_runs} --contention-seconds {args.contention_seconds:g}`. Each "
+            "workload on an idle machine and beside one CPU-bound process the script starts and "
+            "stops itself, with torch on 1 or 2 threads, the count fixed or adapted to the "
+            "cores the other processes leave free (`ugmm_prob.threads`, what the training loop "
+            "does; `UGMM_PROB_ADAPTIVE_THREADS=0` fixes it). Steps: medians over "
+            f"{args.contention_seconds:g} s of calls in a loop that ticks the thread governor; "
+            f"the demo: median wall time of {args.demo_runs} fresh `python -m ugmm_prob demo` "
+            f"processes ({args.demo_epochs} epochs) with `OMP_NUM_THREADS` set. HCLT on "
+            f"{source} images. The last two columns: busy two-thread time over the idle "
+            "single-thread time, with the count fixed and adapted.",
+            "",
+            f"| workload | {header} | fixed, busy / idle 1 | adaptive, busy / idle 1 |",
+            "|---|" + "---:|" * (len(CONDITIONS) + 2),
+            *rows,
+        ]
+    )
+    print(table, flush=True)
+    return records, table
+
+
 PARTS = {
     "overhead": part_overhead,
     "circuit": part_circuit,
     "categorical-em": part_categorical_em,
     "classifier": part_classifier,
     "hclt": part_hclt,
+    "contention": part_contention,
 }
 """The parts of this script by name, each ``(args) -> (records, markdown)``."""
 
@@ -657,6 +842,12 @@ def main() -> None:
     parser.add_argument("--steps-per-round", type=int, default=200)
     parser.add_argument("--demo-epochs", type=int, default=300, help="overhead: whole fit")
     parser.add_argument("--demo-runs", type=int, default=3, help="overhead: demo wall times")
+    parser.add_argument(
+        "--hclt-rows", type=int, default=20_000, help="hclt, contention: images of the tree"
+    )
+    parser.add_argument(
+        "--contention-seconds", type=float, default=4.0, help="contention: seconds per step timing"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     parser.add_argument(
         "--mnist-dir",

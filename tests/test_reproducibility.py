@@ -85,6 +85,9 @@ def _run(body: str) -> list[str]:
     imports this checkout's ``ugmm_prob``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # the promise is per thread count, which the training loop otherwise adapts to the
+    # machine's load (ugmm_prob.threads): fix it, so a busy moment cannot change it
+    env["UGMM_PROB_ADAPTIVE_THREADS"] = "0"
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_DATA) + textwrap.dedent(body)],
         capture_output=True,

@@ -35,3 +35,37 @@ def test_overhead_part_runs_and_writes_nothing(tmp_path):
     assert re.search(r"The whole demo, .* median \*\*[0-9.]+ s\*\* wall over 1 runs", done.stdout)
     assert "nothing written" in done.stdout
     assert {p.name: p.read_bytes() for p in docs.glob("*.*")} == before
+
+
+def test_contention_part_runs_every_condition_and_writes_nothing(tmp_path):
+    docs = REPO / "docs"
+    before = {p.name: p.read_bytes() for p in docs.glob("*.*")}
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--parts", "contention"]
+    command += ["--contention-seconds", "0.01", "--demo-epochs", "1", "--demo-runs", "1"]
+    command += ["--hclt-rows", "300", "--no-write"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].split(" | ")[1:7] == [
+        "idle, 1 thread",
+        "idle, 2 threads fixed",
+        "idle, 2 threads adaptive",
+        "busy, 1 thread",
+        "busy, 2 threads fixed",
+        "busy, 2 threads adaptive",
+    ]
+    labels = [row.split(" | ")[0][2:] for row in rows[1:]]  # after the header
+    assert [label.split(",")[0].split(" ")[0] for label in labels] == [
+        "demo",
+        "uGMM",
+        "MNIST",
+        "HCLT-32",
+    ]
+    for row in rows[1:]:  # six times and two ratios, all positive numbers
+        cells = [cell.strip(" *x|") for cell in row.split(" | ")[1:]]
+        assert len(cells) == 8 and all(float(c.replace(",", "")) > 0 for c in cells), row
+    assert "nothing written" in done.stdout
+    assert {p.name: p.read_bytes() for p in docs.glob("*.*")} == before

@@ -25,6 +25,7 @@ Where things live:
   methods and the switch that turns them off;
 - :mod:`ugmm_prob.training`, :mod:`ugmm_prob.metrics`, :mod:`ugmm_prob.distributed`: the
   training loop and point estimates, scoring, data-parallel training under ``torchrun``;
+- :mod:`ugmm_prob.threads`: torch's thread count, adapted to the machine's load;
 - :mod:`ugmm_prob.bayes`, :mod:`ugmm_prob.uncertainty`, :mod:`ugmm_prob.arviz_export`:
   priors, SVI and NUTS; predictive uncertainty; the ArviZ export
   (:mod:`ugmm_prob.diagnostics` is its deprecated former name);

@@ -3,8 +3,9 @@
 :func:`train_loop` owns what is common to gradient descent (:func:`~ugmm_prob.training.fit`),
 SVI (:func:`ugmm_prob.bayes.fit_svi`) and EM (:func:`ugmm_prob.circuits.fit_em`): the data
 order, minibatches split across ``torchrun`` ranks, progress bars, per-epoch validation
-metrics and metrics files, atomic checkpoints, resumption, ``keep_best`` and the NaN guard.
-A :class:`Trainer` supplies the update step and its own state.
+metrics and metrics files, atomic checkpoints, resumption, ``keep_best``, the NaN guard and
+torch's thread count (:mod:`ugmm_prob.threads`). A :class:`Trainer` supplies the update
+step and its own state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from ..roles import Model
+from ..threads import adaptive_threads
 from ..validation import validation_enabled
 from .divergence import TrainingDivergedError, diverged, trained_tensors
 from .history import BestEpoch, MetricsWriter
@@ -129,6 +131,9 @@ class _EpochLoop:
         # the file holding the state after the last completed epoch, once there is one
         self.saved = pathlib.Path(path) if resuming else None
         self.last_good = trainer.snapshot()
+        # torch's thread count follows the cores other processes leave free (ticked every
+        # step): parallel operations stall beside a busy process otherwise
+        self.governor = adaptive_threads()
 
     def _resume(self) -> Checkpoint:
         """Continue from the checkpoint: trainer state, RNG, epoch count and history."""
@@ -192,6 +197,7 @@ class _EpochLoop:
                 if not isinstance(loss, torch.Tensor):
                     self._check_finite(loss, epoch, step)
                 losses.append((step, loss, len(index)))
+                self.governor.tick()
         return self._epoch_total(losses, epoch)
 
     def _step(self, index: torch.Tensor) -> float | torch.Tensor:
@@ -313,14 +319,15 @@ class _EpochLoop:
             total=epochs,
             mininterval=PROGRESS_INTERVAL_S,
         )
-        for epoch in epoch_bar:
-            row = self.run_epoch(epoch)
-            shown = "accuracy" if "accuracy" in row else "nll"
-            epoch_bar.set_postfix(  # drawn with the bar's next update, not now
-                loss=f"{row[self.trainer.loss_name]:.4f}",
-                **{shown: f"{row[shown]:.4f}"},
-                refresh=False,
-            )
+        with self.governor:
+            for epoch in epoch_bar:
+                row = self.run_epoch(epoch)
+                shown = "accuracy" if "accuracy" in row else "nll"
+                epoch_bar.set_postfix(  # drawn with the bar's next update, not now
+                    loss=f"{row[self.trainer.loss_name]:.4f}",
+                    **{shown: f"{row[shown]:.4f}"},
+                    refresh=False,
+                )
         if self.best is not None and self.best.snapshot is not None:
             self.trainer.restore(self.best.snapshot)
         return self.history
