@@ -310,21 +310,48 @@ def _em_circuit(args: argparse.Namespace, inputs: str):
         )
     circuit.init_from_data(split["x"], split["y"], generator=split["generator"])
     started = time.perf_counter()
+    common = {
+        "x_val": split["x_val"],
+        "y_val": split["y_val"],
+        "batch_size": args.em_batch_size,
+        "seed": args.seed,
+        "device": args.device,
+        "keep_best": "nll",
+        "progress": sys.stderr.isatty(),
+    }
     history = fit_em(
         circuit,
         split["x"],
         split["y"],
-        x_val=split["x_val"],
-        y_val=split["y_val"],
         epochs=args.epochs,
-        batch_size=256,
         step_size=args.em_step_size,
-        seed=args.seed,
-        device=args.device,
-        keep_best="nll",
-        progress=sys.stderr.isatty(),
+        step_decay=args.em_step_decay,
         metrics_path=_metrics_path(args, f"em-{inputs}"),
+        **common,
     )
+    if args.em_full_batch_epochs:  # then full-batch EM from the kept online epoch
+        online_state = copy.deepcopy(circuit.state_dict())
+        finish = fit_em(
+            circuit,
+            split["x"],
+            split["y"],
+            epochs=args.em_full_batch_epochs,
+            online=False,
+            metrics_path=_metrics_path(args, f"em-{inputs}-full-batch"),
+            **common,
+        )
+        best_online = min(row["nll"] for row in history)
+        for row in finish:  # one history, epochs numbered on
+            row["epoch"] += len(history)
+            row["best_epoch"] += len(history)
+        if min(row["nll"] for row in finish) >= best_online:  # full batch did not help
+            circuit.load_state_dict(online_state)
+            kept = history[-1]["best_epoch"]
+        else:
+            kept = finish[-1]["best_epoch"]
+        history += finish
+        for row in history:
+            row["best_epoch"] = kept
     circuit.cpu()
     _EM_FITS[inputs] = (circuit, history, (time.perf_counter() - started) / 60, split)
     return _EM_FITS[inputs]
@@ -370,8 +397,14 @@ def _components_flag(args: argparse.Namespace, inputs: str) -> str:
         if inputs == "gaussian" and (args.em_components != 2)
         else ""
     )
-    return flags + (
-        f" --em-structure {args.em_structure}" if args.em_structure != "quad_tree" else ""
+    schedule = {
+        "--em-structure": (args.em_structure, "quad_tree"),
+        "--em-batch-size": (args.em_batch_size, 256),
+        "--em-step-decay": (args.em_step_decay, 0.0),
+        "--em-full-batch-epochs": (args.em_full_batch_epochs, 0),
+    }
+    return flags + "".join(
+        f" {flag} {value}" for flag, (value, default) in schedule.items() if value != default
     )
 
 
@@ -397,8 +430,15 @@ def _protocol(args: argparse.Namespace) -> str:
     return (
         f"seed {args.seed}; the last {args.val_rows:,} training images held out as the "
         "validation split (every epoch, weight and setting chosen there), the 10,000 test "
-        f"images scored once per row; {structure}; online EM, batch 256, step size "
-        f"{args.em_step_size}."
+        f"images scored once per row; {structure}; online EM, batch {args.em_batch_size}, "
+        f"step size {args.em_step_size}"
+        + (f" (1 + t)^-{args.em_step_decay}" if args.em_step_decay else "")
+        + (
+            f", then {args.em_full_batch_epochs} epochs of full-batch EM"
+            if args.em_full_batch_epochs
+            else ""
+        )
+        + "."
     )
 
 
@@ -548,6 +588,14 @@ def main() -> None:
     parser.add_argument("--em-repetitions", type=int, default=10)
     parser.add_argument("--em-channels", type=int, default=10)
     parser.add_argument("--em-step-size", type=float, default=0.1)
+    parser.add_argument("--em-step-decay", type=float, default=0.0, help="step size (1 + t)^-decay")
+    parser.add_argument("--em-batch-size", type=int, default=256)
+    parser.add_argument(
+        "--em-full-batch-epochs",
+        type=int,
+        default=0,
+        help="full-batch EM epochs after the online ones, from the kept online epoch",
+    )
     parser.add_argument("--em-components", type=int, default=2, help="gaussian inputs: K")
     parser.add_argument(
         "--em-structure",
