@@ -369,23 +369,29 @@ def _test_scores(args, circuit: UGMMCircuit, split: dict, inputs: str) -> tuple[
     return bpd, accuracy
 
 
-def _figures(args, circuit: UGMMCircuit, split: dict) -> str:
-    """Samples and imputations of half-masked test digits, as PNG grids; their markdown."""
-    to_pixels = pixel_logit_transform(args.alpha)
+def _figures(args, circuit: UGMMCircuit, split: dict, inputs: str) -> str:
+    """Samples (two per class) and completions of test digits whose bottom half is hidden,
+    as PNG grids in pixel space; their markdown."""
+    if inputs == "gaussian":  # logit-space pixels
+        to_pixels, pixels = pixel_logit_transform(args.alpha), split["pixels_test"]
+        name, model = "mnist_circuit", "EM-fitted uGMM circuit"
+    else:  # 8-bit values
+        to_pixels, pixels = (lambda v: v / 255), split["x_test"] / 255
+        name, model = "mnist_circuit_discrete", "8-bit circuit (categorical inputs)"
     with torch.no_grad():
-        samples = logit_pixels(circuit(torch.arange(20) % 10), args.alpha).sample()
+        samples = to_pixels(circuit(torch.arange(20) % 10).sample())
         # --no-write: the grids go to a temporary folder instead of docs/
         figures = pathlib.Path(tempfile.mkdtemp()) if args.no_write else DOCS
-        _grid_png(samples, figures / "mnist_circuit_samples.png", rows=2)
+        _grid_png(samples, figures / f"{name}_samples.png", rows=2)
         mask = torch.zeros(20, 784, dtype=torch.bool)
         mask[:, :392] = True  # top half observed
         imputed = to_pixels(circuit.impute(split["x_test"][:20], mask))
-        observed = torch.where(mask, split["pixels_test"][:20], 0.5)
-        _grid_png(torch.cat([observed, imputed]), figures / "mnist_circuit_imputations.png", 4)
+        observed = torch.where(mask, pixels[:20], 0.5)
+        _grid_png(torch.cat([observed, imputed]), figures / f"{name}_imputations.png", 4)
     return (
-        "Samples (two per class) and imputations (rows 1-2: the observed top halves of test "
-        "digits, rows 3-4: the circuit's completions) of the EM-fitted uGMM circuit:\n\n"
-        "![samples](mnist_circuit_samples.png)\n![imputations](mnist_circuit_imputations.png)"
+        "Samples (two per class) and completions (rows 1-2: the observed top halves of test "
+        f"digits, rows 3-4: one draw of the bottom half from the {model} given the top "
+        f"half):\n\n![samples]({name}_samples.png)\n![imputations]({name}_imputations.png)"
     )
 
 
@@ -400,6 +406,7 @@ def _components_flag(args: argparse.Namespace, inputs: str) -> str:
     schedule = {
         "--em-structure": (args.em_structure, "quad_tree"),
         "--em-batch-size": (args.em_batch_size, 256),
+        "--em-step-size": (args.em_step_size, 0.1),
         "--em-step-decay": (args.em_step_decay, 0.0),
         "--em-full-batch-epochs": (args.em_full_batch_epochs, 0),
     }
@@ -491,8 +498,7 @@ def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], dict[str, str]]
                 f"validation bits/dim (their own space) / accuracy per epoch: {curve} |",
             ]
         )
-        if inputs == "gaussian":
-            table += "\n\n" + _figures(args, circuit, split)
+        table += "\n\n" + _figures(args, circuit, split, inputs)
         print(table, flush=True)
         tables[f"mnist-em-{inputs}"] = table
     return records, tables
