@@ -449,6 +449,13 @@ def _protocol(args: argparse.Namespace) -> str:
     )
 
 
+def _epochs_words(args: argparse.Namespace) -> str:
+    """``10 epochs`` or ``30 online + 6 full-batch epochs``."""
+    if args.em_full_batch_epochs:
+        return f"{args.epochs} online + {args.em_full_batch_epochs} full-batch epochs"
+    return f"{args.epochs} epochs"
+
+
 def _print_validation(name: str, history: list[dict], minutes: float) -> None:
     """``--validation-only``: the per-epoch validation figures of a candidate setting."""
     curve = ", ".join(
@@ -494,7 +501,7 @@ def part_mnist_em(args: argparse.Namespace) -> tuple[list[dict], dict[str, str]]
                 "|---|---:|---:|---:|---|",
                 f"| {_structure_words(args)}, {inputs} inputs ({space}), online EM | "
                 f"{sum(p.numel() for p in circuit.parameters()):,} | **{bpd:.3f}** | "
-                f"{100 * accuracy:.2f}% | {args.epochs} epochs ({kept} kept), {minutes:.1f} min; "
+                f"{100 * accuracy:.2f}% | {_epochs_words(args)} ({kept} kept), {minutes:.1f} min; "
                 f"validation bits/dim (their own space) / accuracy per epoch: {curve} |",
             ]
         )
