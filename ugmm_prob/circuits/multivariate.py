@@ -367,15 +367,15 @@ class MultivariateGaussianInput(InputLayer):
         mu^T``, ``beta = variance_pseudo_count``, ``nu = covariance_pooling`` and ``P`` the
         pooled scatter of the leaf's units, ``sum_i S_i / sum_i n_i`` (the M-step of a
         tied-covariance mixture: ``nu = 0`` is maximum likelihood, ``nu -> inf`` ties the
-        units' covariances, and a few rows' worth regularises units that few rows reach,
-        a MAP step under an inverse-Wishart prior centred on ``P``); then the floor: with ``T = U diag(d)^2 U^T`` (``U`` unit
-        lower triangular, i.e. ``x_j`` regressed on ``x_<j`` with residual variance
-        ``d_j^2``), the expected log-likelihood separates into one regression per ``j``, so
-        its maximiser over ``{L : L_jj >= floor'}`` is ``L = U diag(max(d_j, floor'))``, with
-        ``floor' = scale_floor (1 + 1e-4)`` (a hair above the floor, so ``log(L_jj - floor)``
-        stays finite): the step never lowers the likelihood. A unit with less than
-        :data:`~ugmm_prob.circuits.inputs.REACHED_FRACTION` of its leaf's flow keeps its
-        parameters.
+        units' covariances, and a few rows' worth regularises units that few rows reach, a
+        MAP step under an inverse-Wishart prior centred on ``P``); then the floor: with ``T
+        = U diag(d)^2 U^T`` (``U`` unit lower triangular, i.e. ``x_j`` regressed on ``x_<j``
+        with residual variance ``d_j^2``), the expected log-likelihood separates into one
+        regression per ``j``, so its maximiser over ``{L : L_jj >= floor'}`` is ``L = U
+        diag(max(d_j, floor'))``, with ``floor' = scale_floor (1 + 1e-4)`` (a hair above the
+        floor, so ``log(L_jj - floor)`` stays finite): the step never lowers the likelihood.
+        A unit with less than :data:`~ugmm_prob.circuits.inputs.REACHED_FRACTION` of its
+        leaf's flow keeps its parameters.
         """
         count = stats["count"].clamp_min(0)
         first, second = stats["sum"], stats["sum_outer"]
