@@ -1,7 +1,7 @@
 """``benchmarks/tabular.py --quick --no-write`` in a subprocess, checked against independent
-computations: the split and standardisation redone with NumPy, the exact Jacobian
-``-sum(log sd)``, every GaussianMixture test log-likelihood refitted directly with
-scikit-learn and scored with ``GaussianMixture.score``, the baselines' accuracies."""
+computations: the split redone with scikit-learn, the exact Jacobian ``-sum(log sd)``, every
+GaussianMixture test log-likelihood refitted directly and scored with
+``GaussianMixture.score``, the circuit rows refitted with ``UGMMCircuitDensity`` directly."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def quick_result(tmp_path_factory) -> dict:
     before = {p.name: p.read_bytes() for p in docs.glob("results.*")}
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--no-write", "--datasets", "iris", "wine"],
+        [sys.executable, str(SCRIPT), "--quick", "--no-write", "--tables", "iris", "wine"],
         capture_output=True,
         text=True,
         env=env,
@@ -45,81 +45,62 @@ def quick_result(tmp_path_factory) -> dict:
 
 
 def _by_name(result: dict) -> dict[str, dict]:
-    return {d["name"]: d for d in result["datasets"]}
+    return {d["name"]: d for d in result["tables"]}
 
 
-def _iris_raw() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The paper's Iris split redone from the shipped CSV with NumPy: scikit-learn's
-    ``train_test_split(test_size=0.2, random_state=42)`` rows (not stratified)."""
-    import torch
+def _split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The quick run's split (seed 0) redone with scikit-learn: stratified 80/20."""
+    from sklearn import datasets
     from sklearn.model_selection import train_test_split
 
-    from ugmm_prob.datasets import load_iris
-
-    x, y = load_iris(dtype=torch.float64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x.double().numpy(), y.numpy(), test_size=0.2, random_state=42
-    )
-    return x_train, y_train, x_test, y_test
-
-
-def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if name == "iris":
-        return _iris_raw()
-    from sklearn.datasets import load_wine
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_wine(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, stratify=y, random_state=0
-    )
-    return x_train, y_train, x_test, y_test
-
-
-@pytest.mark.parametrize("name", ["iris", "wine"])
-def test_split_and_jacobian(quick_result, name):
-    data = _by_name(quick_result)[name]
-    x_train, _, x_test, _ = _raw(name)
-    assert (data["train_rows"], data["test_rows"]) == (len(x_train), len(x_test))
-    sd = x_train.std(axis=0)  # population sd, as the benchmark's standardisation
-    assert data["log_jacobian"] == pytest.approx(-np.log(sd).sum(), abs=1e-9)
+    x, y = {"iris": datasets.load_iris, "wine": datasets.load_wine}[name](return_X_y=True)
+    x_train, x_test = train_test_split(x, test_size=0.2, stratify=y, random_state=0)[:2]
+    return x_train, x_test
 
 
 @pytest.mark.parametrize("name", ["iris", "wine"])
 def test_gmm_logliks_match_sklearn_score(quick_result, name):
-    """Each reported GMM test log-likelihood = a direct refit's ``score`` + the Jacobian."""
+    """The BIC-chosen and validation-chosen GMMs' test log-likelihoods = a direct refit's
+    ``score`` on the standardised split + the Jacobian ``-sum log sd``."""
     from sklearn.mixture import GaussianMixture
 
-    data = _by_name(quick_result)[name]
-    x_train, _, x_test, _ = _raw(name)
-    mean, sd = x_train.mean(0), x_train.std(0)
-    z_train, z_test = (x_train - mean) / sd, (x_test - mean) / sd
-    settings = data["gmm_settings"]
-    rows = [(cov, row) for cov, row in data["gmm"].items()]
-    rows.append((data["best_gmm"]["covariance_type"], data["best_gmm"]))  # validation-chosen
-    for cov, row in rows:
+    run = _by_name(quick_result)[name]["runs"][0]
+    x_train, x_test = _split(name)
+    mean, sd = x_train.mean(0), x_train.std(0)  # population sd, as the benchmark's
+    for row in ("bic-gmm", "best-gmm"):
+        covariance, components = run[row]["chosen"].split(" x")
         gmm = GaussianMixture(
-            row["components"],
-            covariance_type=cov,
-            n_init=settings["n_init"],
-            max_iter=settings["max_iter"],
-            random_state=settings["seed"],
-        ).fit(z_train)
-        direct = gmm.score(z_test) - np.log(sd).sum()
-        assert row["test_loglik"] == pytest.approx(direct, abs=1e-6), cov
-    lowest = data["bic_gmm"]
-    assert lowest["train_bic"] == min(row["train_bic"] for row in data["gmm"].values())
+            int(components), covariance_type=covariance, n_init=1, max_iter=200, random_state=0
+        ).fit((x_train - mean) / sd)
+        direct = gmm.score((x_test - mean) / sd) - np.log(sd).sum()
+        assert run[row]["test_loglik"] == pytest.approx(direct, abs=1e-6), row
 
 
 @pytest.mark.parametrize("name", ["iris", "wine"])
-def test_jacobian_gives_original_units(name):
+def test_circuit_rows_are_the_estimators_scores(quick_result, name):
+    """The default circuit's row = ``UGMMCircuitDensity`` fitted on the training split with
+    the quick settings and the split's seed, scored on the test split (original units)."""
+    from ugmm_prob.sklearn import UGMMCircuitDensity
+
+    run = _by_name(quick_result)[name]["runs"][0]
+    x_train, x_test = _split(name)
+    model = UGMMCircuitDensity(
+        channels=(1, 2), covariance_pooling=(0.0, 10.0), max_iter=5, random_state=0
+    ).fit(x_train)
+    assert run["circuit-default"]["test_loglik"] == pytest.approx(model.score(x_test), abs=1e-6)
+    assert run["circuit-default"]["chosen"] == model.best_params_
+    # the tuned grid holds the default one, so it chose among at least as many candidates
+    assert run["circuit"]["candidates"] >= run["circuit-default"]["candidates"]
+
+
+def test_jacobian_gives_original_units():
     """The correction's sign and size: one Gaussian fitted to standardised data, scored and
     corrected by ``-sum(log sd)``, equals the Gaussian fitted to the raw data and scored there
     (maximum likelihood is affine-equivariant; scikit-learn's reg_covar=1e-6 aside)."""
     from scipy.stats import multivariate_normal
     from sklearn.mixture import GaussianMixture
 
-    x_train, _, x_test, _ = _raw(name)
+    x_train, x_test = _split("wine")
     mean, sd = x_train.mean(0), x_train.std(0)
     gmm = GaussianMixture(1, covariance_type="full").fit((x_train - mean) / sd)
     corrected = gmm.score((x_test - mean) / sd) - np.log(sd).sum()
@@ -128,46 +109,29 @@ def test_jacobian_gives_original_units(name):
     assert corrected == pytest.approx(direct, abs=2e-3)
 
 
-@pytest.mark.parametrize("name", ["iris", "wine"])
-def test_whitened_jacobian_is_the_raw_covariance_log_determinant(quick_result, name):
-    """Standardising then whitening maps raw x to unit covariance, so its total log-Jacobian
-    is ``-1/2 log det`` of the raw training covariance."""
-    data = _by_name(quick_result)[name]
-    x_train = _raw(name)[0]
-    _, logdet = np.linalg.slogdet(np.cov(x_train, rowvar=False, bias=True))
-    assert data["log_jacobian_whitened"] == pytest.approx(-0.5 * logdet, abs=1e-6)
+def test_tables_ship_with_scikit_learn():
+    """Five tables, nothing downloaded; diabetes without its two-valued column, digits
+    dequantised (no two rows share a value in a column)."""
+    from tests.benchmark_scripts import import_benchmark
+
+    tabular = import_benchmark("tabular")
+    assert set(tabular.TABLES) == {"iris", "wine", "breast-cancer", "diabetes", "digits"}
+    x, labels = tabular.TABLES["diabetes"]()
+    assert labels is None and x.shape == (442, 10)
+    assert min(len(np.unique(column)) for column in x.T) > 2
+    x, labels = tabular.TABLES["digits"]()
+    assert x.shape == (1797, 64) and len(np.unique(x[:, 0])) == len(x)
 
 
-def test_gaussian_nb_accuracy_matches(quick_result):
-    from sklearn.naive_bayes import GaussianNB
+def test_records_carry_mean_sd_seeds_and_units(quick_result):
+    from tests.benchmark_scripts import import_benchmark
 
-    data = _by_name(quick_result)["wine"]
-    x_train, y_train, x_test, y_test = _raw("wine")
-    mean, sd = x_train.mean(0), x_train.std(0)
-    nb = GaussianNB().fit((x_train - mean) / sd, y_train)
-    assert data["gaussian_nb"]["test_accuracy"] == pytest.approx(
-        nb.score((x_test - mean) / sd, y_test)
-    )
-
-
-@pytest.mark.parametrize("name", ["iris", "wine"])
-def test_circuit_numbers_are_sane(quick_result, name):
-    """Finite, seeds as asked, mean of the runs, and a density no absurdly far from the
-    GMMs' (a few nats per feature below the best one at most after 20 quick epochs)."""
-    data = _by_name(quick_result)[name]
-    for circuit in (data["circuit"], data["circuit_whitened"]):
-        _check_circuit(circuit, data)
-
-
-def _check_circuit(circuit: dict, data: dict) -> None:
-    assert [run["seed"] for run in circuit["runs"]] == [0]
-    run = circuit["runs"][0]
-    assert circuit["test_loglik_mean"] == pytest.approx(run["test_loglik"])
-    assert np.isfinite(run["test_loglik"])
-    assert 0.0 <= run["test_accuracy"] <= 1.0
-    assert run["test_accuracy"] > 1.5 / data["classes"]  # far better than chance
-    best = data["best_gmm"]["test_loglik"]
-    assert np.isfinite(best)
-    assert best - 2.0 * data["features"] < run["test_loglik"] < best + 2.0 * data["features"]
-    # the epoch count was chosen on validation, within the quick schedule
-    assert 1 <= circuit["epochs"] <= 20
+    tabular = import_benchmark("tabular")
+    table = _by_name(quick_result)["wine"]
+    records = tabular.records(table, "cmd")
+    assert {r["experiment"] for r in records} == {
+        f"wine-{row}" for row in ("circuit", "circuit-default", "best-gmm", "bic-gmm")
+    }
+    for r in records:
+        assert r["metric"] == "test_loglik" and r["seeds"] == [0] and r["sd"] == 0.0
+        assert r["units"].startswith("nats per test row") and r["command"] == "cmd"

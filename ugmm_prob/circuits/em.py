@@ -84,11 +84,15 @@ def maximise(
     *,
     pseudo_count: float = 1e-2,
     variance_pseudo_count: float = 1e-2,
+    covariance_pooling: float = 0.0,
 ) -> None:
     """M-step: set every parameter of ``circuit`` from summed :func:`expected_statistics`."""
     inputs = {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("inputs.")}
     circuit.inputs.maximise(
-        inputs, pseudo_count=pseudo_count, variance_pseudo_count=variance_pseudo_count
+        inputs,
+        pseudo_count=pseudo_count,
+        variance_pseudo_count=variance_pseudo_count,
+        covariance_pooling=covariance_pooling,
     )
     for level, layer in enumerate(circuit.sums):
         layer.maximise(stats[f"sums.{level}"], pseudo_count=pseudo_count)
@@ -122,6 +126,7 @@ class _EMTrainer:
         step_decay: float,
         pseudo_count: float,
         variance_pseudo_count: float,
+        covariance_pooling: float,
     ) -> None:
         self.model = circuit
         self.online, self.step_size, self.step_decay = online, step_size, step_decay
@@ -129,6 +134,8 @@ class _EMTrainer:
             "pseudo_count": pseudo_count,
             "variance_pseudo_count": variance_pseudo_count,
         }
+        if covariance_pooling:  # absent at 0, so runs saved before it existed still resume
+            self.smoothing["covariance_pooling"] = covariance_pooling
         self.ctx = distributed.context()
         self.steps = 0  # online M-steps taken
         self.running: dict[str, torch.Tensor] | None = None
@@ -230,6 +237,7 @@ def fit_em(
     step_decay: float = 0.0,
     pseudo_count: float = 1e-2,
     variance_pseudo_count: float = 1e-2,
+    covariance_pooling: float = 0.0,
     device: str | torch.device | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -256,6 +264,10 @@ def fit_em(
             weight (sum units, mixture components, categories, class prior).
         variance_pseudo_count: weight ``beta`` of the current variance in each variance
             update (keeps rarely used components from collapsing).
+        covariance_pooling: pseudo-count ``nu`` of the pooled spread of a leaf's units in
+            each variance or covariance update (``0``: maximum likelihood; large: the
+            units share one covariance, as a tied ``GaussianMixture``); it regularises
+            full-covariance leaves on small tables.
         device, seed, progress, metrics_path, checkpoint_path, resume, keep_best: as for
             :func:`~ugmm_prob.training.fit`.
 
@@ -278,10 +290,10 @@ def fit_em(
         raise ValueError(
             f"expected 0 < step_size <= 1 and step_decay >= 0, got {step_size}, {step_decay}"
         )
-    if pseudo_count < 0 or variance_pseudo_count < 0:
+    if min(pseudo_count, variance_pseudo_count, covariance_pooling) < 0:
         raise ValueError(
-            "pseudo_count and variance_pseudo_count must be >= 0, got "
-            f"{pseudo_count}, {variance_pseudo_count}"
+            "pseudo_count, variance_pseudo_count and covariance_pooling must be >= 0, got "
+            f"{pseudo_count}, {variance_pseudo_count}, {covariance_pooling}"
         )
     settings = LoopSettings.from_arguments(locals())
     x_val, y_val, device = prepare_training(circuit, x, y, x_val, y_val, settings, device)
@@ -292,5 +304,6 @@ def fit_em(
         step_decay=step_decay,
         pseudo_count=pseudo_count,
         variance_pseudo_count=variance_pseudo_count,
+        covariance_pooling=covariance_pooling,
     )
     return train_loop(trainer, x, y, x_val, y_val, settings, device)

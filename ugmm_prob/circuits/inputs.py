@@ -200,8 +200,14 @@ class InputLayer(PyroModule):
         *,
         pseudo_count: float,
         variance_pseudo_count: float,
+        covariance_pooling: float = 0.0,
     ) -> None:
-        """EM's closed-form M-step from :meth:`expected_statistics` (summed over data)."""
+        """EM's closed-form M-step from :meth:`expected_statistics` (summed over data).
+
+        ``covariance_pooling`` ``nu``: pseudo-count of the pooled spread of a leaf region's
+        (or slot's) units in every variance or covariance update, ``Sigma = (S + nu
+        S_pooled) / (n + nu)``; ``nu = 0`` is maximum likelihood, a large ``nu`` ties the
+        units' spreads (kinds without a spread ignore it)."""
         raise NotImplementedError
 
     def fill_value(self) -> float:
@@ -410,13 +416,16 @@ class GaussianMixtureInput(InputLayer):
         *,
         pseudo_count: float,
         variance_pseudo_count: float,
+        covariance_pooling: float = 0.0,
     ) -> None:
         """Closed-form M-step of every mixture.
 
         ``pi_k = (n_k + alpha) / sum_j (n_j + alpha)``; ``mu_k = (s_k + kappa mu_k^old) /
         (n_k + kappa)`` with a vanishing ``kappa`` (so a component no example reached stays
         where it is); ``sigma_k^2 = (sum f gamma (x - mu_k)^2 + beta sigma_k^{old 2}) / (n_k +
-        beta)`` with ``beta = variance_pseudo_count``, and never below the scale floor. The
+        beta)`` with ``beta = variance_pseudo_count`` (plus ``nu = covariance_pooling``
+        pseudo-counts of the slot's pooled variance over all its units and components in
+        numerator and denominator), and never below the scale floor. The
         two proximal terms are centred on the current values, so with ``alpha = 0`` a step
         never lowers the likelihood. A component with less than :data:`REACHED_FRACTION` of
         its unit's count keeps its mean and scale (a generalised EM step: still never lower).
@@ -428,7 +437,11 @@ class GaussianMixtureInput(InputLayer):
         loc = torch.where(reached, loc, loc_old)
         spread = (stats["sum_sq"] - 2 * loc * stats["sum"] + loc**2 * count).clamp_min(0)
         beta = max(variance_pseudo_count, 1e-12)
-        scale = ((spread + beta * scale_old**2) / (count + beta)).sqrt()
+        pooled = spread.sum((-2, -1), keepdim=True) / count.sum((-2, -1), keepdim=True).clamp_min(
+            1e-12
+        )  # (N, 1, 1): the slot's variance around its units' means
+        nu = float(covariance_pooling)
+        scale = ((spread + beta * scale_old**2 + nu * pooled) / (count + beta + nu)).sqrt()
         scale = torch.where(reached, scale, scale_old)
         scale = scale.clamp_min(self.scale_floor * (1 + 1e-4) + 1e-12)
         self.loc_unconstrained.copy_(loc)
@@ -539,6 +552,7 @@ class CategoricalInput(InputLayer):
         *,
         pseudo_count: float,
         variance_pseudo_count: float,
+        covariance_pooling: float = 0.0,
     ) -> None:
         """``p_v = (n_v + alpha) / sum_u (n_u + alpha)`` (Laplace smoothing with ``alpha``)."""
         log_probs = normalised_log_weights(stats["count"], pseudo_count, self.logits)

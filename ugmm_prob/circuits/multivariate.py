@@ -356,21 +356,26 @@ class MultivariateGaussianInput(InputLayer):
         *,
         pseudo_count: float,
         variance_pseudo_count: float,
+        covariance_pooling: float = 0.0,
     ) -> None:
         """Closed-form M-step of every unit (no mixing weights here: ``pseudo_count`` has
         nothing to smooth).
 
         ``mu = (s_1 + kappa mu_old) / (n + kappa)`` with a vanishing ``kappa``
-        (:data:`~ugmm_prob.circuits.inputs.MEAN_PSEUDO_COUNT`), ``T = (S_2 - s_1 mu^T -
-        mu s_1^T + n mu mu^T + beta Sigma_old) / (n + beta)`` with ``beta =
-        variance_pseudo_count``; then the floor: with ``T = U diag(d)^2 U^T`` (``U`` unit
-        lower triangular, i.e. ``x_j`` regressed on ``x_<j`` with residual variance
-        ``d_j^2``), the expected log-likelihood separates into one regression per ``j``, so
-        its maximiser over ``{L : L_jj >= floor'}`` is ``L = U diag(max(d_j, floor'))``, with
-        ``floor' = scale_floor (1 + 1e-4)`` (a hair above the floor, so ``log(L_jj - floor)``
-        stays finite): the step never lowers the likelihood. A unit with less than
-        :data:`~ugmm_prob.circuits.inputs.REACHED_FRACTION` of its leaf's flow keeps its
-        parameters.
+        (:data:`~ugmm_prob.circuits.inputs.MEAN_PSEUDO_COUNT`), ``T = (S + beta Sigma_old +
+        nu P) / (n + beta + nu)`` with the scatter ``S = S_2 - s_1 mu^T - mu s_1^T + n mu
+        mu^T``, ``beta = variance_pseudo_count``, ``nu = covariance_pooling`` and ``P`` the
+        pooled scatter of the leaf's units, ``sum_i S_i / sum_i n_i`` (the M-step of a
+        tied-covariance mixture: ``nu = 0`` is maximum likelihood, ``nu -> inf`` ties the
+        units' covariances, and a few rows' worth regularises units that few rows reach, a
+        MAP step under an inverse-Wishart prior centred on ``P``); then the floor: with ``T
+        = U diag(d)^2 U^T`` (``U`` unit lower triangular, i.e. ``x_j`` regressed on ``x_<j``
+        with residual variance ``d_j^2``), the expected log-likelihood separates into one
+        regression per ``j``, so its maximiser over ``{L : L_jj >= floor'}`` is ``L = U
+        diag(max(d_j, floor'))``, with ``floor' = scale_floor (1 + 1e-4)`` (a hair above the
+        floor, so ``log(L_jj - floor)`` stays finite): the step never lowers the likelihood.
+        A unit with less than :data:`~ugmm_prob.circuits.inputs.REACHED_FRACTION` of its
+        leaf's flow keeps its parameters.
         """
         count = stats["count"].clamp_min(0)
         first, second = stats["sum"], stats["sum_outer"]
@@ -380,8 +385,9 @@ class MultivariateGaussianInput(InputLayer):
         n = count[..., None]
         loc = (first + MEAN_PSEUDO_COUNT * loc_old) / (n + MEAN_PSEUDO_COUNT)
         scatter = second - _outer(first, loc) - _outer(loc, first) + n[..., None] * _outer(loc, loc)
-        beta = max(variance_pseudo_count, 1e-12)
-        target = (scatter + beta * covariance_old) / (n[..., None] + beta)
+        beta, nu = max(variance_pseudo_count, 1e-12), float(covariance_pooling)
+        pooled = scatter.sum(1, keepdim=True) / n.sum(1, keepdim=True)[..., None].clamp_min(1e-12)
+        target = (scatter + beta * covariance_old + nu * pooled) / (n[..., None] + beta + nu)
         target = 0.5 * (target + target.mT)
         eye = torch.eye(target.shape[-1], dtype=target.dtype, device=target.device)
         target = torch.where(self._pairs(), target, eye)

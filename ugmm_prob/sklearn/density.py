@@ -5,14 +5,16 @@ exact marginals of rows with NaN cells, sampling, imputation, BIC and AIC."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ugmm_prob.circuits import UGMMCircuit, fit_em
+from ugmm_prob.sklearn import search
 from ugmm_prob.sklearn.base import (
+    _MIN_ROWS_FOR_VALIDATION,
     DensityMixin,
     _require_sklearn,
     _torch_device,
@@ -41,17 +43,31 @@ class _CircuitMixin:
             "scale_floor": self.scale_floor,
         }
 
-    def _em(self, circuit, z, y, z_val, y_val, seed) -> list[dict[str, Any]]:
+    def _em(
+        self,
+        circuit,
+        z,
+        y,
+        z_val,
+        y_val,
+        seed,
+        *,
+        epochs: int | None = None,
+        online: bool = True,
+        covariance_pooling: float = 0.0,
+    ) -> list[dict[str, Any]]:
         return fit_em(
             circuit,
             z,
             y,
             x_val=z_val,
             y_val=y_val,
-            epochs=int(self.max_iter),
+            epochs=int(self.max_iter) if epochs is None else epochs,
             batch_size=int(self.batch_size),
+            online=online,
             step_size=float(self.step_size),
             pseudo_count=float(self.pseudo_count),
+            covariance_pooling=covariance_pooling,
             seed=seed,
             progress=bool(self.verbose),
             keep_best="nll" if z_val is not None else None,
@@ -176,25 +192,47 @@ class _CircuitMixin:
 class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
     """A density estimator (like ``GaussianMixture``): the generative uGMM circuit.
 
-    ``fit(X)`` standardises the columns, builds a circuit on a region graph chosen for the
-    data (:meth:`UGMMCircuit.from_data`: correlated columns share regions; input units start
-    at training rows) and trains it by maximum likelihood with online EM
-    (:func:`~ugmm_prob.circuits.fit_em`).
+    ``fit(X)`` standardises the columns, holds out ``validation_fraction`` of the rows and
+    searches the circuit's size on them: for every combination of the candidate values of
+    ``structure``, ``depth``, ``repetitions``, ``channels`` and ``covariance_pooling`` (a
+    list or tuple is searched, a single value fixed; :mod:`~ugmm_prob.sklearn.search`) it
+    builds a circuit on a region graph chosen for the data (:meth:`UGMMCircuit.from_data`:
+    correlated columns share regions; input units start at training rows), trains it by EM
+    (:func:`~ugmm_prob.circuits.fit_em`) and keeps the epoch with the best held-out
+    log-likelihood. The best combination is then refitted on all rows for that many epochs
+    (``refit=True``).
+
+    The defaults were chosen on the validation splits of ``benchmarks/tabular.py`` (five
+    tables, docs/results.md): full-covariance Gaussian leaves (``inputs="multivariate"``),
+    a data-driven tree of depth 0 (one leaf over all columns: the circuit is then a
+    full-covariance Gaussian mixture of ``channels`` components) or 1 (two blocks of
+    correlated columns, mixed over 4 repetitions), 1 to 8 channels, and covariance pooling
+    0, 10 or 100 (pseudo-rows of the units' pooled covariance: from a full mixture towards
+    a tied one), fitted by full-batch EM.
 
     Args:
-        depth: splits of each region-graph tree (at most ``log2(n_features)``, lowered to
-            that for narrow tables; ``None``: the circuit's default for the width).
-        repetitions: trees (repetitions) of the region graph.
-        channels: sum units per region (and input units per column).
-        components: Gaussian components of each input unit (a univariate mixture).
+        structure: ``"tree"`` (data-driven trees) or ``"hclt"`` (a hidden Chow-Liu tree
+            with ``channels`` latent states per column), or a list of them.
+        depth: splits of each tree (at most ``log2(n_features)``, lowered to that for
+            narrow tables; ``None``: the circuit's default for the width), or a list.
+        repetitions: trees mixed at the root (1 at depth 0), or a list.
+        channels: sum units per region (and input units per column), or a list.
+        inputs: ``"multivariate"`` (one full-covariance Gaussian per leaf region and
+            channel) or ``"gaussian"`` (a univariate uGMM mixture per column).
+        components: Gaussian components of each ``"gaussian"`` input unit.
+        covariance_pooling: pseudo-rows of the pooled covariance in every covariance
+            update (:func:`~ugmm_prob.circuits.fit_em`), or a list.
         scale_floor: lower bound of every input scale, in standard deviations.
-        max_iter: EM epochs.
-        batch_size: rows per online-EM step.
+        max_iter: EM epochs (the most a candidate trains; the refit runs the kept number).
+        batch_size: rows per EM step (full-batch EM accumulates its statistics over them).
+        online: stochastic online EM (an M-step per batch) instead of full-batch EM.
         step_size: online EM's step size.
         pseudo_count: Dirichlet pseudo-count added to every expected count.
-        early_stopping: hold out ``validation_fraction`` of the rows (at least
-            10 rows needed) and keep the epoch with the best held-out log-likelihood.
-        validation_fraction: share of the rows held out for ``early_stopping``.
+        early_stopping: hold out ``validation_fraction`` of the rows (at least 10 rows
+            needed) to choose the candidate and its epoch; needed to search.
+        validation_fraction: share of the rows held out.
+        refit: refit the chosen candidate on all rows for its kept number of epochs (else
+            keep the candidate as trained on the other rows).
         random_state: seed (int), ``RandomState`` or None, for the region graph, the
             initialisation, the data order, the validation split and ``sample``/``impute``;
             an int gives bit-identical fits in every process (same machine, thread count).
@@ -203,10 +241,14 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
 
     Attributes:
         model_: the fitted :class:`~ugmm_prob.circuits.UGMMCircuit` (on standardised columns).
+        best_params_: the chosen value of every searched parameter.
+        search_results_: one record per candidate: its values, ``validation_score`` (mean
+            held-out ``log p(x)`` per row, original units) and ``epoch`` (epoch kept).
         mean_, scale_: the standardisation (training rows' mean and standard deviation).
         n_parameters_: free parameters
             (:func:`~ugmm_prob.sklearn.base.count_free_parameters`), for ``bic``/``aic``.
-        history_: per-epoch metrics; n_iter_: epochs run; best_iter_: epoch kept (or None).
+        history_: per-epoch metrics of the final fit; n_iter_: its epochs; best_iter_:
+            the epoch kept on the held-out rows (or None).
         n_features_in_, feature_names_in_: as in scikit-learn.
     """
 
@@ -215,35 +257,53 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
     def __init__(
         self,
         *,
-        depth: int | None = 1,
-        repetitions: int = 8,
-        channels: int = 2,
+        structure: str | Sequence[str] = "tree",
+        depth: int | Sequence[int | None] | None = (0, 1),
+        repetitions: int | Sequence[int] = 4,
+        channels: int | Sequence[int] = (1, 2, 4, 8),
+        inputs: str = "multivariate",
         components: int = 2,
+        covariance_pooling: float | Sequence[float] = (0.0, 10.0, 100.0),
         scale_floor: float = 1e-2,
         max_iter: int = 100,
         batch_size: int = 256,
+        online: bool = False,
         step_size: float = 0.1,
         pseudo_count: float = 1e-2,
         early_stopping: bool = True,
-        validation_fraction: float = 0.1,
+        validation_fraction: float = 0.2,
+        refit: bool = True,
         random_state: Any = None,
         device: str | None = None,
         verbose: bool = False,
     ) -> None:
+        self.structure = structure
         self.depth = depth
         self.repetitions = repetitions
         self.channels = channels
+        self.inputs = inputs
         self.components = components
+        self.covariance_pooling = covariance_pooling
         self.scale_floor = scale_floor
         self.max_iter = max_iter
         self.batch_size = batch_size
+        self.online = online
         self.step_size = step_size
         self.pseudo_count = pseudo_count
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.refit = refit
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+
+    def _circuit_options(self) -> dict[str, Any]:
+        # the searched sizes come with each candidate (search.SEARCHED)
+        return {
+            "inputs": self.inputs,
+            "components": self.components,
+            "scale_floor": self.scale_floor,
+        }
 
     def fit(self, X: Any, y: Any = None) -> UGMMCircuitDensity:
         """Fit the circuit to the rows of ``X`` (``y`` is ignored); returns ``self``."""
@@ -256,13 +316,62 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         train, val = self._split(len(X), seed)
         z = self._tensor((X - self.mean_) / self.scale_)
         z_val = None if val is None else z[val]
+        params = {name: getattr(self, name) for name in search.SEARCHED}
+        options = search.candidates(params, X.shape[1])
+        if len(options) > 1 and z_val is None:
+            raise ValueError(
+                f"UGMMCircuitDensity: {len(options)} candidate sizes need held-out rows to "
+                f"choose among them: set early_stopping=True (and give at least "
+                f"{_MIN_ROWS_FOR_VALIDATION} rows) or give one value per searched parameter"
+            )
+        log_jacobian = -float(np.log(self.scale_).sum())
+
+        def score(candidate: dict[str, Any]) -> tuple[float, int]:
+            self._fit_candidate(z[train], z_val, seed, candidate)
+            if z_val is None:
+                return 0.0, self.n_iter_
+            with torch.no_grad():
+                value = float(self.model_.log_prob(z_val).mean()) + log_jacobian
+            return value, int(self.best_iter_ or self.n_iter_)
+
+        chosen, epoch, self.search_results_ = search.select(options, score)
+        self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
+        if len(options) > 1 or z_val is not None:
+            if self.refit and z_val is not None:
+                self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
+                self.best_iter_ = epoch
+            elif len(options) > 1:  # the last candidate fitted is not the chosen one
+                self._fit_candidate(z[train], z_val, seed, chosen)
+        return self
+
+    def _fit_candidate(
+        self,
+        z: torch.Tensor,
+        z_val: torch.Tensor | None,
+        seed: int,
+        candidate: dict[str, Any],
+        epochs: int | None = None,
+    ) -> None:
+        """Build the candidate's circuit from the rows ``z`` and train it by EM (keeping
+        the best epoch on ``z_val`` if given, else ``epochs`` epochs)."""
+        pooling = float(candidate["covariance_pooling"])
         self._fit_circuit(
-            z[train],
+            z,
             None,
             seed,
-            lambda circuit: self._em(circuit, z[train], None, z_val, None, seed),
+            lambda circuit: self._em(
+                circuit,
+                z,
+                None,
+                z_val,
+                None,
+                seed,
+                epochs=epochs,
+                online=bool(self.online),
+                covariance_pooling=pooling,
+            ),
+            **{k: v for k, v in candidate.items() if k != "covariance_pooling"},
         )
-        return self
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean ``log p(x)`` per row (``y`` is ignored)."""
