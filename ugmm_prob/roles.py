@@ -199,8 +199,10 @@ class DensityModel(Model):
         raise NotImplementedError
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x, c)``: its softmax over ``c`` is the exact ``p(c | x)``."""
-        return self.joint_log_prob(x)
+        """``log p(x, c)``: its softmax over ``c`` is the exact ``p(c | x)`` (NaN cells
+        marginalised: ``log p(x_observed, c)``)."""
+        x = self.as_input(x)
+        return self.joint_log_prob(x, missing_mask(x))
 
     def log_prob(
         self,

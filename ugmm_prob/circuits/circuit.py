@@ -32,6 +32,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, PyroParam, pyro_method
 
 from .._deprecation import accepts_old_spellings
@@ -653,8 +654,10 @@ class UGMMCircuit(DensityModel):
         """Pyro model: ``c ~ Categorical(p(c))``, ``x ~ p(x | c)`` under ``pyro.plate``.
 
         Without ``y`` the class site is enumerated in parallel (use ``TraceEnum_ELBO``), so
-        its exact marginal over classes is ``p(c | x)``. NaN cells of ``x`` are missing:
-        the ``x`` site scores the observed cells, ``log p(x_observed | c)``.
+        its exact marginal over classes is ``p(c | x)``; a row labelled ``-1``
+        (:data:`~ugmm_prob.roles.UNLABELLED`) is scored ``log p(x)`` at the ``x`` site and
+        nothing at the class site. NaN cells of ``x`` are missing: the ``x`` site scores
+        the observed cells, ``log p(x_observed | c)``.
         """
         size = len(x) if num_data is None else num_data
         class_logits = self.class_logits
@@ -665,13 +668,23 @@ class UGMMCircuit(DensityModel):
         joint = self.joint_log_prob(x, missing_mask(x))
         conditional = joint - torch.log_softmax(class_logits, dim=-1)
         with pyro.plate("data", size=size, subsample=torch.arange(len(x), device=x.device)):
-            c = pyro.sample(
-                "y",
-                dist.Categorical(logits=class_logits),
-                obs=y,
-                infer={"enumerate": "parallel"} if y is None else {},
-            )
-            pyro.sample("x", ObservedCircuit(self, c, x, conditional), obs=x)
+            if y is None:
+                c = pyro.sample(
+                    "y",
+                    dist.Categorical(logits=class_logits),
+                    infer={"enumerate": "parallel"},
+                )
+                marginal = None
+            else:
+                # a row labelled -1 scores nothing at the class site and log p(x) at the
+                # x site (the marginal over classes, precomputed with this trace's draws)
+                known = labelled_rows(y)
+                with poutine.mask(mask=known):
+                    pyro.sample(
+                        "y", dist.Categorical(logits=class_logits), obs=torch.where(known, y, 0)
+                    )
+                c, marginal = y, torch.logsumexp(joint, -1)
+            pyro.sample("x", ObservedCircuit(self, c, x, conditional, marginal=marginal), obs=x)
         return c
 
     def training_loss(

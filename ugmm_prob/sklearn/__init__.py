@@ -54,12 +54,14 @@ from ugmm_prob.sklearn.base import (
 )
 from ugmm_prob.sklearn.classifiers import UGMMCircuitClassifier
 from ugmm_prob.sklearn.density import UGMMCircuitDensity
+from ugmm_prob.sklearn.imputer import UGMMCircuitImputer
 from ugmm_prob.sklearn.net import UGMMNetClassifier
 from ugmm_prob.sklearn.persistence import load_estimator, save_estimator
 
 __all__ = [
     "UGMMCircuitClassifier",
     "UGMMCircuitDensity",
+    "UGMMCircuitImputer",
     "UGMMNetClassifier",
     "count_free_parameters",
     "load_estimator",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ugmm_prob.circuits import UGMMCircuit, fit_em
+from ugmm_prob.circuits.circuit import IMPUTATION_METHODS
 from ugmm_prob.sklearn.base import (
     DensityMixin,
     _require_sklearn,
@@ -22,6 +23,9 @@ from ugmm_prob.sklearn.base import (
 )
 
 __all__ = ["UGMMCircuitDensity"]
+
+_IMPUTATION_ALIASES = {"mode": "mpe"}
+"""Former names of imputation methods that the estimators still take."""
 
 
 class _CircuitMixin:
@@ -114,21 +118,47 @@ class _CircuitMixin:
         top = joint.max(axis=1, keepdims=True)
         return (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
 
-    def _complete(self, X: Any, method: str, c: np.ndarray | None) -> np.ndarray:
+    def _fit_density(self, X: Any) -> None:
+        """``fit`` of the density (and of the imputer): standardise, split, build the
+        circuit from the rows (NaN cells missing) and train it with EM."""
+        _require_sklearn()
+        X = self._validate(X, reset=True)
+        self._check_common()
+        self._check_training_rows(X)
+        self._standardise_fit(X)
+        seed = self._seed()
+        train, val = self._split(len(X), seed)
+        z = self._tensor((X - self.mean_) / self.scale_)  # NaN cells stay NaN: missing
+        z_val = None if val is None else z[val]
+        self._fit_circuit(
+            z[train],
+            None,
+            seed,
+            lambda circuit: self._em(circuit, z[train], None, z_val, None, seed),
+        )
+
+    def _complete(
+        self, X: Any, method: str, c: np.ndarray | None, num_samples: int | None = None
+    ) -> np.ndarray:
+        """``X`` with its NaN cells filled by :meth:`UGMMCircuit.impute` (``method``
+        ``"mean"``, ``"mpe"`` (or its former name ``"mode"``) or ``"sample"``), given the
+        classes ``c`` (``-1``: unknown) if any; ``(num_samples, n, D)`` draws with
+        ``num_samples``."""
         check_is_fitted(self)
-        if method not in ("sample", "mode"):
-            raise ValueError(f"impute: method must be 'sample' or 'mode', got {method!r}")
+        method = _IMPUTATION_ALIASES.get(method, method)
+        if method not in IMPUTATION_METHODS:
+            raise ValueError(
+                f"impute: method must be one of {', '.join(map(repr, IMPUTATION_METHODS))} "
+                f"('mode' is 'mpe'), got {method!r}"
+            )
         X = self._validate(X, reset=False, allow_nan=True)
         z, mask = self._to_z(X)
         if mask is None:
-            return X.copy()
+            return X.copy() if num_samples is None else np.tile(X, (num_samples, 1, 1))
         with self._rng(), torch.no_grad():
             torch.manual_seed(self._seed())
-            if method == "mode":
-                filled = self.model_.mpe(z, mask)[0]
-            else:
-                classes = None if c is None else torch.as_tensor(c, device=z.device)
-                filled = self.model_.impute(z, mask, c=classes)
+            classes = None if c is None else torch.as_tensor(c, device=z.device)
+            filled = self.model_.impute(z, mask, c=classes, method=method, num_samples=num_samples)
         values = filled.cpu().numpy() * self.scale_ + self.mean_
         return np.where(np.isnan(X), values, X)
 
@@ -149,12 +179,11 @@ class _CircuitMixin:
         Returns an array ``(n_samples, n, n_features)``: ``draws[s]`` is ``X`` with its NaN
         cells filled by the ``s``-th draw (observed cells unchanged).
         """
-        check_is_fitted(self)
-        X = self._validate(X, reset=False, allow_nan=True)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
+            raise ValueError(f"conditional_sample: n_samples must be an int, got {n_samples!r}")
         if n_samples < 1:
             raise ValueError(f"conditional_sample: n_samples must be >= 1, got {n_samples}")
-        repeated = np.tile(X, (int(n_samples), 1))
-        return self._complete(repeated, "sample", None).reshape(n_samples, *X.shape)
+        return self._complete(X, "sample", None, int(n_samples))
 
     def _bic_aic(self, X: Any, penalty: float) -> float:
         X = self._validate(X, reset=False, allow_nan=True)
@@ -246,22 +275,10 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         self.verbose = verbose
 
     def fit(self, X: Any, y: Any = None) -> UGMMCircuitDensity:
-        """Fit the circuit to the rows of ``X`` (``y`` is ignored); returns ``self``."""
-        _require_sklearn()
-        X = self._validate(X, reset=True)
-        self._check_common()
-        (X,) = self._complete_rows(X)
-        self._standardise_fit(X)
-        seed = self._seed()
-        train, val = self._split(len(X), seed)
-        z = self._tensor((X - self.mean_) / self.scale_)
-        z_val = None if val is None else z[val]
-        self._fit_circuit(
-            z[train],
-            None,
-            seed,
-            lambda circuit: self._em(circuit, z[train], None, z_val, None, seed),
-        )
+        """Fit the circuit to the rows of ``X`` (``y`` is ignored); returns ``self``. Rows
+        with NaN cells are used: their missing cells are marginalised (EM of
+        ``log p(x_observed)``)."""
+        self._fit_density(X)
         return self
 
     def score(self, X: Any, y: Any = None) -> float:
@@ -278,9 +295,11 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         return self._draw(n_samples, None)
 
     def impute(self, X: Any, method: str = "sample") -> np.ndarray:
-        """``X`` with its NaN cells filled.
+        """``X`` with its NaN cells filled (observed cells unchanged).
 
-        ``method="sample"``: one exact draw from ``p(x_missing | x_observed)``; ``"mode"``:
-        the max-product completion (:meth:`UGMMCircuit.mpe`). Observed cells are unchanged.
+        ``method="mean"``: the exact conditional mean ``E[x_missing | x_observed]`` (the
+        best fill in squared error); ``"sample"``: one exact draw from
+        ``p(x_missing | x_observed)`` (several: :meth:`conditional_sample`); ``"mpe"`` (or
+        ``"mode"``): the max-product completion (:meth:`UGMMCircuit.mpe`).
         """
         return self._complete(X, method, None)
