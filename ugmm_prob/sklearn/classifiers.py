@@ -85,13 +85,14 @@ class _ClassifierBase(ClassifierMixin, _TorchEstimator):
 
     def encode_labels(self, y: Any, *, unlabelled: bool = False) -> np.ndarray:
         """Labels of ``classes_`` as indices ``0..C-1`` (a ``ValueError`` names unknown ones;
-        with ``unlabelled``, the estimator's ``unlabelled_label`` becomes ``-1``: a row of
-        unknown class)."""
+        with ``unlabelled``, the estimator's ``unlabelled_label`` and None become ``-1``: a
+        row of unknown class)."""
         check_is_fitted(self)
         y = np.asarray(y)
         index = {label: i for i, label in enumerate(self.classes_.tolist())}
         if unlabelled:
             marker = _unlabelled_rows(y, self._unlabelled_marker())
+            marker |= np.array([label is None for label in y.tolist()], dtype=bool)
             index = {**dict.fromkeys(y[marker].tolist(), UNLABELLED), **index}
         try:
             return np.array([index[label] for label in y.tolist()], dtype=np.int64)
@@ -254,7 +255,7 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
 
     def impute(self, X: Any, y: Any = None, method: str = "sample") -> np.ndarray:
         """``X`` with its NaN cells filled, given the class ``y`` of each row if known
-        (``unlabelled_label``: unknown).
+        (``unlabelled_label`` or None: unknown).
 
         Where the class is unknown it is marginalised (``"mean"``), drawn from
         ``p(c | x_observed)`` (``"sample"``) or chosen with the cells (``"mpe"``, max-product);
