@@ -37,7 +37,15 @@ from ._deprecation import RenamedAttribute, accepts_old_spellings
 from .layers import FreshPyroNameOnCopy, unique_pyro_name
 from .metrics import classification_metrics
 
-__all__ = ["UNLABELLED", "DensityModel", "Model", "density_metrics", "missing_mask"]
+__all__ = [
+    "UNLABELLED",
+    "DensityModel",
+    "Model",
+    "density_metrics",
+    "labelled_log_likelihood",
+    "labelled_rows",
+    "missing_mask",
+]
 
 UNLABELLED = -1
 """The label of a row whose class is unknown (scikit-learn's semi-supervised convention)."""

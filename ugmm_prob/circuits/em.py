@@ -10,6 +10,14 @@ ordinary upward computation (the fused input kernel included) therefore gives ev
 sufficient statistic, as EinsumNetworks computes them; zero *probes* added to the layers'
 outputs (:class:`~ugmm_prob.circuits.circuit.FlowProbes`) supply the flows.
 
+Incomplete data. With missing cells (NaN in the training data, a ``mask`` here) ``L`` is
+``sum_b log p(x_b,observed)``, the missing cells' input units the constant ``log 1``: the
+gradients are the exact expected statistics of the observed cells, and an input unit's flow
+counts only the examples that observe its data (per-example input probes,
+:meth:`InputLayer.observed_flow <ugmm_prob.circuits.inputs.InputLayer.observed_flow>`). A
+row labelled ``-1`` (unknown class) contributes ``log p(x_b)``, the log-sum-exp over classes,
+whose gradient weights each class's statistics by ``p(c | x_b)``.
+
 M-step. Each layer maximises its own expected complete-data log-likelihood in closed form
 (:meth:`SumLayer.maximise <ugmm_prob.circuits.layers.SumLayer.maximise>`,
 :meth:`InputLayer.maximise <ugmm_prob.circuits.inputs.InputLayer.maximise>`), with MAP

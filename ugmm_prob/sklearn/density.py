@@ -1,6 +1,7 @@
-"""The density estimator :class:`UGMMCircuitDensity` (like ``GaussianMixture``), and the
-queries it shares with the circuit classifier: ``score_samples`` in the original units,
-exact marginals of rows with NaN cells, sampling, imputation, BIC and AIC."""
+"""The density estimator :class:`UGMMCircuitDensity` (like ``GaussianMixture``), and what it
+shares with the circuit classifier and imputer: fitting on rows with NaN cells,
+``score_samples`` in the original units, exact marginals of rows with NaN cells, sampling,
+imputation, BIC and AIC."""
 
 from __future__ import annotations
 
@@ -208,7 +209,8 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
     ``fit(X)`` standardises the columns, builds a circuit on a region graph chosen for the
     data (:meth:`UGMMCircuit.from_data`: correlated columns share regions; input units start
     at training rows) and trains it by maximum likelihood with online EM
-    (:func:`~ugmm_prob.circuits.fit_em`).
+    (:func:`~ugmm_prob.circuits.fit_em`). ``X`` may have missing (NaN) cells: every row is
+    used, with its observed cells (unlike ``GaussianMixture``, which cannot fit them).
 
     Args:
         depth: splits of each region-graph tree (at most ``log2(n_features)``, lowered to

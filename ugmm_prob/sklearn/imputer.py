@@ -43,8 +43,9 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, _CircuitMixin, 
             ``verbose`` are as for :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
 
     Attributes:
-        model_, mean_, scale_, n_parameters_, history_, n_iter_, best_iter_,
-        n_features_in_, feature_names_in_: as for
+        model_: the fitted :class:`~ugmm_prob.circuits.UGMMCircuit` (on standardised columns);
+            ``mean_``, ``scale_``, ``n_parameters_``, ``history_``, ``n_iter_``,
+            ``best_iter_``, ``n_features_in_`` and ``feature_names_in_`` are as for
             :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
     """
 
