@@ -118,9 +118,14 @@ def _discrete_mutual_information(codes: torch.Tensor) -> torch.Tensor:
     device = codes.device
     bins = max(int(codes.max()) + 1, 1)  # binary data: 2 columns per variable, any ``bins``
     dtype = torch.int8 if device.type == "cpu" else torch.float32
-    one_hot = torch.zeros(n, count, bins + 1, dtype=dtype, device=device)
+    complete = bool((codes >= 0).all())
+    # a missing cell's code points at one spare column, cut off afterwards
+    one_hot = torch.zeros(n, count, bins + (not complete), dtype=dtype, device=device)
     one_hot.scatter_(2, torch.where(codes < 0, bins, codes)[:, :, None], 1)
-    one_hot = one_hot[..., :bins].reshape(n, count * bins)  # a missing cell sets no column
+    one_hot = one_hot[..., :bins].reshape(n, count * bins)
+    if complete:  # every pair is observed in all n rows: the marginals are the columns'
+        marginal = one_hot.sum(0, dtype=torch.float64).reshape(count, bins)
+        marginal_term = torch.xlogy(marginal, marginal).sum(-1)  # sum_a c_a log c_a, (D,)
     information = torch.zeros(count, count, dtype=torch.float64, device=device)
     block = max(1, _COUNT_BLOCK_ELEMENTS // (count * bins * bins))
     for start in range(0, count, block):
@@ -128,6 +133,10 @@ def _discrete_mutual_information(codes: torch.Tensor) -> torch.Tensor:
         joint = _joint_counts(one_hot[:, start * bins : stop * bins], one_hot[:, start * bins :])
         joint = joint.to(torch.float64).reshape(stop - start, bins, count - start, bins)
         joint_term = torch.xlogy(joint, joint).sum((1, 3))  # (k, D - start)
+        if complete:
+            value = (joint_term - marginal_term[start:stop, None] - marginal_term[None, start:]) / n
+            information[start:stop, start:] = value + math.log(n)
+            continue
         left, right = joint.sum(3), joint.sum(1)  # c_a (k, B, D'), c_b (k, D', B)
         pairs = left.sum(1)  # rows observing both columns, (k, D - start)
         left_term = torch.xlogy(left, left).sum(1)
