@@ -3,6 +3,7 @@ with missing cells and with bad cells (one line on stderr, exit status 2, nothin
 
 import csv
 import io
+import json
 import math
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_score_posterior_sample_impute_with_missing_cells(fitted, capsys):
     assert drawn[0] == [*COLUMNS, "kind"] and len(drawn) == 6
     assert {r[3] for r in drawn[1:]} == {"large"} and all(float(r[0]) > 160 for r in drawn[1:])
 
-    for extra in ([], ["--mode"]):
+    for extra in ([], ["--mode"], ["--method", "mean"], ["--method", "mpe"]):
         assert main(["impute", str(out), str(data), *extra]) == 0
         filled = _csv(capsys.readouterr().out)
         assert len(filled) == 7 and all(cell != "" for row in filled for cell in row)
@@ -98,6 +99,17 @@ def test_score_posterior_sample_impute_with_missing_cells(fitted, capsys):
             for cell, value in zip(given, done, strict=True):
                 if cell not in ("", "nan"):
                     assert cell == value or math.isclose(float(cell), float(value))
+
+    # multiple imputation: K completions, numbered, observed cells kept in each
+    assert main(["impute", str(out), str(data), "--num-samples", "3"]) == 0
+    draws = _csv(capsys.readouterr().out)
+    assert draws[0] == ["draw", *COLUMNS, "kind"] and len(draws) == 1 + 3 * 6
+    assert [r[0] for r in draws[1:]] == [str(k) for k in range(3) for _ in range(6)]
+    assert all(cell != "" for row in draws for cell in row)
+    assert {r[1] for r in draws[1::6]} == {rows[0][0]}  # height observed in row 0
+    assert len({r[2] for r in draws[1::6]}) == 3  # its missing weight: three draws
+    assert main(["impute", str(out), str(data), "--num-samples", "3", "--method", "mean"]) == 2
+    assert "--num-samples takes an int >= 1 with --method sample" in capsys.readouterr().err
 
     target = folder / "scores.csv"
     assert main(["score", str(out), str(data), "--output", str(target)]) == 0
@@ -161,8 +173,10 @@ def test_unknown_class_empty_target_and_refusals(fitted, tmp_path, capsys):
     assert "line 3, column 'kind': unknown class 'medium'" in capsys.readouterr().err
     rows[1][3] = ""
     data = _write(tmp_path / "empty_target.csv", rows)
-    assert main(["fit", str(data), "--out", str(tmp_path / "m"), "--target", "kind"]) == 2
-    assert "line 3, column 'kind': the target is empty" in capsys.readouterr().err
+    net = ["fit", str(data), "--out", str(tmp_path / "m"), "--target", "kind", "--model", "net"]
+    assert main(net) == 2
+    err = capsys.readouterr().err
+    assert "line 3, column 'kind': the target is empty" in err and "--model circuit" in err
     assert main(["fit", str(data), "--out", str(tmp_path / "m"), "--target", "colour"]) == 2
     assert "no column 'colour'" in capsys.readouterr().err
     assert main(["fit", str(folder / "people.csv"), "--out", str(out), "--quiet"]) == 2
@@ -209,6 +223,27 @@ def test_net_model_classifies_but_does_not_sample(fitted, tmp_path, capsys):
     assert main([*args, "--model", "net", "--quiet"]) == 2
     assert "cannot marginalise missing cells (1 in all)" in capsys.readouterr().err
     assert not (tmp_path / "net2" / "model.pt").exists()
+
+
+def test_fit_learns_from_empty_cells_and_rows_without_a_class(tmp_path, capsys):
+    """``fit`` keeps rows with empty cells (marginalised) and rows with an empty target (of
+    unknown class, semi-supervised): they count in the summary and in metrics.json."""
+    rows = _data(80, seed=3)
+    for i in range(0, 80, 4):
+        rows[i][1] = ""  # 20 empty weights
+    for i in range(1, 80, 3):
+        rows[i][3] = ""  # 27 rows without a class
+    data = _write(tmp_path / "holes.csv", rows)
+    out = tmp_path / "m"
+    args = ["fit", str(data), "--out", str(out), "--target", "kind", "--quiet", "--max-iter", "5"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert "20 empty cells marginalised" in shown and "27 rows without a class" in shown
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rows"] == 80 and metrics["unlabelled_rows"] == 27
+    assert metrics["train_accuracy"] > 0.9
+    estimator, _ = load_estimator(out / "model.pt")
+    assert sorted(estimator.classes_) == ["large", "small"]
 
 
 def test_read_table_names_duplicate_columns(tmp_path):

@@ -32,7 +32,7 @@ from ugmm_prob.circuits import (
     random_binary_trees,
 )
 from ugmm_prob.circuits.compile import LEAF_LAYER
-from ugmm_prob.circuits.em import maximise
+from ugmm_prob.circuits.em import expected_statistics, maximise
 
 GRAPHS = {
     "nested": lambda: RegionGraph.from_nested(([0, 1], [2, 3, 4])),
@@ -390,62 +390,32 @@ def _correlated(n: int, d: int = 3, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, d, generator=generator, dtype=torch.float64) @ mixing + shift
 
 
-def _masked_statistics(circuit: UGMMCircuit, x: torch.Tensor, observed: torch.Tensor):
-    """The E-step of :func:`ugmm_prob.circuits.em.expected_statistics`, written out with a
-    mask (that function has none): gradients of ``sum log p(x_obs)`` and the flows."""
-    probes = circuit.flow_probes()
-    params = dict(circuit.named_parameters())
-    with torch.enable_grad():
-        joint = circuit._upward(x, observed, probes=probes).root + circuit.class_log_prior()
-        total = torch.logsumexp(joint, -1).sum()
-        leaves = [probes.inputs, *probes.sums, probes.root, *params.values()]
-        grads = torch.autograd.grad(total, leaves, allow_unused=True)
-    offset = 2 + len(probes.sums)
-    named = {
-        name: torch.zeros_like(p) if g is None else g
-        for (name, p), g in zip(params.items(), grads[offset:], strict=True)
-    }
-    input_grads = {k.split(".", 1)[1]: v for k, v in named.items() if k.startswith("inputs.")}
-    input_stats = circuit.inputs.expected_statistics(input_grads, grads[0])
-    stats_ = {f"inputs.{k}": v for k, v in input_stats.items()}
-    for i, layer in enumerate(circuit.sums):
-        stats_[f"sums.{i}"] = layer.expected_counts(
-            named[f"sums.{i}.logits_unconstrained"], grads[1 + i]
-        )
-    stats_["root"] = circuit.root.expected_counts(
-        named["root.logits_unconstrained"], grads[1 + len(probes.sums)]
-    )
-    prior = torch.softmax(circuit.class_logits, -1).detach()
-    stats_["class"] = named["class_logits_unconstrained"] + prior * len(x)
-    return total.detach(), stats_
-
-
 def test_statistics_with_missing_cells_equal_the_conditional_gaussian_expectations():
     circuit = _single_gaussian(4).double()
     _randomise_layer(circuit.inputs, 5)
     x = _correlated(30, 4)
     generator = torch.Generator().manual_seed(6)
     observed = torch.rand(30, 4, generator=generator) < 0.6
-    observed[0] = False
-    _, stats_ = _masked_statistics(circuit, x, observed)
+    observed[0] = False  # a row with nothing observed: the unit gets no statistics from it
+    _, stats_ = expected_statistics(circuit, x, mask=observed)
     mu = circuit.inputs.leaf_loc()[0, 0].detach()
     sigma = circuit.inputs.covariance_matrix[0, 0].detach()
     first = torch.zeros(4, dtype=torch.float64)
     second = torch.zeros(4, 4, dtype=torch.float64)
-    for row, seen in zip(x, observed, strict=True):  # textbook E-step, one row at a time
+    for row, seen in zip(x, observed, strict=True):  # textbook E-step, row by row
         o, m = seen.nonzero().squeeze(1), (~seen).nonzero().squeeze(1)
+        if not len(o):
+            continue  # nothing observed: log p(x_obs) = 0 does not depend on the unit
         mean, cov = row.clone(), torch.zeros(4, 4, dtype=torch.float64)
-        if len(o):
-            gain = sigma[m[:, None], o[None, :]] @ torch.linalg.inv(sigma[o[:, None], o[None, :]])
-            mean[m] = mu[m] + gain @ (row[o] - mu[o])
-            cov[m[:, None], m[None, :]] = (
-                sigma[m[:, None], m[None, :]] - gain @ sigma[o[:, None], m[None, :]]
-            )
-        else:
-            mean, cov = mu.clone(), sigma.clone()
+        gain = sigma[m[:, None], o[None, :]] @ torch.linalg.inv(sigma[o[:, None], o[None, :]])
+        mean[m] = mu[m] + gain @ (row[o] - mu[o])
+        cov[m[:, None], m[None, :]] = (
+            sigma[m[:, None], m[None, :]] - gain @ sigma[o[:, None], m[None, :]]
+        )
         first += mean
         second += cov + mean[:, None] * mean[None, :]
-    torch.testing.assert_close(stats_["inputs.count"], torch.tensor([[30.0]]).double())
+    observed_rows = float(observed.any(1).sum())
+    torch.testing.assert_close(stats_["inputs.count"], torch.tensor([[observed_rows]]).double())
     torch.testing.assert_close(stats_["inputs.sum"][0, 0], first)
     torch.testing.assert_close(stats_["inputs.sum_outer"][0, 0], second)
 
@@ -481,7 +451,7 @@ def test_one_step_with_missing_cells_is_one_textbook_em_step():
     _randomise_layer(circuit.inputs, 3)
     x = _correlated(200, 3, seed=4)
     observed = torch.rand(200, 3, generator=torch.Generator().manual_seed(8)) < 0.7
-    before, stats_ = _masked_statistics(circuit, x, observed)
+    before, stats_ = expected_statistics(circuit, x, mask=observed)
     maximise(circuit, stats_, pseudo_count=0.0, variance_pseudo_count=0.0)
     n = stats_["inputs.count"][0, 0]
     mean = stats_["inputs.sum"][0, 0] / n
@@ -529,7 +499,7 @@ def test_full_batch_em_with_missing_cells_never_lowers_the_marginal_likelihood()
     with torch.no_grad():
         circuit.load_state_dict(build(GRAPHS["nested"](), channels=3, seed=5).state_dict())
     for _ in range(5):
-        total, stats_ = _masked_statistics(circuit, x, observed)
+        total, stats_ = expected_statistics(circuit, x, mask=observed)
         history.append(float(total))
         maximise(circuit, stats_, pseudo_count=0.0, variance_pseudo_count=1e-3)
     steps = torch.tensor(history).diff()

@@ -23,6 +23,7 @@ import ugmm_prob.sklearn as usk  # noqa: E402
 from ugmm_prob.sklearn import (  # noqa: E402
     UGMMCircuitClassifier,
     UGMMCircuitDensity,
+    UGMMCircuitImputer,
     UGMMNetClassifier,
     count_free_parameters,
     load_estimator,
@@ -35,6 +36,7 @@ FAST = [
     UGMMCircuitDensity(max_iter=3, random_state=0),
     UGMMCircuitClassifier(max_iter=3, random_state=0),
     UGMMNetClassifier(max_iter=8, n_members=2, random_state=0),
+    UGMMCircuitImputer(max_iter=3, random_state=0),
 ]
 
 
@@ -169,7 +171,7 @@ def test_sample_impute_and_conditional_sample():
     holes = x[:50].copy()
     holes[:, 1] = np.nan
     holes[0] = x[0]  # a complete row stays as it is
-    for method in ("sample", "mode"):
+    for method in ("sample", "mode", "mpe", "mean"):
         filled = model.impute(holes, method=method)
         np.testing.assert_array_equal(filled[:, 0], x[:50, 0])
         np.testing.assert_array_equal(filled[0], x[0])
@@ -188,8 +190,8 @@ def test_sample_impute_and_conditional_sample():
         assert draws[:, i].std() == pytest.approx(sd, rel=0.1)
     draws = model.conditional_sample(holes[:3], n_samples=4)
     assert draws.shape == (4, 3, 2) and np.isfinite(draws).all()
-    with pytest.raises(ValueError, match="method"):
-        model.impute(holes, method="mean")
+    with pytest.raises(ValueError, match="method must be one of 'mean', 'mpe', 'sample'"):
+        model.impute(holes, method="median")
 
 
 def test_classifier_sample_and_impute_take_labels(iris):
@@ -205,12 +207,22 @@ def test_classifier_sample_and_impute_take_labels(iris):
     assert np.isfinite(model.impute(holes, names[:4])).all()
 
 
-def test_training_rows_with_missing_cells_are_left_out_with_a_warning():
+def test_training_rows_with_missing_cells_are_used():
+    """Rows with NaN cells are fitted as they are (their observed cells count), without a
+    warning; what no fit can use is refused, naming it."""
+    import warnings
+
     x = _correlated(n=100)
     x[:7, 0] = np.nan
-    with pytest.warns(UserWarning, match="7 of 100 training rows"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         model = UGMMCircuitDensity(max_iter=2, random_state=0).fit(x)
     assert np.isfinite(model.score_samples(x)).all()
+    np.testing.assert_allclose(model.mean_, np.nanmean(x, axis=0))
+    empty = x.copy()
+    empty[:, 1] = np.nan
+    with pytest.raises(ValueError, match=r"column\(s\) \[1\] have no observed value"):
+        UGMMCircuitDensity(max_iter=2).fit(empty)
 
 
 def test_save_and_load_estimator(tmp_path, iris):
@@ -257,21 +269,17 @@ def test_the_package_does_not_shadow_scikit_learn():
 
 
 def test_training_rows_with_missing_cells_by_estimator(iris):
-    """Circuits: rows with NaN cells are left out of training (warning) and marginalised at
-    prediction; the uGMM-NN refuses NaN cells in fit and predict, saying what to use."""
+    """Circuits fit rows with NaN cells (marginalised in training and prediction); the
+    uGMM-NN refuses NaN cells in fit and predict, saying what to use."""
     x, y = iris
     holes = x.copy()
     holes[::10, 2] = np.nan  # 15 of 150 rows
-    with pytest.warns(UserWarning, match="15 of 150 training rows"):
-        circuit = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(holes, y)
+    circuit = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(holes, y)
+    assert np.isfinite(circuit.predict_proba(holes)).all() and circuit.score(x, y) > 0.8
     complete = ~np.isnan(holes).any(axis=1)
-    reference = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(x[complete], y[complete])
-    np.testing.assert_allclose(circuit.predict_proba(holes), reference.predict_proba(holes))
-    assert np.isfinite(circuit.predict_proba(holes)).all()
-    every_row = x.copy()
-    every_row[:, 0] = np.nan
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="at least 2 complete rows"):
-        UGMMCircuitDensity(max_iter=2).fit(every_row)
+    dropped = UGMMCircuitClassifier(max_iter=3, random_state=0).fit(x[complete], y[complete])
+    # the incomplete rows took part: not the model of the complete rows alone
+    assert not np.allclose(circuit.predict_proba(holes), dropped.predict_proba(holes))
     with pytest.raises(ValueError, match=r"fit: X has missing \(NaN\) cells in 15 of 150 rows"):
         UGMMNetClassifier(max_iter=2).fit(holes, y)
     net = UGMMNetClassifier(max_iter=2, random_state=0).fit(x, y)

@@ -52,6 +52,7 @@ __all__ = [
     "DatasetNotFoundError",
     "Split",
     "check_classification_data",
+    "check_finite_cells",
     "find_mnist",
     "holdout_split",
     "iris_split",
@@ -589,15 +590,24 @@ def mnist_subset(
 
 
 def check_classification_data(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, *, name: str = "data"
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    name: str = "data",
+    allow_missing: bool = False,
+    allow_unlabelled: bool = False,
+    model: str | None = None,
 ) -> None:
     """Check a classification dataset before it reaches a model; raise a clear error if not.
 
-    ``x`` must be a floating tensor of shape ``(n, ...)`` with ``n >= 1`` and finite values;
-    ``y`` an integer tensor of shape ``(n,)`` with labels in ``[0, num_classes)``. Every
-    message starts with ``f"{name}: "`` so the caller's dataset is named. The value checks
-    (label range, finite features) are skipped while validation is disabled
-    (:mod:`ugmm_prob.validation`).
+    ``x`` must be a floating tensor of shape ``(n, ...)`` with ``n >= 1`` and finite values
+    (NaN cells allowed with ``allow_missing``: a model that marginalises them); ``y`` an
+    integer tensor of shape ``(n,)`` with labels in ``[0, num_classes)`` (also ``-1``, an
+    unlabelled row, with ``allow_unlabelled``). Every message starts with ``f"{name}: "``
+    so the caller's dataset is named, and says when the ``model`` (a class name) cannot
+    take what was refused. The value checks (label range, finite features) are skipped
+    while validation is disabled (:mod:`ugmm_prob.validation`).
 
     Raises:
         TypeError: ``x`` is not a floating tensor, or ``y`` not an integer tensor.
@@ -627,16 +637,41 @@ def check_classification_data(
     if not is_validation_enabled():
         return
     low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= num_classes:
+    lowest = -1 if allow_unlabelled else 0
+    if low < lowest or high >= num_classes:
+        unlabelled = ""
+        if low == -1:
+            who = model or "this model"
+            unlabelled = (
+                f" (-1, an unlabelled row, needs a model that marginalises the class; {who} cannot)"
+            )
+        elif allow_unlabelled:
+            unlabelled = " or -1 (unlabelled)"
         raise ValueError(
-            f"{name}: labels must be in [0, {num_classes - 1}] for {num_classes} classes, "
-            f"found min {low} and max {high}"
+            f"{name}: labels must be in [0, {num_classes - 1}] for {num_classes} classes"
+            f"{unlabelled}, found min {low} and max {high}"
         )
+    check_finite_cells(x, name=name, allow_missing=allow_missing, model=model)
+
+
+def check_finite_cells(
+    x: torch.Tensor, *, name: str = "data", allow_missing: bool = False, model: str | None = None
+) -> None:
+    """Raise a ``ValueError`` naming the counts when ``x`` has infinite cells, or NaN cells
+    (missing values) unless ``allow_missing`` (the model marginalises them)."""
     finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        nans = int(torch.isnan(x).sum())
-        infs = int(x.numel() - finite.sum()) - nans
+    if bool(finite.all()):
+        return
+    nans = int(torch.isnan(x).sum())
+    infs = int(x.numel() - finite.sum()) - nans
+    if infs or not allow_missing:
+        hint = ""
+        if nans and not allow_missing:
+            hint = (
+                f"; NaN cells are missing values, which {model or 'this model'} cannot "
+                "marginalise (a density model such as UGMMCircuit can)"
+            )
         raise ValueError(
             f"{name}: x has {nans + infs} non-finite value(s) ({nans} NaN, {infs} inf) "
-            f"out of {x.numel()}"
+            f"out of {x.numel()}{hint}"
         )

@@ -15,6 +15,13 @@ the methods of its role:
   trains without labels, its likelihood is ``log p(x)`` or ``log p(x, y)``, its metrics are
   the negative log-likelihood per example and bits per dimension, plus the class posterior's
   accuracy, NLL and ECE when there are labels and classes.
+
+Incomplete data. A density model marginalises exactly, so it takes two kinds of holes in
+its training and validation data (:attr:`Model.accepts_missing_cells`,
+:attr:`Model.accepts_unlabelled_rows`): NaN cells in ``x`` (the row contributes
+``log p(x_observed)``) and the label :data:`UNLABELLED` (``-1``, scikit-learn's
+semi-supervised marker) for a row whose class is unknown (it contributes
+``log p(x) = logsumexp_c log p(x, c)``). A classifier can do neither and refuses both.
 """
 
 from __future__ import annotations
@@ -30,7 +37,34 @@ from ._deprecation import RenamedAttribute, accepts_old_spellings
 from .layers import FreshPyroNameOnCopy, unique_pyro_name
 from .metrics import classification_metrics
 
-__all__ = ["DensityModel", "Model", "density_metrics"]
+__all__ = [
+    "UNLABELLED",
+    "DensityModel",
+    "Model",
+    "density_metrics",
+    "labelled_log_likelihood",
+    "labelled_rows",
+    "missing_mask",
+]
+
+UNLABELLED = -1
+"""The label of a row whose class is unknown (scikit-learn's semi-supervised convention)."""
+
+
+def missing_mask(x: torch.Tensor) -> torch.Tensor | None:
+    """``~isnan(x)`` (True = observed) where ``x`` has a NaN cell, else None.
+
+    None keeps the complete-data path (no mask to apply); the test costs one host
+    synchronisation, so training steps ask their trainer (which checked the data set once)
+    instead of calling this per minibatch.
+    """
+    observed = ~torch.isnan(x)
+    return None if bool(observed.all()) else observed
+
+
+def labelled_rows(y: torch.Tensor) -> torch.Tensor:
+    """``y != UNLABELLED``: the rows whose class is known."""
+    return y != UNLABELLED
 
 
 class Model(FreshPyroNameOnCopy, PyroModule):
@@ -49,6 +83,10 @@ class Model(FreshPyroNameOnCopy, PyroModule):
     model does not say. Every model of the library names its number of inputs so."""
     requires_labels: bool = True
     """Whether :meth:`training_loss` needs labels ``y``."""
+    accepts_missing_cells: bool = False
+    """Whether training and validation data may have NaN cells (marginalised exactly)."""
+    accepts_unlabelled_rows: bool = False
+    """Whether labels may be :data:`UNLABELLED` (the row's class marginalised exactly)."""
     likelihood_site: str = "y"
     """The observed Pyro site of :meth:`model`: ``"y"`` (labels) or ``"x"`` (the inputs)."""
 
@@ -99,25 +137,40 @@ class Model(FreshPyroNameOnCopy, PyroModule):
         raise NotImplementedError
 
 
+def labelled_log_likelihood(joint: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``log p(x, y)`` from ``joint[..., c] = log p(x, c)``: the entry of ``y``, or
+    ``log p(x) = logsumexp_c log p(x, c)`` where ``y`` is :data:`UNLABELLED` (every row
+    when ``y`` is None): the one place that reads a label, for training losses, EM and
+    metrics alike (so an unlabelled row's EM statistics are weighted by its class
+    posterior, the gradient of the log-sum-exp)."""
+    marginal = torch.logsumexp(joint, dim=-1)
+    if y is None:
+        return marginal
+    y = torch.as_tensor(y, device=joint.device).long().expand(joint.shape[:-1])
+    known = labelled_rows(y)
+    picked = joint.gather(-1, torch.where(known, y, 0)[..., None]).squeeze(-1)
+    return torch.where(known, picked, marginal)
+
+
 @accepts_old_spellings(renamed={"num_vars": "in_features"})
 def density_metrics(
     joint: torch.Tensor, y: torch.Tensor | None, in_features: int
 ) -> dict[str, float]:
     """Metrics of a density model from ``joint[i, c] = log p(x_i, c)`` ``(n, C)``.
 
-    ``nll``: mean ``-log p(x_i, y_i)`` (``-log p(x_i)`` without labels) in nats per example;
-    ``bits_per_dim``: the same in bits per variable (``in_features`` of them); with labels
-    and ``C > 1`` also the class posterior's ``accuracy``, ``class_nll`` and ``ece``.
+    ``nll``: mean ``-log p(x_i, y_i)`` (``-log p(x_i)`` without labels, and for the rows
+    labelled :data:`UNLABELLED`) in nats per example (of the observed cells, when
+    ``joint`` was computed with missing cells marginalised); ``bits_per_dim``: the same in
+    bits per variable (``in_features`` of them); with labels and ``C > 1`` also the class
+    posterior's ``accuracy``, ``class_nll`` and ``ece`` on the labelled rows.
     """
     joint = joint.double()
-    if y is None:
-        log_p = torch.logsumexp(joint, -1)
-    else:
-        log_p = joint.gather(-1, y[:, None].to(joint.device)).squeeze(-1)
-    nll = float(-log_p.mean())
+    y = None if y is None else y.to(joint.device)
+    nll = float(-labelled_log_likelihood(joint, y).mean())
     metrics = {"nll": nll, "bits_per_dim": nll / (in_features * math.log(2))}
-    if y is not None and joint.shape[-1] > 1:
-        classes = classification_metrics(torch.softmax(joint, -1), y.to(joint.device))
+    known = None if y is None else labelled_rows(y)
+    if y is not None and joint.shape[-1] > 1 and bool(known.any()):
+        classes = classification_metrics(torch.softmax(joint[known], -1), y[known])
         metrics |= {
             "accuracy": classes["accuracy"],
             "class_nll": classes["nll"],
@@ -136,6 +189,8 @@ class DensityModel(Model):
     """
 
     requires_labels = False
+    accepts_missing_cells = True
+    accepts_unlabelled_rows = True
     likelihood_site = "x"
     in_features: int
     num_vars = RenamedAttribute("in_features")
@@ -152,8 +207,10 @@ class DensityModel(Model):
         raise NotImplementedError
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x, c)``: its softmax over ``c`` is the exact ``p(c | x)``."""
-        return self.joint_log_prob(x)
+        """``log p(x, c)``: its softmax over ``c`` is the exact ``p(c | x)`` (NaN cells
+        marginalised: ``log p(x_observed, c)``)."""
+        x = self.as_input(x)
+        return self.joint_log_prob(x, missing_mask(x))
 
     def log_prob(
         self,
@@ -168,11 +225,9 @@ class DensityModel(Model):
     def log_likelihood_from_logits(
         self, logits: torch.Tensor, y: torch.Tensor | None
     ) -> torch.Tensor:
-        """``log p(x, y)`` (the entry of ``y``) or ``log p(x)`` (log-sum-exp over ``c``)."""
-        if y is None:
-            return torch.logsumexp(logits, dim=-1)
-        y = torch.as_tensor(y, device=logits.device).long()
-        return logits.gather(-1, y.expand(logits.shape[:-1])[..., None]).squeeze(-1)
+        """``log p(x, y)`` (the entry of ``y``) or ``log p(x)`` (log-sum-exp over ``c``,
+        also for rows labelled :data:`UNLABELLED`): :func:`labelled_log_likelihood`."""
+        return labelled_log_likelihood(logits, y)
 
     def class_log_prior(self) -> torch.Tensor:
         """``log p(c)``, shape ``(C,)``."""
@@ -180,7 +235,8 @@ class DensityModel(Model):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
-        """The exact class posterior ``p(c | x) = softmax_c log p(x, c)``, ``(n, C)``."""
+        """The exact class posterior ``p(c | x_observed) = softmax_c log p(x_observed, c)``,
+        ``(n, C)``; NaN cells are missing (marginalised)."""
         return torch.softmax(self._joint_in_batches(x, batch_size), dim=-1)
 
     def predict(self, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
@@ -192,15 +248,22 @@ class DensityModel(Model):
         return x
 
     def _joint_in_batches(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``log p(x_observed, c)`` ``(n, C)`` in batches, NaN cells marginalised (the
+        evaluation paths: validation metrics, ``predict_proba``; a direct
+        :meth:`joint_log_prob` asks for an explicit ``mask``)."""
         x = self.as_input(x)
-        parts = [self.joint_log_prob(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        parts = []
+        for i in range(0, len(x), batch_size):
+            chunk = x[i : i + batch_size]
+            parts.append(self.joint_log_prob(chunk, missing_mask(chunk)))
         if not parts:
             return x.new_empty(0, self.num_classes)
         return torch.cat(parts)
 
     @torch.no_grad()
     def validation_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"joint": log p(x_i, c)}`` ``(n, C)``."""
+        """``{"joint": log p(x_i, c)}`` ``(n, C)`` (of the observed cells where ``x`` has
+        NaN cells)."""
         return {"joint": self._joint_in_batches(x, 4096)}
 
     def outputs_from_logit_draws(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:

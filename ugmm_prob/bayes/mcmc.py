@@ -31,7 +31,15 @@ def run_nuts(
     number of parameters and data points, so keep it to models like the Iris networks.
     """
     _check_bayesian(model, "run_nuts")
-    check_classification_data(x, y, model.num_classes, name="data")
+    check_classification_data(
+        x,
+        y,
+        model.num_classes,
+        name="data",
+        allow_missing=model.accepts_missing_cells,  # a circuit's model marginalises both
+        allow_unlabelled=model.accepts_unlabelled_rows,
+        model=type(model).__name__,
+    )
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     kernel = NUTS(model.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)

@@ -32,13 +32,14 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, PyroParam, pyro_method
 
 from .._deprecation import accepts_old_spellings
 from ..boundary import to_tensor
 from ..datasets import check_classification_data
 from ..networks import constructor_config
-from ..roles import DensityModel
+from ..roles import UNLABELLED, DensityModel, labelled_rows, missing_mask
 from ..validation import is_validation_enabled
 from .compile import LEAF_LAYER, CompiledGraph, compile_graph
 from .distribution import CircuitDistribution, ObservedCircuit
@@ -54,7 +55,11 @@ from .region_graphs import (
 )
 from .structures import hclt, quad_graph
 
-__all__ = ["INPUT_TYPES", "FlowProbes", "UGMMCircuit", "UpwardPass"]
+__all__ = ["IMPUTATION_METHODS", "INPUT_TYPES", "FlowProbes", "UGMMCircuit", "UpwardPass"]
+
+IMPUTATION_METHODS = ("mean", "mpe", "sample")
+"""What :meth:`UGMMCircuit.impute` fills missing cells with: the conditional mean, the
+max-product completion, or exact conditional draws."""
 
 INPUT_TYPES: dict[str, type[InputLayer]] = {
     "gaussian": GaussianMixtureInput,
@@ -88,8 +93,9 @@ class FlowProbes:
     (:mod:`~ugmm_prob.circuits.em`).
 
     Attributes:
-        inputs: ``(L, I)``, one per leaf region's input unit; sums: one ``(F, S)`` per sum
-            layer below the root; root: ``(1, C)``.
+        inputs: ``(L, I)``, one per leaf region's input unit (summed flows), or
+            ``(B, L, I)`` (each example's flows: what EM with missing cells needs); sums:
+            one ``(F, S)`` per sum layer below the root; root: ``(1, C)``.
     """
 
     inputs: torch.Tensor
@@ -303,6 +309,8 @@ class UGMMCircuit(DensityModel):
         (:func:`~ugmm_prob.circuits.structures.hclt`, one latent per variable with
         ``channels`` states; ``depth`` and ``repetitions`` do not apply). ``num_classes``
         defaults to ``max(y) + 1`` (1 without ``y``); ``options`` go to the constructor.
+        NaN cells of ``x`` are missing (dependence is measured on the rows observing both
+        columns of a pair) and labels ``-1`` unknown.
         """
         x = torch.as_tensor(x)
         if num_classes is None:
@@ -327,8 +335,10 @@ class UGMMCircuit(DensityModel):
     ) -> None:
         """Start every input unit at data values: each of its examples is the value of its
         variable in a random row (drawn per variable), its spread the variable's standard
-        deviation. Cheap and usually far better than the default start."""
+        deviation. Cheap and usually far better than the default start. NaN cells are
+        missing (each first takes the value of its column in a random row observing it)."""
         x = self._check_data(x, "init_leaves_from_data")
+        x = _fill_missing_cells(x, torch.zeros(len(x), dtype=torch.long), generator)
         inputs = self.inputs
         shape = (inputs.num_slots, inputs.channels, inputs.examples_per_unit)
         rows = torch.randint(0, len(x), shape, generator=generator).to(x.device)
@@ -358,9 +368,13 @@ class UGMMCircuit(DensityModel):
         with one class, or when the root has a single partition (an HCLT), the examples are
         drawn from all rows and the roots are left alone.
 
+        NaN cells of ``x`` are missing: each first takes the value of its column in a random
+        row of the same class that observes it (hot-deck), so the units still start at real
+        values. Rows labelled ``-1`` (unlabelled) serve every class's draws but none's own.
+
         Args:
-            x: training inputs ``(n, D)``, finite.
-            y: their classes ``(n,)`` in ``0..C-1``, or None.
+            x: training inputs ``(n, D)``, finite or NaN (missing).
+            y: their classes ``(n,)`` in ``0..C-1`` (or ``-1``: unknown), or None.
             generator: random generator for the choice of examples.
             class_bias: extra root log-weight of a class's own repetitions.
         """
@@ -369,8 +383,17 @@ class UGMMCircuit(DensityModel):
         per_unit = self.inputs.examples_per_unit
         labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
         if y is not None and self.num_classes > 1:
-            check_classification_data(x, y, self.num_classes, name="init_from_data data")
-            labels = y.to(x.device)
+            check_classification_data(
+                x,
+                y,
+                self.num_classes,
+                name="init_from_data data",
+                allow_missing=True,
+                allow_unlabelled=True,
+            )
+            # unlabelled rows form a group of their own (C) for the class means
+            labels = torch.where(labelled_rows(y), y, self.num_classes).to(x.device)
+        x = _fill_missing_cells(x, labels, generator)
         # a root of one partition (an HCLT) cannot be shared out among classes
         classwise = y is not None and self.num_classes > 1 and reps > 1
         owner = torch.arange(reps) % self.num_classes if classwise else torch.zeros(reps).long()
@@ -399,10 +422,11 @@ class UGMMCircuit(DensityModel):
 
     def _check_data(self, x: torch.Tensor, caller: str) -> torch.Tensor:
         x = self._check_x(x).detach()
-        if x.dim() != 2 or len(x) == 0 or not bool(torch.isfinite(x).all()):
+        if x.dim() != 2 or len(x) == 0 or bool(torch.isinf(x).any()):
             raise ValueError(
-                f"UGMMCircuit.{caller}: expected finite x of shape (n >= 1, {self.in_features}), "
-                f"got {tuple(x.shape)}"
+                f"UGMMCircuit.{caller}: expected x of shape (n >= 1, {self.in_features}) with "
+                f"finite or NaN (missing) cells, got shape {tuple(x.shape)}"
+                + (" with infinite cells" if x.numel() and bool(torch.isinf(x).any()) else "")
             )
         return x
 
@@ -566,15 +590,17 @@ class UGMMCircuit(DensityModel):
             leaf = leaf + probes.inputs
         return self._internal_upward(leaf, mode, probes, keep_products)
 
-    def flow_probes(self) -> FlowProbes:
-        """Zero probes (with gradients) for every unit whose flow EM needs."""
+    def flow_probes(self, batch: int | None = None) -> FlowProbes:
+        """Zero probes (with gradients) for every unit whose flow EM needs; with ``batch``,
+        one input probe per example (see :class:`FlowProbes`)."""
         like = self.class_logits
 
         def zeros(*shape: int) -> torch.Tensor:
             return like.new_zeros(shape, requires_grad=True)
 
+        per_example = () if batch is None else (batch,)
         return FlowProbes(
-            inputs=zeros(self.inputs.num_leaves, self.inputs.channels),
+            inputs=zeros(*per_example, self.inputs.num_leaves, self.inputs.channels),
             sums=[zeros(*layer.logits.shape[:2]) for layer in self.sums],
             root=zeros(1, self.num_classes),
         )
@@ -628,43 +654,67 @@ class UGMMCircuit(DensityModel):
         """Pyro model: ``c ~ Categorical(p(c))``, ``x ~ p(x | c)`` under ``pyro.plate``.
 
         Without ``y`` the class site is enumerated in parallel (use ``TraceEnum_ELBO``), so
-        its exact marginal over classes is ``p(c | x)``.
+        its exact marginal over classes is ``p(c | x)``; a row labelled ``-1``
+        (:data:`~ugmm_prob.roles.UNLABELLED`) is scored ``log p(x)`` at the ``x`` site and
+        nothing at the class site. NaN cells of ``x`` are missing: the ``x`` site scores
+        the observed cells, ``log p(x_observed | c)``.
         """
         size = len(x) if num_data is None else num_data
         class_logits = self.class_logits
         # log p(x | c) for every class, evaluated now, while the parameters' draws (when
-        # they have priors, see ugmm_prob.bayes.make_bayesian) are those of this trace.
-        conditional = self.joint_log_prob(x) - torch.log_softmax(class_logits, dim=-1)
+        # they have priors, see ugmm_prob.bayes.make_bayesian) are those of this trace;
+        # NaN cells are missing (SVI's steps read the loss anyway: the test costs no sync
+        # that the step does not already pay).
+        joint = self.joint_log_prob(x, missing_mask(x))
+        conditional = joint - torch.log_softmax(class_logits, dim=-1)
         with pyro.plate("data", size=size, subsample=torch.arange(len(x), device=x.device)):
-            c = pyro.sample(
-                "y",
-                dist.Categorical(logits=class_logits),
-                obs=y,
-                infer={"enumerate": "parallel"} if y is None else {},
-            )
-            pyro.sample("x", ObservedCircuit(self, c, x, conditional), obs=x)
+            if y is None:
+                c = pyro.sample(
+                    "y",
+                    dist.Categorical(logits=class_logits),
+                    infer={"enumerate": "parallel"},
+                )
+                marginal = None
+            else:
+                # a row labelled -1 scores nothing at the class site and log p(x) at the
+                # x site (the marginal over classes, precomputed with this trace's draws)
+                known = labelled_rows(y)
+                with poutine.mask(mask=known):
+                    pyro.sample(
+                        "y", dist.Categorical(logits=class_logits), obs=torch.where(known, y, 0)
+                    )
+                c, marginal = y, torch.logsumexp(joint, -1)
+            pyro.sample("x", ObservedCircuit(self, c, x, conditional, marginal=marginal), obs=x)
         return c
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def training_loss(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``lambda * NLL(x, y) / D + (1 - lambda) * CE(p(y | x))``, means in nats.
 
         The likelihood term is per variable so that the two terms have comparable scales
         whatever ``D`` (per example, ``-log p(x, y)`` grows with ``D`` and would drown the
         cross-entropy); with ``lambda = 1`` this is maximum likelihood. Without labels it
-        is ``-log p(x) / D`` (maximum likelihood of ``x``).
+        is ``-log p(x) / D`` (maximum likelihood of ``x``). ``mask`` (True = observed)
+        makes every term one of the observed cells, ``log p(x_observed, y)``; a row labelled
+        :data:`~ugmm_prob.roles.UNLABELLED` contributes ``log p(x) = logsumexp_c
+        log p(x, c)`` to the likelihood and nothing to the cross-entropy.
         """
-        joint = self.joint_log_prob(x)
-        if y is None:
-            if self.likelihood_weight < 1.0 and self.num_classes > 1:
-                raise ValueError(
-                    f"likelihood_weight={self.likelihood_weight} mixes in the cross-entropy of "
-                    "p(c | x), which needs labels y"
-                )
-            return -torch.logsumexp(joint, -1).mean() / self.in_features
-        picked = joint.gather(-1, y[:, None]).squeeze(-1)
+        joint = self.joint_log_prob(x, mask)
+        if y is None and self.likelihood_weight < 1.0 and self.num_classes > 1:
+            raise ValueError(
+                f"likelihood_weight={self.likelihood_weight} mixes in the cross-entropy of "
+                "p(c | x), which needs labels y"
+            )
+        picked = self.log_likelihood_from_logits(joint, y)
         nll = -picked.mean() / self.in_features
-        if self.likelihood_weight == 1.0:
+        if self.likelihood_weight == 1.0 or y is None:
             return nll
+        # an unlabelled row's picked value is the log-sum-exp itself: no cross-entropy
         cross_entropy = -(picked - torch.logsumexp(joint, dim=-1)).mean()
         lam = self.likelihood_weight
         return lam * nll + (1 - lam) * cross_entropy
@@ -753,28 +803,113 @@ class UGMMCircuit(DensityModel):
     @torch.no_grad()
     @pyro_method
     def impute(
-        self, x: torch.Tensor, mask: torch.Tensor, *, c: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        c: torch.Tensor | int | None = None,
+        method: str = "sample",
+        num_samples: int | None = None,
     ) -> torch.Tensor:
-        """One exact sample of the unobserved entries given the observed ones.
+        """``x`` with its unobserved cells filled (observed cells unchanged), exactly.
 
-        Draws ``c ~ p(c | x_obs)`` (unless given), then ``x_miss ~ p(x_miss | x_obs, c)`` by
-        a downward pass whose choices are weighted by the evidence.
+        Args:
+            x: ``(..., D)``.
+            mask: True where a cell is observed (broadcastable to ``x``); None: the NaN
+                cells of ``x`` are the missing ones.
+            c: the class of every row (an int or ``(n,)``; ``-1``: unknown), or None: not
+                known, so it is marginalised (``"mean"``), drawn from ``p(c | x_obs)``
+                (``"sample"``) or chosen with the cells (``"mpe"``).
+            method: ``"sample"``: an exact draw ``x_M ~ p(x_M | x_O)`` by a downward pass
+                whose choices are weighted by the evidence; ``"mean"``: the conditional
+                mean ``E[x_M | x_O] = sum_u P(u | x_O) E[x_M | x_O, u]`` over the input
+                units ``u``, ``P(u | x_O)`` the flow of ``log p(x_O)`` into ``u`` (its
+                gradient with respect to ``u``'s log-value, :meth:`_input_posterior`), the
+                best completion in squared error; ``"mpe"``: the max-product completion
+                (:meth:`mpe`; with ``c``, the best induced tree of that class).
+            num_samples: ``k`` independent draws (``"sample"`` only): the result is then
+                ``(k, ..., D)`` (multiple imputation); None: one, shaped like ``x``.
         """
-        flat, flat_mask, batch_shape = self._flat(x, mask)
-        if c is None:
-            joint = self._upward(flat, flat_mask).root + self.class_log_prior()
-            c = sample_index(joint)
-        c = self._check_classes(c, len(flat))
-        return self._sample_given(flat, flat_mask, c).reshape(*batch_shape, self.in_features)
+        if method not in IMPUTATION_METHODS:
+            raise ValueError(
+                f"impute: method must be one of {', '.join(map(repr, IMPUTATION_METHODS))}, "
+                f"got {method!r}"
+            )
+        if num_samples is not None and (
+            method != "sample"
+            or isinstance(num_samples, bool)
+            or not isinstance(num_samples, int)
+            or num_samples < 1
+        ):
+            raise ValueError(
+                f"impute: num_samples must be an int >= 1 with method='sample', got "
+                f"{num_samples!r} with method={method!r}"
+            )
+        flat, flat_mask, batch_shape = self._flat_evidence(x, mask)
+        classes = None if c is None else self._check_classes(c, len(flat), unknown=True)
+        if method == "mean":
+            filled = self._conditional_mean(flat, flat_mask, classes)
+        elif method == "mpe":
+            filled = self._max_product(flat, flat_mask, classes)[0]
+        else:
+            copies = 1 if num_samples is None else num_samples
+            flat = flat.repeat(copies, 1)
+            flat_mask = None if flat_mask is None else flat_mask.repeat(copies, 1)
+            classes = None if classes is None else classes.repeat(copies)
+            if classes is None or bool((classes == UNLABELLED).any()):
+                joint = self._upward(flat, flat_mask).root + self.class_log_prior()
+                drawn = sample_index(joint)  # c ~ p(c | x_obs)
+                classes = drawn if classes is None else torch.where(classes >= 0, classes, drawn)
+            filled = self._sample_given(flat, flat_mask, classes)
+            if num_samples is not None:
+                batch_shape = (num_samples, *batch_shape)
+        return filled.reshape(*batch_shape, self.in_features)
 
-    def _check_classes(self, c: Any, count: int) -> torch.Tensor:
-        """Classes ``c`` (an int or ``count`` of them) as a long tensor of length ``count``."""
+    def _flat_evidence(self, x: torch.Tensor, mask: torch.Tensor | None):
+        """:meth:`_flat`, where ``mask`` None means that the NaN cells of ``x`` are missing."""
+        if mask is None:
+            x = self._check_x(x)
+            mask = missing_mask(x)
+        return self._flat(x, mask)
+
+    def _input_posterior(self, leaf: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """``(B, L, I)``: the probability that example ``b``'s induced tree uses input unit
+        ``i`` of leaf ``l`` given its evidence, from the units' log-values ``leaf``.
+
+        In a smooth, decomposable circuit this is the flow ``d log p(x_b,obs[, c_b]) / d
+        leaf[b, l, i]`` (its derivative with respect to the unit's log-value); the rows of
+        a batch are independent, so one backward pass of the summed log-likelihood gives
+        every row's. ``c`` (``-1``: unknown) conditions on the class; None marginalises it.
+        """
+        leaf = leaf.detach().requires_grad_(True)
+        with torch.enable_grad():
+            joint = self._internal_upward(leaf).root + self.class_log_prior()
+            target = self.log_likelihood_from_logits(joint, c).sum()
+            (grad,) = torch.autograd.grad(target, leaf)
+        return grad
+
+    def _conditional_mean(
+        self, x: torch.Tensor, mask: torch.Tensor | None, c: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``E[x_M | x_O (, c)]`` at the unobserved cells of flat ``x``, ``x`` elsewhere."""
+        if mask is None:
+            return x
+        leaf = self._leaf_region_values(x, mask, "sum")
+        posterior = self._input_posterior(leaf, c)
+        mean = self.inputs.posterior_mean(posterior, x, mask).to(x.dtype)
+        return torch.where(mask, x, mean)
+
+    def _check_classes(self, c: Any, count: int, *, unknown: bool = False) -> torch.Tensor:
+        """Classes ``c`` (an int or ``count`` of them) as a long tensor of length ``count``;
+        with ``unknown``, ``-1`` (:data:`~ugmm_prob.roles.UNLABELLED`) is allowed too."""
         c = to_tensor(c, "UGMMCircuit: c").to(self.class_logits.device)
         if c.dtype.is_floating_point or c.dtype == torch.bool:
             raise TypeError(f"UGMMCircuit: classes must be integers, got dtype {c.dtype}")
-        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
+        lowest = UNLABELLED if unknown else 0
+        if c.numel() and (int(c.min()) < lowest or int(c.max()) >= self.num_classes):
+            also = f" or {UNLABELLED} (unknown)" if unknown else ""
             raise ValueError(
-                f"UGMMCircuit: classes must be in [0, {self.num_classes - 1}], got "
+                f"UGMMCircuit: classes must be in [0, {self.num_classes - 1}]{also}, got "
                 f"{c.unique().tolist()[:5]}"
             )
         try:
@@ -793,41 +928,46 @@ class UGMMCircuit(DensityModel):
 
         Maximises over the class, every sum unit's child and every input unit's latent
         choice (a mixture's component) — the induced trees of the circuit — then fills each
-        unobserved variable with its chosen unit's mode. Returns
+        unobserved variable with its chosen unit's mode. ``mask`` is True where a cell is
+        observed; None: the NaN cells of ``x`` are the unobserved ones. Returns
         ``(x_completed, c, log_value)`` where ``log_value`` is the log of the best induced
         tree's value at the completion.
         """
-        flat, flat_mask, batch_shape = self._flat(x, mask)
-        up = self._upward(flat, flat_mask, mode="max", keep_products=True)
-        value, c = (up.root + self.class_log_prior()).max(-1)
-        completed = self._downward(up, c, flat, flat_mask, _argmax)
+        flat, flat_mask, batch_shape = self._flat_evidence(x, mask)
+        completed, c, value = self._max_product(flat, flat_mask, None)
         return (
             completed.reshape(*batch_shape, self.in_features),
             c.reshape(batch_shape),
             value.reshape(batch_shape),
         )
 
+    def _max_product(
+        self, x: torch.Tensor, mask: torch.Tensor | None, c: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat ``(completed, c, log_value)`` of :meth:`mpe`; ``c`` (``-1``: choose it)
+        fixes the class of the induced tree."""
+        up = self._upward(x, mask, mode="max", keep_products=True)
+        joint = up.root + self.class_log_prior()
+        value, best = joint.max(-1)
+        if c is not None:
+            known = labelled_rows(c)
+            best = torch.where(known, c, best)
+            value = joint.gather(-1, best[:, None]).squeeze(-1)
+        return self._downward(up, best, x, mask, _argmax), best, value
+
     # ----------------------------------------------------------------------------------
     # Moments
     # ----------------------------------------------------------------------------------
     def _leaf_selection(self, c: int | None) -> torch.Tensor:
         """Probability that a sample draws its leaf-region values from input unit ``i`` of
-        leaf ``l``, ``(L, I)``.
-
-        The derivative of ``log p`` with respect to the input units' log-values, with every
-        variable marginalised (all values ``log 1 = 0``), is the expected number of times an
-        induced tree uses that unit, which for a decomposable circuit is the probability
-        that ancestral sampling draws from it.
+        leaf ``l``, ``(L, I)``: :meth:`_input_posterior` with every variable marginalised
+        (all values ``log 1 = 0``), for a decomposable circuit the probability that
+        ancestral sampling (of class ``c``, if given) draws from that unit.
         """
         inputs = self.inputs
         leaf = self.class_logits.new_zeros(1, inputs.num_leaves, inputs.channels)
-        leaf.requires_grad_(True)
-        with torch.enable_grad():
-            root = self._internal_upward(leaf).root
-            log_p = root[0] + self.class_log_prior()
-            target = torch.logsumexp(log_p, -1) if c is None else root[0, c]
-            (grad,) = torch.autograd.grad(target, leaf)
-        return grad[0]
+        classes = None if c is None else torch.tensor([c], device=leaf.device)
+        return self._input_posterior(leaf, classes)[0]
 
     @pyro_method
     def moments(self, c: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -922,6 +1062,33 @@ def _reshape_version_0_state(
         target = own[name]
         if value.shape != target.shape and value.numel() == target.numel():
             state_dict[key] = value.reshape(target.shape)
+
+
+def _fill_missing_cells(
+    x: torch.Tensor, groups: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``x`` with every NaN cell set to its column's value in a random row of the same group
+    that observes it (of any group where none does; 0 where the column is never observed):
+    a hot-deck fill, so that initial units sit at values the data take, with their spread.
+    ``x`` itself where nothing is missing."""
+    missing = torch.isnan(x)
+    if not bool(missing.any()):
+        return x
+    x = x.clone()
+    for d in missing.any(0).nonzero().squeeze(1).tolist():
+        column = x[:, d]
+        seen = ~missing[:, d]
+        for group in groups[missing[:, d]].unique().tolist():
+            holes = (missing[:, d] & (groups == group)).nonzero().squeeze(1)
+            donors = (seen & (groups == group)).nonzero().squeeze(1)
+            if len(donors) == 0:
+                donors = seen.nonzero().squeeze(1)
+            if len(donors) == 0:
+                column[holes] = 0.0
+                continue
+            pick = torch.randint(0, len(donors), (len(holes),), generator=generator)
+            column[holes] = column[donors[pick.to(donors.device)]]
+    return x
 
 
 def _class_means(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

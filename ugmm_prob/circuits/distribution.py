@@ -20,7 +20,8 @@ __all__ = ["CircuitDistribution", "ObservedCircuit"]
 
 
 class CircuitDistribution(TorchDistribution):
-    """``p(x | c)`` (or ``p(x)`` without ``c``) of a :class:`UGMMCircuit`, event shape ``(D,)``.
+    """``p(x | c)`` (or ``p(x)`` without ``c``) of a :class:`UGMMCircuit`, event shape ``(D,)``;
+    a class ``-1`` (unknown) gives ``p(x)`` for that entry.
 
     The batch shape is that of ``c``, so an enumerated class site (shape ``(C, 1)``) gives
     ``log_prob`` of shape ``(C, batch)`` under ``pyro.plate``.
@@ -61,11 +62,21 @@ class CircuitDistribution(TorchDistribution):
                 return self._broadcast(torch.logsumexp(joint, dim=-1))
             return self._pick(joint - self.circuit.class_log_prior())
 
-    def _pick(self, conditional: torch.Tensor) -> torch.Tensor:
-        """``conditional[..., c]`` for the classes ``c``, broadcast to the batch shape."""
+    def _pick(
+        self, conditional: torch.Tensor, marginal: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``conditional[..., c]`` for the classes ``c``, broadcast to the batch shape; where
+        ``c`` is ``-1`` (unknown) the ``marginal`` ``log p(x)`` (by default
+        ``logsumexp_c (conditional + log p(c))``)."""
         shape = torch.broadcast_shapes(conditional.shape[:-1], self.c.shape)
-        index = self.c.to(conditional.device).expand(shape)[..., None]
+        c = self.c.to(conditional.device).expand(shape)
+        index = c.clamp_min(0)[..., None]
         out = conditional.expand(*shape, conditional.shape[-1]).gather(-1, index)[..., 0]
+        if bool((c < 0).any()):
+            if marginal is None:
+                prior = self.circuit.class_log_prior()
+                marginal = torch.logsumexp(conditional + prior, -1)
+            out = torch.where(c >= 0, out, marginal.expand(shape))
         return self._broadcast(out)
 
     def _broadcast(self, out: torch.Tensor) -> torch.Tensor:
@@ -105,9 +116,10 @@ class CircuitDistribution(TorchDistribution):
 class ObservedCircuit(CircuitDistribution):
     """``p(x | c)`` at the observed ``x`` of :meth:`UGMMCircuit.model`, values precomputed.
 
-    ``conditional[b, c] = log p(x_b | c)`` is computed inside the model, so a Bayesian
-    circuit's likelihood uses the parameters drawn in that trace; Pyro evaluates
-    ``log_prob`` later, outside it. Any other value falls back to a fresh evaluation.
+    ``conditional[b, c] = log p(x_b | c)`` (and ``marginal[b] = log p(x_b)``, read for rows
+    of unknown class ``-1``) is computed inside the model, so a Bayesian circuit's
+    likelihood uses the parameters drawn in that trace; Pyro evaluates ``log_prob`` later,
+    outside it. Any other value falls back to a fresh evaluation.
     """
 
     def __init__(
@@ -117,17 +129,23 @@ class ObservedCircuit(CircuitDistribution):
         observed: torch.Tensor,
         conditional: torch.Tensor,
         *,
+        marginal: torch.Tensor | None = None,
         batch_shape: torch.Size | tuple | None = None,
     ) -> None:
         super().__init__(
             circuit, c if batch_shape is None else torch.as_tensor(c).expand(batch_shape)
         )
-        self.observed, self.conditional = observed, conditional
+        self.observed, self.conditional, self.marginal = observed, conditional, marginal
 
     def expand(self, batch_shape, _instance=None):  # type: ignore[override]
         """The same distribution, with its class expanded to ``batch_shape``."""
         return ObservedCircuit(
-            self.circuit, self.c, self.observed, self.conditional, batch_shape=batch_shape
+            self.circuit,
+            self.c,
+            self.observed,
+            self.conditional,
+            marginal=self.marginal,
+            batch_shape=batch_shape,
         )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -135,5 +153,5 @@ class ObservedCircuit(CircuitDistribution):
         if value is self.observed or (
             value.shape == self.observed.shape and torch.equal(value, self.observed)
         ):
-            return self._pick(self.conditional)
+            return self._pick(self.conditional, self.marginal)
         return super().log_prob(value)

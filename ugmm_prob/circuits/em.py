@@ -10,6 +10,14 @@ ordinary upward computation (the fused input kernel included) therefore gives ev
 sufficient statistic, as EinsumNetworks computes them; zero *probes* added to the layers'
 outputs (:class:`~ugmm_prob.circuits.circuit.FlowProbes`) supply the flows.
 
+Incomplete data. With missing cells (NaN in the training data, a ``mask`` here) ``L`` is
+``sum_b log p(x_b,observed)``, the missing cells' input units the constant ``log 1``: the
+gradients are the exact expected statistics of the observed cells, and an input unit's flow
+counts only the examples that observe its data (per-example input probes,
+:meth:`InputLayer.observed_flow <ugmm_prob.circuits.inputs.InputLayer.observed_flow>`). A
+row labelled ``-1`` (unknown class) contributes ``log p(x_b)``, the log-sum-exp over classes,
+whose gradient weights each class's statistics by ``p(c | x_b)``.
+
 M-step. Each layer maximises its own expected complete-data log-likelihood in closed form
 (:meth:`SumLayer.maximise <ugmm_prob.circuits.layers.SumLayer.maximise>`,
 :meth:`InputLayer.maximise <ugmm_prob.circuits.inputs.InputLayer.maximise>`), with MAP
@@ -36,25 +44,40 @@ import torch
 from .. import distributed
 from ..checkpoints import Checkpoint
 from ..training import LoopSettings, prepare_training, train_loop
+from ..training.checks import has_missing_cells
 from .circuit import UGMMCircuit
 
 __all__ = ["expected_statistics", "fit_em", "maximise"]
 
 
 def expected_statistics(
-    circuit: UGMMCircuit, x: torch.Tensor, y: torch.Tensor | None = None
+    circuit: UGMMCircuit,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """E-step on a batch: ``(sum_b log p(x_b[, y_b]), statistics)``.
+    """E-step on a batch: ``(sum_b log p(x_b,obs[, y_b]), statistics)``.
+
+    ``mask`` ``(B, D)`` (True = observed; None: every cell) marginalises the other cells
+    (their entries of ``x`` are never read, NaN included): the statistics are then the
+    exact expected statistics of ``log p(x_observed)``. Sum units and classes count every
+    example's flow; an input unit counts only the examples that observe its data
+    (:meth:`InputLayer.observed_flow <ugmm_prob.circuits.inputs.InputLayer.observed_flow>`,
+    which reads per-example flows from a ``(B, L, I)`` probe). Rows labelled
+    :data:`~ugmm_prob.roles.UNLABELLED` contribute ``log p(x) = logsumexp_c log p(x, c)``,
+    so their statistics are weighted by the class posterior ``p(c | x)``.
 
     The statistics are sums over the batch, keyed ``"inputs.<name>"``, ``"sums.<level>"``,
     ``"root"`` and ``"class"``, so batches (and ranks) combine by adding them.
     """
     if getattr(circuit, "bayesian_parameters", None):
         raise ValueError("EM fits point estimates; this circuit has priors (make_bayesian)")
-    probes = circuit.flow_probes()
+    probes = circuit.flow_probes(None if mask is None else len(x))
     params = dict(circuit.named_parameters())
     with torch.enable_grad():
-        joint = circuit._upward(x, None, probes=probes).root + circuit.class_log_prior()
+        up = circuit._upward(x, mask, probes=probes)
+        joint = up.root + circuit.class_log_prior()
         total = circuit.log_likelihood_from_logits(joint, y).sum()
         leaves = [probes.inputs, *probes.sums, probes.root, *params.values()]
         grads = torch.autograd.grad(total, leaves, allow_unused=True)
@@ -66,7 +89,8 @@ def expected_statistics(
     }
     stats: dict[str, torch.Tensor] = {}
     input_grads = {k.split(".", 1)[1]: v for k, v in named.items() if k.startswith("inputs.")}
-    for key, value in circuit.inputs.expected_statistics(input_grads, flows["inputs"]).items():
+    input_flow = circuit.inputs.observed_flow(flows["inputs"], mask)
+    for key, value in circuit.inputs.expected_statistics(input_grads, input_flow).items():
         stats[f"inputs.{key}"] = value
     layers = [(f"sums.{i}", layer) for i, layer in enumerate(circuit.sums)]
     for key, layer in [*layers, ("root", circuit.root)]:
@@ -127,6 +151,7 @@ class _EMTrainer:
         pseudo_count: float,
         variance_pseudo_count: float,
         covariance_pooling: float,
+        missing: bool = False,
     ) -> None:
         self.model = circuit
         self.online, self.step_size, self.step_decay = online, step_size, step_decay
@@ -137,13 +162,15 @@ class _EMTrainer:
         if covariance_pooling:  # absent at 0, so runs saved before it existed still resume
             self.smoothing["covariance_pooling"] = covariance_pooling
         self.ctx = distributed.context()
+        self.missing = missing  # the data have NaN cells: E-steps marginalise them
         self.steps = 0  # online M-steps taken
         self.running: dict[str, torch.Tensor] | None = None
 
     def step(
         self, x: torch.Tensor, y: torch.Tensor | None, *, weight: float, num_data: int
     ) -> float:
-        total, stats = expected_statistics(self.model, x, y)
+        mask = torch.isnan(x).logical_not_() if self.missing else None
+        total, stats = expected_statistics(self.model, x, y, mask=mask)
         used = float(weight > 0)  # a rank with no share joins with a zero-weighted example
         if not used:
             stats = {key: torch.zeros_like(value) for key, value in stats.items()}
@@ -253,7 +280,11 @@ def fit_em(
             (EM maximises the likelihood; train the hybrid objective with
             :func:`~ugmm_prob.training.fit`).
         x, y: training data ``(n, D)`` and, optionally, classes ``(n,)``: EM then maximises
-            ``log p(x, y)``, else ``log p(x)``.
+            ``log p(x, y)``, else ``log p(x)``. NaN cells of ``x`` are missing: a row
+            contributes ``log p(x_observed[, y])``, the E-step marginalising the rest exactly
+            (:func:`expected_statistics`); a label ``-1``
+            (:data:`~ugmm_prob.roles.UNLABELLED`) marks a row of unknown class, which
+            contributes ``log p(x) = logsumexp_c log p(x, c)`` (semi-supervised EM).
         x_val, y_val: held-out data for the per-epoch metrics and ``keep_best``.
         epochs, batch_size: passes over the data and minibatch size (statistics of a
             full-batch epoch are accumulated over its minibatches).
@@ -305,5 +336,6 @@ def fit_em(
         pseudo_count=pseudo_count,
         variance_pseudo_count=variance_pseudo_count,
         covariance_pooling=covariance_pooling,
+        missing=has_missing_cells(circuit, x),
     )
     return train_loop(trainer, x, y, x_val, y_val, settings, device)

@@ -109,6 +109,11 @@ class InputLayer(PyroModule):
                 if slot < self.num_slots:
                     slot_leaf[slot] = leaf
         self.register_buffer("slot_leaf", slot_leaf, persistent=False)
+        position = torch.zeros(self.num_slots + 1, dtype=torch.long)
+        leaves, width = self.leaf_slots.shape
+        columns = torch.arange(width).expand(leaves, width)
+        position = position.scatter(0, self.leaf_slots.reshape(-1), columns.reshape(-1))
+        self.register_buffer("slot_position", position[: self.num_slots], persistent=False)
 
     @property
     def num_leaves(self) -> int:
@@ -118,6 +123,34 @@ class InputLayer(PyroModule):
     def slot_values(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, D)`` read at every slot's variable: ``(B, N)``."""
         return x.index_select(-1, self.slot_var)
+
+    def leaf_observed(self, observed: torch.Tensor) -> torch.Tensor:
+        """``(B, L, V)``: position ``k`` of leaf ``l`` holds a variable observed in the
+        example (never a padding position); ``observed`` ``(B, D)``."""
+        seen = self.slot_values(observed)
+        padded = torch.cat([seen, seen.new_zeros(len(seen), 1)], 1)  # padding reads False
+        return padded[:, self.leaf_slots]
+
+    def observed_flow(self, flow: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+        """The flow that :meth:`expected_statistics` normalises by: of every slot's units,
+        ``(N, I)``, counting only the examples that observe the slot's variable.
+
+        A missing cell's unit has the constant value ``log 1``: it takes part in induced
+        trees (it receives flow) but its parameters do not enter ``log p(x_observed)``, so
+        the exact EM of the observed cells gives it no statistics, of its mixture weights
+        (categories, components) or its data moments alike.
+
+        Args:
+            flow: the flows of the leaf regions' units, summed over a batch ``(L, I)``
+                (``observed`` None: every cell observed) or per example ``(B, L, I)``.
+            observed: ``(B, D)``, True where a cell is observed, or None.
+        """
+        if observed is None:
+            summed = flow if flow.dim() == 2 else flow.sum(0)
+            return summed.index_select(0, self.slot_leaf)
+        seen = self.leaf_observed(observed).to(flow.dtype)  # (B, L, V)
+        per_position = torch.einsum("blv,bli->lvi", seen, flow)
+        return per_position[self.slot_leaf, self.slot_position]
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
         """``log p_{n,i}(x_{b,var(n)})`` for ``x`` ``(B, D)`` in the support: ``(B, N, I)``."""
@@ -166,6 +199,32 @@ class InputLayer(PyroModule):
         """Exact mean and second raw moment ``E[x^2]`` of every slot's units, each ``(N, I)``."""
         raise NotImplementedError
 
+    def posterior_mean(
+        self, posterior: torch.Tensor, x: torch.Tensor, observed: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, D)``: ``sum_i P(unit i of the leaf) E[x_d | x_observed, unit i]`` summed over
+        the leaves holding ``d``, the conditional mean of every variable.
+
+        Args:
+            posterior: ``(B, L, I)``, the probability that each example's induced tree uses
+                each unit (for each example the leaves it uses cover every variable once,
+                so the sum over the leaves holding ``d`` is one mixture).
+            x, observed: the evidence ``(B, D)``; a unit of one variable is independent of
+                the other cells, so its conditional mean is its mean (:meth:`moments`),
+                whatever the evidence (a unit over several variables overrides this).
+        """
+        mean = self.moments()[0].to(posterior.dtype)  # (N, I)
+        padded = torch.cat([mean, mean.new_zeros(1, mean.shape[1])])  # padding slot: 0
+        leaf_mean = padded[self.leaf_slots]  # (L, V, I)
+        return self.leaf_positions_to_variables(torch.einsum("bli,lvi->blv", posterior, leaf_mean))
+
+    def leaf_positions_to_variables(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, L, V) -> (B, D)``: the values at every leaf position summed into the
+        position's variable (padding positions dropped)."""
+        per_slot = values[:, self.slot_leaf, self.slot_position]  # (B, N)
+        out = per_slot.new_zeros(len(values), self.in_features)
+        return out.index_add(1, self.slot_var, per_slot)
+
     def init_from_examples(self, examples: torch.Tensor, spread: torch.Tensor) -> None:
         """Start every unit near training values.
 
@@ -187,10 +246,10 @@ class InputLayer(PyroModule):
         """EM's expected sufficient statistics, additive over examples.
 
         Args:
-            grads: gradient of a log-likelihood summed over a batch with respect to each
-                parameter, by name (``"loc_unconstrained"``, ...).
-            flow: ``(L, I)`` expected number of times each leaf region's units are used in
-                the batch.
+            grads: gradient of a log-likelihood of the observed cells, summed over a batch,
+                with respect to each parameter, by name (``"loc_unconstrained"``, ...).
+            flow: :meth:`observed_flow`: the expected number of times each unit is used in
+                the batch by an example that observes its data.
         """
         raise NotImplementedError
 
@@ -397,7 +456,6 @@ class GaussianMixtureInput(InputLayer):
         """
         loc, scale = self.loc, self.scale
         weights = torch.softmax(self.logits, -1)
-        flow = flow.index_select(0, self.slot_leaf)  # a leaf's flow reaches each of its slots
         count = grads["logits_unconstrained"] + weights * flow[..., None]
         # scale = floor + exp(u): dL/dscale = dL/du / (scale - floor)
         scale_grad = grads["scale_unconstrained"] / (scale - self.scale_floor)
@@ -541,7 +599,6 @@ class CategoricalInput(InputLayer):
     ) -> dict[str, torch.Tensor]:
         """``count[v]``: expected number of examples with ``x_d = v`` the unit explains,
         ``dL/dl_v + p_v flow``."""
-        flow = flow.index_select(0, self.slot_leaf)  # a leaf's flow reaches each of its slots
         count = torch.softmax(self.logits, -1).mul_(flow[..., None])
         return {"count": count.add_(grads["logits_unconstrained"])}
 

@@ -42,7 +42,11 @@ Sigma + Sigma (w w^T - A) Sigma``. Hence ``sum f E[x | x_O] = n mu + Sigma dL/dm
 with lower triangle ``tril(Y)`` (``L^T`` times a strictly upper matrix is strictly upper),
 and ``2 Sigma G Sigma = 2 L P L^T``. So :meth:`~MultivariateGaussianInput.expected_statistics`
 keeps the interface ``(grads, flow)`` of :class:`~ugmm_prob.circuits.inputs.InputLayer` and
-needs no batch.
+needs no batch. ``n`` counts only the examples that observe at least one of the leaf's
+variables (:meth:`~MultivariateGaussianInput.observed_flow`): where none is observed the unit
+is the constant ``log 1`` of ``log p(x_observed)`` and gets no statistics (the exact EM of
+the observed cells, as for the univariate kinds), which would otherwise only pull it towards
+its current parameters.
 
 Why one module past 400 lines: one class, whose evaluation per missing pattern, conditional
 draws and EM statistics all read the same padded Cholesky layout derived above.
@@ -113,12 +117,8 @@ class MultivariateGaussianInput(InputLayer):
         leaves, width = self.leaf_slots.shape
         real = self.leaf_slots < self.num_slots
         spare = torch.cat([self.slot_var, self.slot_var.new_tensor([in_features])])
-        position = torch.zeros(self.num_slots + 1, dtype=torch.long)
-        columns = torch.arange(width).expand(leaves, width)
-        position = position.scatter(0, self.leaf_slots.reshape(-1), columns.reshape(-1))
         self.register_buffer("real", real, persistent=False)
         self.register_buffer("leaf_var", spare[self.leaf_slots], persistent=False)
-        self.register_buffer("slot_position", position[: self.num_slots], persistent=False)
         self.loc = PyroParam(torch.randn(self.num_slots, channels))
         raw = torch.zeros(leaves, channels, width, width)
         start = max(1.0, 2 * self.scale_floor)
@@ -174,8 +174,16 @@ class MultivariateGaussianInput(InputLayer):
         """``(B, L, V)``: the position holds an observed variable (never padding)."""
         if observed is None:
             return self.real.expand(batch, *self.real.shape)
-        padded = torch.cat([observed, observed.new_zeros(len(observed), 1)], 1)
-        return padded[:, self.leaf_var]
+        return self.leaf_observed(observed)
+
+    def observed_flow(self, flow: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+        """``(L, I)``: the flow of every unit from the examples that observe at least one of
+        its leaf's variables (a unit with none observed has the constant value ``log 1``
+        and no statistics; one with some observed gets the conditional Gaussian's)."""
+        if observed is None:
+            return flow if flow.dim() == 2 else flow.sum(0)
+        seen = self.leaf_observed(observed).any(-1).to(flow.dtype)  # (B, L)
+        return torch.einsum("bl,bli->li", seen, flow)
 
     # ------------------------------------------------------------------------------------
     # Upward values
@@ -270,18 +278,24 @@ class MultivariateGaussianInput(InputLayer):
         joint = loc
         if not mode:
             joint = loc + (tril @ torch.randn_like(loc)[..., None]).squeeze(-1)
-        covariance = tril @ tril.mT
-        pair = observed_leaf[..., :, None] & observed_leaf[..., None, :]
-        eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
-        factor = _cholesky(torch.where(pair, covariance, eye))
-        gap = torch.where(observed_leaf, values - joint, 0.0)[..., None]
-        correction = (covariance @ torch.cholesky_solve(gap, factor)).squeeze(-1)
-        leaf_values = torch.where(observed_leaf, values, joint + correction)
+        leaf_values = _conditioned(joint, tril @ tril.mT, values, observed_leaf)
         slot_values = leaf_values[:, self.slot_leaf, self.slot_position]  # (B, N)
         used = (leaf_channel >= 0).index_select(1, self.slot_leaf)
         target = torch.where(used, self.slot_var, self.in_features)
         out = slot_values.new_zeros(batch, self.in_features + 1)
         return out.scatter(1, target, slot_values)[:, : self.in_features]
+
+    def posterior_mean(
+        self, posterior: torch.Tensor, x: torch.Tensor, observed: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, D)``: as for the univariate kinds, with each unit's mean of a leaf's missing
+        variables given the example's observed ones in that leaf, ``mu_M + Sigma_MO
+        Sigma_OO^-1 (x_O - mu_O)`` (one conditional Gaussian per example, leaf and unit)."""
+        observed_leaf = self._leaf_observed(observed, len(x))[:, :, None, :]  # (B, L, 1, V)
+        values = torch.where(observed_leaf, self._leaf_values(x)[:, :, None, :], 0.0)
+        mean = _conditioned(self.leaf_loc(), self.covariance_matrix, values, observed_leaf)
+        weighted = torch.einsum("bli,bliv->blv", posterior.to(mean.dtype), mean)
+        return self.leaf_positions_to_variables(weighted)
 
     # ------------------------------------------------------------------------------------
     # Moments and initialisation
@@ -425,6 +439,21 @@ class MultivariateGaussianInput(InputLayer):
         diagonal = factor.diagonal(dim1=-2, dim2=-1)
         floored = diagonal.clamp_min(self.scale_floor * (1 + 1e-4) + 1e-12)
         return factor * (floored / diagonal)[..., None, :]
+
+
+def _conditioned(
+    joint: torch.Tensor, covariance: torch.Tensor, values: torch.Tensor, observed: torch.Tensor
+) -> torch.Tensor:
+    """``(..., V)``: ``values`` at observed positions, elsewhere ``joint`` moved by
+    ``Sigma_MO Sigma_OO^-1 (x_O - joint_O)``: the conditional mean of ``N(x_M | x_O)`` when
+    ``joint`` is the mean, a conditional draw when it is a joint draw (Matheron's rule).
+    Shapes broadcast (``covariance`` ``(..., V, V)``)."""
+    pair = observed[..., :, None] & observed[..., None, :]
+    eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    factor = _cholesky(torch.where(pair, covariance, eye))
+    gap = torch.where(observed, values - joint, 0.0)[..., None]
+    correction = (covariance @ torch.cholesky_solve(gap, factor)).squeeze(-1)
+    return torch.where(observed, values, joint + correction)
 
 
 def _cholesky(matrix: torch.Tensor) -> torch.Tensor:

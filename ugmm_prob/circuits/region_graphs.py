@@ -556,14 +556,37 @@ def quad_tree(
 
 
 def gaussian_mutual_information(x: torch.Tensor) -> torch.Tensor:
-    """``-1/2 log(1 - rho_ij^2)`` for every pair of columns of ``x`` (0 on the diagonal)."""
+    """``-1/2 log(1 - rho_ij^2)`` for every pair of columns of ``x`` (0 on the diagonal).
+
+    NaN cells are missing: ``rho_ij`` is the correlation of the rows where both columns
+    are observed (pairwise-complete), 0 for a pair observed together in fewer than 2 rows.
+    """
     x = x.double()
-    centred = x - x.mean(0)
-    spread = centred.pow(2).mean(0).sqrt().clamp_min(1e-12)
-    rho = (centred.T @ centred) / len(x) / (spread[:, None] * spread[None, :])
+    observed = ~torch.isnan(x)
+    if bool(observed.all()):
+        centred = x - x.mean(0)
+        spread = centred.pow(2).mean(0).sqrt().clamp_min(1e-12)
+        rho = (centred.T @ centred) / len(x) / (spread[:, None] * spread[None, :])
+    else:
+        rho = _pairwise_complete_correlation(torch.where(observed, x, 0.0), observed.double())
     information = -0.5 * torch.log1p(-rho.clamp(-1 + 1e-9, 1 - 1e-9).pow(2))
     information.fill_diagonal_(0.0)
     return information
+
+
+def _pairwise_complete_correlation(values: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Correlation ``(D, D)`` of every pair of columns over the rows observing both
+    (``values`` 0 where missing, ``seen`` 1 where observed): with ``n_ij`` such rows,
+    ``S_i^(j) = sum x_i``, ``Q_i^(j) = sum x_i^2`` and ``P_ij = sum x_i x_j`` over them,
+    ``rho = (P/n - S_i S_j / n^2) / sqrt((Q_i/n - (S_i/n)^2) (Q_j/n - (S_j/n)^2))``."""
+    count = seen.T @ seen  # n_ij
+    share = count.clamp_min(1.0)
+    first = (values.T @ seen) / share  # [i, j]: mean of x_i over the rows observing both
+    second = (values.pow(2).T @ seen) / share
+    variance = (second - first.pow(2)).clamp_min(0.0)
+    covariance = (values.T @ values) / share - first * first.T
+    spread = (variance * variance.T).sqrt().clamp_min(1e-24)
+    return torch.where(count >= 2, covariance / spread, 0.0)
 
 
 def _bisect(members: torch.Tensor, affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -594,7 +617,8 @@ def data_driven_tree(
     doubt.
 
     Args:
-        x: training data ``(n >= 2, D)``, finite.
+        x: training data ``(n >= 2, D)``, finite or NaN (missing: pairs are measured on
+            the rows observing both).
         depth: splits per tree.
         repetitions: number of trees.
         seed: seed of the bootstrap resamples.
@@ -602,8 +626,8 @@ def data_driven_tree(
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or len(x) < 2:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"data_driven_tree: expected data of shape (n >= 2, D), got {shape}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("data_driven_tree: x has NaN or infinite values")
+    if bool(torch.isinf(x).any()):
+        raise ValueError("data_driven_tree: x has infinite values (NaN cells are missing)")
     in_features = x.shape[1]
     _check_sizes("data_driven_tree", in_features, depth, repetitions)
     generator = torch.Generator().manual_seed(seed)

@@ -46,7 +46,7 @@ _COUNT_BLOCK_ELEMENTS = 2**24
 # Mutual information
 # -------------------------------------------------------------------------------------
 def _check_rows(x: Any, caller: str) -> torch.Tensor:
-    """``x`` as a finite real tensor of shape ``(n >= 2, D >= 1)``."""
+    """``x`` as a real tensor of shape ``(n >= 2, D >= 1)``, finite or NaN (missing)."""
     x = to_tensor(x, f"{caller}: x")
     if x.dtype == torch.bool:
         x = x.to(torch.uint8)
@@ -56,30 +56,36 @@ def _check_rows(x: Any, caller: str) -> torch.Tensor:
         raise ValueError(
             f"{caller}: expected training rows x of shape (n >= 2, D >= 1), got {tuple(x.shape)}"
         )
-    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{caller}: x must be finite, it has {bad} NaN or infinite values")
+    if x.dtype.is_floating_point and bool(torch.isinf(x).any()):
+        bad = int(torch.isinf(x).sum())
+        raise ValueError(
+            f"{caller}: x must be finite, it has {bad} infinite values (NaN cells are missing)"
+        )
     return x
 
 
 def _is_integer_valued(x: torch.Tensor) -> bool:
-    return not x.dtype.is_floating_point or bool((x == torch.round(x)).all())
+    """Whether every observed (not NaN) value is an integer."""
+    return not x.dtype.is_floating_point or bool(((x == torch.round(x)) | torch.isnan(x)).all())
 
 
 def _bin_codes(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """Integer columns as bin codes ``0..B-1`` (``B <= bins``), shape ``(n, D)``.
+    """Integer columns as bin codes ``0..B-1`` (``B <= bins``), shape ``(n, D)``; ``-1``
+    where a cell is missing (NaN).
 
     A column whose values span ``m = max - min + 1 <= bins`` integers keeps them
     (``x - min``); a wider one is cut into ``bins`` equal-width bins of ``m / bins``
     integers each: ``floor((x - min) * bins / m)``.
     """
     x = x.to(torch.float64)
-    low = x.amin(0)
-    span = x.amax(0) - low + 1  # integers each column can take
+    missing = torch.isnan(x)
+    low = torch.where(missing, torch.inf, x).amin(0)
+    span = torch.where(missing, -torch.inf, x).amax(0) - low + 1  # integers each column takes
     shifted = x - low
     wide = span > bins
     binned = torch.floor(shifted * bins / span).clamp_max(bins - 1)
-    return torch.where(wide, binned, shifted).long()
+    codes = torch.where(wide, binned, shifted)
+    return torch.where(missing, -1.0, codes).long()
 
 
 def _joint_counts(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -98,22 +104,28 @@ def _joint_counts(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 
 
 def _discrete_mutual_information(codes: torch.Tensor) -> torch.Tensor:
-    """Plug-in mutual information of the columns of ``codes`` (``0..B-1``), ``(D, D)``.
+    """Plug-in mutual information of the columns of ``codes`` (``0..B-1``; ``-1``: missing),
+    ``(D, D)``.
 
-    With counts ``c_ab`` of the pair ``(X_i = a, X_j = b)`` over ``n`` rows and marginal
-    counts ``c_a``, ``c_b``: ``I = (sum c_ab log c_ab - sum c_a log c_a - sum c_b log c_b) / n
-    + log n``. The counts of all pairs are one product of one-hot matrices ``(n, D B)``,
-    computed in blocks of columns (the upper triangle only).
+    With counts ``c_ab`` of the pair ``(X_i = a, X_j = b)`` over the ``n`` rows observing
+    both, and their marginal counts ``c_a = sum_b c_ab``, ``c_b = sum_a c_ab``:
+    ``I = (sum c_ab log c_ab - sum c_a log c_a - sum c_b log c_b) / n + log n`` (0 where
+    ``n = 0``). The counts of all pairs are one product of one-hot matrices ``(n, D B)``
+    (a missing cell's row all zeros), computed in blocks of columns (the upper triangle
+    only).
     """
     n, count = codes.shape
     device = codes.device
-    bins = int(codes.max()) + 1  # binary data: 2 columns per variable, whatever ``bins``
+    bins = max(int(codes.max()) + 1, 1)  # binary data: 2 columns per variable, any ``bins``
     dtype = torch.int8 if device.type == "cpu" else torch.float32
-    one_hot = torch.zeros(n, count, bins, dtype=dtype, device=device)
-    one_hot.scatter_(2, codes[:, :, None], 1)
-    one_hot = one_hot.reshape(n, count * bins)
-    marginal = one_hot.sum(0, dtype=torch.float64).reshape(count, bins)
-    marginal_term = torch.xlogy(marginal, marginal).sum(-1)  # sum_a c_a log c_a, (D,)
+    complete = bool((codes >= 0).all())
+    # a missing cell's code points at one spare column, cut off afterwards
+    one_hot = torch.zeros(n, count, bins + (not complete), dtype=dtype, device=device)
+    one_hot.scatter_(2, torch.where(codes < 0, bins, codes)[:, :, None], 1)
+    one_hot = one_hot[..., :bins].reshape(n, count * bins)
+    if complete:  # every pair is observed in all n rows: the marginals are the columns'
+        marginal = one_hot.sum(0, dtype=torch.float64).reshape(count, bins)
+        marginal_term = torch.xlogy(marginal, marginal).sum(-1)  # sum_a c_a log c_a, (D,)
     information = torch.zeros(count, count, dtype=torch.float64, device=device)
     block = max(1, _COUNT_BLOCK_ELEMENTS // (count * bins * bins))
     for start in range(0, count, block):
@@ -121,8 +133,18 @@ def _discrete_mutual_information(codes: torch.Tensor) -> torch.Tensor:
         joint = _joint_counts(one_hot[:, start * bins : stop * bins], one_hot[:, start * bins :])
         joint = joint.to(torch.float64).reshape(stop - start, bins, count - start, bins)
         joint_term = torch.xlogy(joint, joint).sum((1, 3))  # (k, D - start)
-        value = (joint_term - marginal_term[start:stop, None] - marginal_term[None, start:]) / n
-        information[start:stop, start:] = value + math.log(n)
+        if complete:
+            value = (joint_term - marginal_term[start:stop, None] - marginal_term[None, start:]) / n
+            information[start:stop, start:] = value + math.log(n)
+            continue
+        left, right = joint.sum(3), joint.sum(1)  # c_a (k, B, D'), c_b (k, D', B)
+        pairs = left.sum(1)  # rows observing both columns, (k, D - start)
+        left_term = torch.xlogy(left, left).sum(1)
+        right_term = torch.xlogy(right, right).sum(-1)
+        value = (joint_term - left_term - right_term) / pairs.clamp_min(1.0)
+        information[start:stop, start:] = torch.where(
+            pairs > 0, value + torch.log(pairs.clamp_min(1.0)), 0.0
+        )
     information = torch.triu(information, diagonal=1)
     information = information + information.T
     return information.clamp_min(0.0)
@@ -151,7 +173,8 @@ def pairwise_mutual_information(
       correlation ``rho_ij`` (exact for jointly Gaussian columns).
 
     Args:
-        x: training rows ``(n >= 2, D)``, finite.
+        x: training rows ``(n >= 2, D)``, finite or NaN (missing: every pair is measured
+            on the rows observing both columns).
         discrete: whether ``x`` is discrete; None decides by whether every value is an
             integer.
         max_rows: the most rows used.
@@ -159,7 +182,7 @@ def pairwise_mutual_information(
         seed: seed of the row subset.
 
     Raises:
-        ValueError: a shape other than ``(n >= 2, D >= 1)``, NaN or infinite values,
+        ValueError: a shape other than ``(n >= 2, D >= 1)``, infinite values,
             ``discrete=True`` with non-integer values, ``max_rows < 2`` or ``bins < 2``.
     """
     return _mutual_information(x, discrete, max_rows, bins, seed, "pairwise_mutual_information")
@@ -180,9 +203,10 @@ def _mutual_information(
     if discrete is None:
         discrete = integer
     elif discrete and not integer:
+        example = float(x[(x != torch.round(x)) & ~torch.isnan(x)][0])
         raise ValueError(
             f"{caller}: discrete=True expects integer values, got non-integer values such as "
-            f"{float(x[x != torch.round(x)][0])} (pass discrete=False for the Gaussian estimate)"
+            f"{example} (pass discrete=False for the Gaussian estimate)"
         )
     if discrete:
         return _discrete_mutual_information(_bin_codes(x, bins))
@@ -400,7 +424,7 @@ def hclt(
     :func:`chow_liu_tree` itself to keep the tree (e.g. to draw it).
 
     Args:
-        x: training rows ``(n >= 2, D)``, finite.
+        x: training rows ``(n >= 2, D)``, finite or NaN (missing).
         discrete, max_rows, bins, seed: see :func:`pairwise_mutual_information`.
     """
     return hclt_from_tree(_chow_liu_tree(x, discrete, max_rows, bins, seed, "hclt"))

@@ -75,10 +75,15 @@ def _fit_table(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     figure = _fit_summary_figure(estimator, x, labels, out)
     shown = [f"{type(estimator).__name__} on {len(x)} rows x {len(features)} columns"]
+    empty_cells = int(np.isnan(x).sum())
+    if empty_cells:
+        shown.append(f"{empty_cells} empty cells marginalised")
+    if labels is not None and None in labels:
+        shown.append(f"{labels.count(None)} rows without a class (semi-supervised)")
     if "train_log_likelihood_per_row" in metrics:
         shown.append(f"mean log p(x) {metrics['train_log_likelihood_per_row']:.4f} per row")
     if labels is not None:
-        shown.append(f"training accuracy {100 * metrics['train_accuracy']:.2f}%")
+        shown.append(f"training accuracy {100 * metrics['train_accuracy']:.2f}% (labelled rows)")
     print(", ".join(shown) + f"; saved {model_path}, {out / 'metrics.json'}, {figure}")
     return 0
 
@@ -110,13 +115,35 @@ def _fitted_estimator(args: argparse.Namespace, estimators, table: Table, x: np.
         estimator.fit(x)
         return estimator, None
     labels = table.labels(args.target)
-    for row, label in enumerate(labels):
-        if label is None:
-            raise TableError(f"{table.where(row, args.target)}: the target is empty")
-    cls = estimators.UGMMNetClassifier if args.model == "net" else None
-    estimator = (cls or estimators.UGMMCircuitClassifier)(**options)
-    estimator.fit(x, np.array(labels))
+    if args.model == "net":
+        for row, label in enumerate(labels):
+            if label is None:
+                raise TableError(
+                    f"{table.where(row, args.target)}: the target is empty, and the uGMM-NN "
+                    "(--model net) cannot use rows without a class; fit with --model circuit, "
+                    "which learns from them too (semi-supervised)"
+                )
+        estimator = estimators.UGMMNetClassifier(**options)
+        estimator.fit(x, np.array(labels))
+        return estimator, labels
+    if all(label is None for label in labels):
+        raise TableError(f"{args.data}: every cell of the target {args.target!r} is empty")
+    # an empty target cell is a row of unknown class: the circuit marginalises it
+    estimator = estimators.UGMMCircuitClassifier(unlabelled_label=_NO_CLASS, **options)
+    estimator.fit(x, _label_array(labels))
     return estimator, labels
+
+
+_NO_CLASS = -1
+"""The label ``fit`` gives the circuit for an empty target cell (the class labels of a table
+are strings, so a number never collides with one)."""
+
+
+def _label_array(labels: list[str | None]) -> np.ndarray:
+    """The labels for an estimator: strings, with :data:`_NO_CLASS` where a cell is empty."""
+    if None not in labels:
+        return np.array(labels)
+    return np.array([_NO_CLASS if label is None else label for label in labels], dtype=object)
 
 
 def _fit_metrics(
@@ -137,8 +164,12 @@ def _fit_metrics(
         metrics["train_log_likelihood_per_row"] = float(estimator.score_samples(x).mean())
         metrics["bic"] = float(estimator.bic(x))
     if labels is not None:
+        known = [i for i, label in enumerate(labels) if label is not None]
         metrics["classes"] = [str(c) for c in estimator.classes_]
-        metrics["train_accuracy"] = float(estimator.score(x, np.array(labels)))
+        metrics["unlabelled_rows"] = len(labels) - len(known)
+        metrics["train_accuracy"] = float(
+            estimator.score(x[known], np.array([labels[i] for i in known]))
+        )
     metrics["history"] = estimator.history_
     return metrics
 
@@ -150,11 +181,12 @@ def _fit_summary_figure(estimator, x: np.ndarray, labels, out: pathlib.Path) -> 
     axes = grid[0]
     _plot_training(estimator.history_, axes[0])
     if labels is not None:
-        proba = torch.as_tensor(estimator.predict_proba(x))
-        truth = torch.as_tensor(estimator.encode_labels(labels))
+        known = [i for i, label in enumerate(labels) if label is not None]
+        proba = torch.as_tensor(estimator.predict_proba(x[known]))
+        truth = torch.as_tensor(estimator.encode_labels([labels[i] for i in known]))
         classes = [str(c) for c in estimator.classes_]
         plot_posteriors(proba, truth, class_names=classes, ax=axes[1])
-        axes[1].set_title("p(class | x) on the training rows")
+        axes[1].set_title("p(class | x) on the labelled training rows")
     else:
         axes[1].hist(estimator.score_samples(x), bins=30)
         axes[1].set(xlabel="log p(x)", ylabel="rows", title="log-likelihood of the rows")
@@ -317,28 +349,71 @@ def _impute_table(args: argparse.Namespace) -> int:
     _needs(estimator, "impute", "impute")
     table = read_table(args.data)
     x = _features_of(table, columns)
-    method = "mode" if args.mode else "sample"
+    method = "mpe" if args.mode else args.method
+    if args.mode and args.method not in ("mpe", _DEFAULT_IMPUTATION):
+        raise UsageError(f"--mode is --method mpe; it cannot go with --method {args.method}")
+    draws = args.num_samples
+    if draws is not None and (draws < 1 or method != "sample"):
+        raise UsageError(
+            f"--num-samples takes an int >= 1 with --method sample (multiple imputation), got "
+            f"{draws} with --method {method}"
+        )
     labels = _known_labels(table, target, estimator)
+    copies = 1 if draws is None else draws
     if labels is None:
-        filled = estimator.impute(x, method=method)
+        filled = _impute_rows(estimator, x, method, draws)
         out_labels = None
-    else:
-        if method == "sample":
-            # rows without a class: draw one from p(c | x_observed), then condition on it
-            proba = estimator.predict_proba(x)
-            rng = np.random.RandomState(args.seed)
+    elif method == "sample":
+        # rows without a class: draw one from p(c | x_observed) for every completion, then
+        # condition on it (a class and the cells drawn together)
+        proba = estimator.predict_proba(x)
+        rng = np.random.RandomState(args.seed)
+        by_name = {str(c): c for c in estimator.classes_}
+        out_labels = []
+        for _ in range(copies):
             drawn = [str(estimator.classes_[rng.choice(len(p), p=p)]) for p in proba]
-            out_labels = [drawn[i] if label is None else label for i, label in enumerate(labels)]
-            by_name = {str(c): c for c in estimator.classes_}
-            filled = estimator.impute(x, [by_name[c] for c in out_labels], method="sample")
-        else:  # the max-product completion chooses the class with the cells
-            filled = estimator.impute(x, method="mode")
-            decided = estimator.predict(x)
-            out_labels = [decided[i] if label is None else label for i, label in enumerate(labels)]
-    if out_labels is None:
-        return _output(args, columns, filled.tolist())
-    rows = [[*row, c] for row, c in zip(filled.tolist(), out_labels, strict=True)]
-    return _output(args, [*columns, target], rows)
+            pairs = zip(drawn, labels, strict=True)
+            out_labels.append([d if label is None else label for d, label in pairs])
+        # one call for every completion, so that each gets draws of its own
+        classes = [by_name[c] for chosen in out_labels for c in chosen]
+        filled = estimator.impute(np.tile(x, (copies, 1)), classes, method="sample")
+        filled = filled.reshape(copies, *x.shape)
+        if draws is None:
+            filled, out_labels = filled[0], out_labels[0]
+    else:
+        # "mean": the class is marginalised for the cells, an empty target cell gets the
+        # most probable class; "mpe": the max-product completion chooses the class with them
+        by_name = {str(c): c for c in estimator.classes_}
+        given = [None if label is None else by_name[label] for label in labels]
+        filled = estimator.impute(x, np.array(given, dtype=object), method=method)
+        decided = estimator.predict(x)
+        out_labels = [decided[i] if label is None else label for i, label in enumerate(labels)]
+    header = [*columns] if out_labels is None else [*columns, target]
+    if draws is None:
+        return _output(args, header, _with_labels(filled, out_labels))
+    rows = [
+        [k, *row]
+        for k in range(draws)
+        for row in _with_labels(filled[k], None if out_labels is None else out_labels[k])
+    ]
+    return _output(args, ["draw", *header], rows)
+
+
+_DEFAULT_IMPUTATION = "sample"
+
+
+def _impute_rows(estimator, x: np.ndarray, method: str, draws: int | None) -> np.ndarray:
+    """``x`` filled by ``method``; ``(draws, n, D)`` completions with ``draws``."""
+    if draws is None:
+        return estimator.impute(x, method=method)
+    return estimator.conditional_sample(x, n_samples=draws)
+
+
+def _with_labels(filled: np.ndarray, labels) -> list[list]:
+    rows = filled.tolist()
+    if labels is None:
+        return rows
+    return [[*row, c] for row, c in zip(rows, labels, strict=True)]
 
 
 _MODEL_DIR_HELP = f"the --out folder of 'ugmm-prob fit' (holding {MODEL_FILE})"
@@ -360,7 +435,9 @@ def _add_fit_command(sub: argparse._SubParsersAction) -> None:
         description="Fit a model to a table: without --target a density (the generative "
         "circuit, UGMMCircuitDensity); with --target a classifier of that column (the "
         "circuit, exact p(class | x), or --model net, the paper's uGMM-NN). Saves OUT/model.pt, "
-        "OUT/metrics.json and OUT/summary.png. Empty cells are missing values.",
+        "OUT/metrics.json and OUT/summary.png. Empty cells are missing values, which the "
+        "circuit marginalises in training; a row with an empty target cell is a row of "
+        "unknown class, which the circuit learns from too (semi-supervised).",
     )
     table_fit.add_argument("data", help="CSV file with a header line, or a .npy array")
     table_fit.add_argument("--out", required=True, help="folder for model.pt, metrics, figure")
@@ -433,13 +510,25 @@ def _add_impute_command(sub: argparse._SubParsersAction) -> None:
     table_impute = sub.add_parser(
         "impute",
         help="fill the empty cells of a table",
-        description="Fill empty (or NaN) cells by exact conditional sampling from the fitted "
-        "circuit, or with --mode by the max-product completion (the conditional mode). An "
-        "empty target cell is filled too (a class drawn from p(class | observed cells)).",
+        description="Fill empty (or NaN) cells from the fitted circuit, given each row's "
+        "observed cells: --method mean, the exact conditional mean E[missing | observed] "
+        "(the best fill in squared error); sample, an exact conditional draw (default; "
+        "--num-samples K writes K completions, a 'draw' column numbering them: multiple "
+        "imputation); mpe, the max-product completion. An empty target cell is filled too "
+        "(a class drawn from p(class | observed cells), or the most probable one).",
     )
     table_impute.add_argument("model_dir", help=_MODEL_DIR_HELP)
     table_impute.add_argument("data", help=_DATA_HELP)
-    table_impute.add_argument("--mode", action="store_true", help="the max-product completion")
+    table_impute.add_argument(
+        "--method",
+        choices=["mean", "mpe", "sample"],
+        default=_DEFAULT_IMPUTATION,
+        help="conditional mean, max-product completion or exact draw (default sample)",
+    )
+    table_impute.add_argument(
+        "--num-samples", type=int, help="K conditional draws per row (with --method sample)"
+    )
+    table_impute.add_argument("--mode", action="store_true", help="the same as --method mpe")
     table_impute.add_argument(
         "--seed", type=int, default=0, help="seed of the classes drawn for empty targets"
     )

@@ -9,7 +9,6 @@ still imports and fitting raises an ``ImportError`` saying how to install it.
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,13 @@ import torch
 from ugmm_prob.checkpoints import model_class_path, resolve_model_class
 
 try:
-    from sklearn.base import BaseEstimator, ClassifierMixin, DensityMixin
+    from sklearn.base import (
+        BaseEstimator,
+        ClassifierMixin,
+        DensityMixin,
+        OneToOneFeatureMixin,
+        TransformerMixin,
+    )
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets  # noqa: F401 (used by
     from sklearn.utils.validation import check_array, check_is_fitted  # noqa: F401 the others)
@@ -34,6 +39,12 @@ except ImportError as _error:  # pragma: no cover - exercised only without sciki
         """Stand-in used when scikit-learn is not installed."""
 
     class DensityMixin:  # type: ignore[no-redef]
+        """Stand-in used when scikit-learn is not installed."""
+
+    class OneToOneFeatureMixin:  # type: ignore[no-redef]
+        """Stand-in used when scikit-learn is not installed."""
+
+    class TransformerMixin:  # type: ignore[no-redef]
         """Stand-in used when scikit-learn is not installed."""
 
 
@@ -154,33 +165,27 @@ class _TorchEstimator(BaseEstimator):
             )
 
     # -- data ---------------------------------------------------------------------------
-    def _complete_rows(self, X: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Training rows without missing cells (a warning says how many were left out).
-
-        The circuit's trainers (EM, and the gradient objective) take complete rows only, so
-        a row with a NaN cell is left out of training, standardisation and the validation
-        split; at prediction its missing cells are marginalised exactly.
-        """
-        keep = ~np.isnan(X).any(axis=1)
-        if not keep.all():
-            warnings.warn(
-                f"{type(self).__name__}.fit: {int((~keep).sum())} of {len(X)} training rows "
-                "have missing (NaN) cells and are left out of training; missing cells are "
-                "marginalised exactly at prediction",
-                UserWarning,
-                stacklevel=3,
-            )
-        if keep.sum() < 2:
+    def _check_training_rows(self, X: np.ndarray) -> None:
+        """Training rows may have missing (NaN) cells, which the circuits' trainers
+        marginalise exactly; refuse what no fit can use: fewer than 2 rows, or a column
+        with no observed cell (nothing to standardise it by)."""
+        if len(X) < 2:
             raise ValueError(
-                f"{type(self).__name__}.fit: expected at least 2 complete rows (n_samples >= 2 "
-                f"without NaN), got {int(keep.sum())} sample(s); rows with missing (NaN) cells "
-                "are left out of training"
+                f"{type(self).__name__}.fit: expected at least 2 rows (n_samples >= 2), got "
+                f"{len(X)} sample(s)"
             )
-        return (X[keep], *(a[keep] for a in arrays))
+        empty = np.flatnonzero(np.isnan(X).all(axis=0))
+        if len(empty):
+            raise ValueError(
+                f"{type(self).__name__}.fit: column(s) {empty.tolist()} have no observed "
+                "value (every cell NaN); expected at least one observed cell per column"
+            )
 
     def _standardise_fit(self, X: np.ndarray) -> None:
-        self.mean_ = X.mean(axis=0)
-        scale = X.std(axis=0)
+        """``mean_``, ``scale_``: each column's mean and standard deviation over its observed
+        (not NaN) cells."""
+        self.mean_ = np.nanmean(X, axis=0)
+        scale = np.nanstd(X, axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
 
     def _to_z(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ugmm_prob.circuits import UGMMCircuit
+from ugmm_prob.roles import UNLABELLED
 from ugmm_prob.sklearn.base import (
     ClassifierMixin,
     _require_sklearn,
@@ -25,13 +26,47 @@ from ugmm_prob.training import fit
 __all__ = ["UGMMCircuitClassifier"]
 
 
+def _unlabelled_rows(y: np.ndarray, marker: Any) -> np.ndarray:
+    """The rows labelled ``marker`` (``None``: none), comparing numbers with numbers and
+    strings with strings (a string ``"-1"`` is not the number ``-1``)."""
+    y = np.asarray(y)
+    if marker is None:
+        return np.zeros(len(y), dtype=bool)
+    number = _is_number(marker)
+    return np.array(
+        [_is_number(label) == number and label == marker for label in y.tolist()], dtype=bool
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
 class _ClassifierBase(ClassifierMixin, _TorchEstimator):
     """Labels: ``classes_`` (any labels, strings too) mapped to ``0..C-1``."""
 
+    def _unlabelled_marker(self) -> Any:
+        """The label of a row of unknown class (the circuit's ``unlabelled_label``), or None:
+        every label is a class."""
+        return getattr(self, "unlabelled_label", None)
+
     def _encode(self, y: np.ndarray) -> np.ndarray:
-        check_classification_targets(y)
-        self.classes_, encoded = np.unique(y, return_inverse=True)
-        return encoded.reshape(-1)
+        """``classes_`` and the labels as ``0..C-1`` (``-1`` for the rows labelled with the
+        unlabelled marker, where the estimator has one)."""
+        marker = self._unlabelled_marker()
+        unlabelled = _unlabelled_rows(y, marker)
+        known = np.unique(y[~unlabelled]) if (~unlabelled).any() else []
+        if unlabelled.any() and len(known) < 2:
+            raise ValueError(
+                f"{type(self).__name__}.fit: {int(unlabelled.sum())} row(s) are labelled "
+                f"{marker!r} (unlabelled_label: unknown class), which leaves {len(known)} "
+                f"class(es) {[str(k) for k in known]}; expected at least 2 labelled classes"
+            )
+        check_classification_targets(y[~unlabelled])
+        self.classes_, encoded = np.unique(y[~unlabelled], return_inverse=True)
+        labels = np.full(len(y), UNLABELLED, dtype=np.int64)
+        labels[~unlabelled] = encoded.reshape(-1)
+        return labels
 
     def _training_data(self, X: np.ndarray, encoded: np.ndarray) -> dict[str, Any]:
         """Standardise (fitting ``mean_``, ``scale_``) and split: tensors of the training
@@ -49,11 +84,17 @@ class _ClassifierBase(ClassifierMixin, _TorchEstimator):
             "seed": seed,
         }
 
-    def encode_labels(self, y: Any) -> np.ndarray:
-        """Labels of ``classes_`` as indices ``0..C-1`` (a ``ValueError`` names unknown ones)."""
+    def encode_labels(self, y: Any, *, unlabelled: bool = False) -> np.ndarray:
+        """Labels of ``classes_`` as indices ``0..C-1`` (a ``ValueError`` names unknown ones;
+        with ``unlabelled``, the estimator's ``unlabelled_label`` and None become ``-1``: a
+        row of unknown class)."""
         check_is_fitted(self)
         y = np.asarray(y)
         index = {label: i for i, label in enumerate(self.classes_.tolist())}
+        if unlabelled:
+            marker = _unlabelled_rows(y, self._unlabelled_marker())
+            marker |= np.array([label is None for label in y.tolist()], dtype=bool)
+            index = {**dict.fromkeys(y[marker].tolist(), UNLABELLED), **index}
         try:
             return np.array([index[label] for label in y.tolist()], dtype=np.int64)
         except KeyError as error:
@@ -77,7 +118,12 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
     """A generative classifier: the circuit models ``p(x, c)``, ``predict_proba`` is exact.
 
     ``p(c | x) = p(x, c) / sum_c' p(x, c')``, computed exactly, also for rows with NaN cells
-    (marginalised). With ``likelihood_weight=1`` (default) the circuit is fitted by maximum
+    (marginalised). ``fit`` takes incomplete data: rows with NaN cells (their observed cells
+    count, ``log p(x_observed, c)``) and, with ``unlabelled_label`` set (``-1``:
+    scikit-learn's semi-supervised convention), rows of unknown class labelled with it,
+    which contribute ``log p(x) = logsumexp_c log p(x, c)`` (semi-supervised learning; the
+    classes are the other labels). With
+    ``likelihood_weight=1`` (default) the circuit is fitted by maximum
     likelihood of ``(x, c)`` with EM; with ``likelihood_weight < 1`` the hybrid objective
     ``lambda * NLL / D + (1 - lambda) * cross-entropy of p(c | x)`` is minimised with Adam
     (:func:`~ugmm_prob.training.fit`, ``learning_rate``), keeping the epoch with the best
@@ -94,6 +140,11 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
             only its own (False, default: ``p(x | c)`` is then a circuit of its own per
             class; on a 10-class table, digits, 89% test accuracy against 76% shared).
         learning_rate: Adam's learning rate (hybrid objective only).
+        unlabelled_label: the label that marks a training row of unknown class, e.g.
+            ``-1`` as scikit-learn's semi-supervised estimators (``LabelSpreading``,
+            ``SelfTrainingClassifier``) read it; None (default): every label is a class
+            (so binary labels ``{-1, 1}`` keep working). In :meth:`impute` it marks rows
+            whose class is not given.
         **others: (single values: the classifier does not search its size) ``depth``,
             ``channels``, ``components``,
             ``scale_floor``, ``max_iter``, ``batch_size``, ``step_size``, ``pseudo_count``,
@@ -123,6 +174,7 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
         step_size: float = 0.1,
         pseudo_count: float = 1e-2,
         learning_rate: float = 1e-2,
+        unlabelled_label: Any = None,
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
         random_state: Any = None,
@@ -141,6 +193,7 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
         self.step_size = step_size
         self.pseudo_count = pseudo_count
         self.learning_rate = learning_rate
+        self.unlabelled_label = unlabelled_label
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.random_state = random_state
@@ -158,7 +211,7 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
                 f"{self.likelihood_weight!r}"
             )
         encoded = self._encode(y)
-        X, encoded = self._complete_rows(X, encoded)
+        self._check_training_rows(X)
         data = self._training_data(X, encoded)
         self._fit_circuit(
             data["x"],
@@ -185,7 +238,8 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
             return self._em(circuit, x, y, x_val, y_val, seed)
         keep = None
         if x_val is not None:
-            keep = "class_nll" if len(self.classes_) > 1 else "nll"
+            labelled = bool((y_val != UNLABELLED).any())  # class metrics need labelled rows
+            keep = "class_nll" if len(self.classes_) > 1 and labelled else "nll"
         return fit(
             circuit,
             x,
@@ -219,13 +273,12 @@ class UGMMCircuitClassifier(_CircuitMixin, _ClassifierBase):
         return X, self.classes_[classes]
 
     def impute(self, X: Any, y: Any = None, method: str = "sample") -> np.ndarray:
-        """``X`` with its NaN cells filled, given the class ``y`` of each row if known.
+        """``X`` with its NaN cells filled, given the class ``y`` of each row if known
+        (``unlabelled_label`` or None: unknown).
 
-        Without ``y`` the class is drawn from ``p(c | x_observed)`` (``"sample"``) or chosen
-        with the cells (``"mode"``, max-product); see
-        :meth:`~ugmm_prob.sklearn.density.UGMMCircuitDensity.impute`.
+        Where the class is unknown it is marginalised (``"mean"``), drawn from
+        ``p(c | x_observed)`` (``"sample"``) or chosen with the cells (``"mpe"``, max-product);
+        see :meth:`~ugmm_prob.sklearn.density.UGMMCircuitDensity.impute`.
         """
-        c = None if y is None else self.encode_labels(y)
-        if c is not None and method == "mode":
-            raise ValueError("impute: method='mode' chooses the class itself; pass y=None")
+        c = None if y is None else self.encode_labels(y, unlabelled=True)
         return self._complete(X, method, c)

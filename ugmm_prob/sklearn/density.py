@@ -1,6 +1,7 @@
-"""The density estimator :class:`UGMMCircuitDensity` (like ``GaussianMixture``), and the
-queries it shares with the circuit classifier: ``score_samples`` in the original units,
-exact marginals of rows with NaN cells, sampling, imputation, BIC and AIC."""
+"""The density estimator :class:`UGMMCircuitDensity` (like ``GaussianMixture``), and what it
+shares with the circuit classifier and imputer: fitting on rows with NaN cells,
+``score_samples`` in the original units, exact marginals of rows with NaN cells, sampling,
+imputation, BIC and AIC."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from ugmm_prob.circuits import UGMMCircuit, fit_em
+from ugmm_prob.circuits.circuit import IMPUTATION_METHODS
 from ugmm_prob.sklearn import search
 from ugmm_prob.sklearn.base import (
     _MIN_ROWS_FOR_VALIDATION,
@@ -24,6 +26,12 @@ from ugmm_prob.sklearn.base import (
 )
 
 __all__ = ["UGMMCircuitDensity"]
+
+_UNSEARCHED = {"structure": "tree", "covariance_pooling": 0.0}
+"""The searched parameters' values for an estimator that does not have them (the imputer)."""
+
+_IMPUTATION_ALIASES = {"mode": "mpe"}
+"""Former names of imputation methods that the estimators still take."""
 
 
 class _CircuitMixin:
@@ -97,8 +105,7 @@ class _CircuitMixin:
                 None if y is None else y.cpu(),
                 seed=seed,
                 generator=generator,
-                **self._circuit_options(),
-                **options,
+                **{**self._circuit_options(), **options},  # a candidate's sizes win
             )
             circuit = circuit.to(torch.float64).to(x.device)
             self.history_ = train(circuit)
@@ -126,25 +133,111 @@ class _CircuitMixin:
         marginalised exactly (the log-density of the observed cells)."""
         check_is_fitted(self)
         X = self._validate(X, reset=False, allow_nan=True)
+        return self._density_score_samples(X)
+
+    def _fit_density(self, X: Any) -> None:
+        """``fit`` of the density (and of the imputer): standardise, hold out rows, choose
+        the circuit's size among the candidates (:mod:`~ugmm_prob.sklearn.search`; an
+        estimator without searched parameters has one candidate) by the held-out
+        log-likelihood, each built from the rows (NaN cells missing) and trained with EM;
+        then refit the chosen one on all rows (``refit``)."""
+        _require_sklearn()
+        X = self._validate(X, reset=True)
+        self._check_common()
+        self._check_training_rows(X)
+        self._standardise_fit(X)
+        seed = self._seed()
+        train, val = self._split(len(X), seed)
+        z = self._tensor((X - self.mean_) / self.scale_)  # NaN cells stay NaN: missing
+        z_val = None if val is None else z[val]
+        params = {name: getattr(self, name, _UNSEARCHED.get(name)) for name in search.SEARCHED}
+        options = search.candidates(params, X.shape[1])
+        if len(options) > 1 and z_val is None:
+            raise ValueError(
+                f"{type(self).__name__}: {len(options)} candidate sizes need held-out rows "
+                f"to choose among them: set early_stopping=True (and give at least "
+                f"{_MIN_ROWS_FOR_VALIDATION} rows) or give one value per searched parameter"
+            )
+
+        def score(candidate: dict[str, Any]) -> tuple[float, int]:
+            self._fit_candidate(z[train], z_val, seed, candidate)
+            if z_val is None:
+                return 0.0, self.n_iter_
+            # held-out log p(x_observed) per row in the original units
+            value = float(np.mean(self._density_score_samples(X[val])))
+            return value, int(self.best_iter_ or self.n_iter_)
+
+        chosen, epoch, self.search_results_ = search.select(options, score)
+        self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
+        if self._refits() and z_val is not None:
+            self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
+            self.best_iter_ = epoch
+        elif len(options) > 1:  # the last candidate fitted is not the chosen one
+            self._fit_candidate(z[train], z_val, seed, chosen)
+
+    def _refits(self) -> bool:
+        """Whether the chosen candidate is refitted on all rows (the estimator's
+        ``refit``; estimators without one keep the fit on the training rows)."""
+        return bool(getattr(self, "refit", False))
+
+    def _fit_candidate(
+        self,
+        z: torch.Tensor,
+        z_val: torch.Tensor | None,
+        seed: int,
+        candidate: dict[str, Any],
+        epochs: int | None = None,
+    ) -> None:
+        """Build the candidate's circuit from the rows ``z`` and train it by EM (keeping
+        the best epoch on ``z_val`` if given, else ``epochs`` epochs)."""
+        options = dict(candidate)
+        pooling = float(options.pop("covariance_pooling"))
+        self._fit_circuit(
+            z,
+            None,
+            seed,
+            lambda circuit: self._em(
+                circuit,
+                z,
+                None,
+                z_val,
+                None,
+                seed,
+                epochs=epochs,
+                online=bool(getattr(self, "online", True)),
+                covariance_pooling=pooling,
+            ),
+            **options,
+        )
+
+    def _density_score_samples(self, X: np.ndarray) -> np.ndarray:
+        """``log p(x_observed)`` of each row in the original units (no checks)."""
         joint = self._joint(X)
         top = joint.max(axis=1, keepdims=True)
         return (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
 
-    def _complete(self, X: Any, method: str, c: np.ndarray | None) -> np.ndarray:
+    def _complete(
+        self, X: Any, method: str, c: np.ndarray | None, num_samples: int | None = None
+    ) -> np.ndarray:
+        """``X`` with its NaN cells filled by :meth:`UGMMCircuit.impute` (``method``
+        ``"mean"``, ``"mpe"`` (or its former name ``"mode"``) or ``"sample"``), given the
+        classes ``c`` (``-1``: unknown) if any; ``(num_samples, n, D)`` draws with
+        ``num_samples``."""
         check_is_fitted(self)
-        if method not in ("sample", "mode"):
-            raise ValueError(f"impute: method must be 'sample' or 'mode', got {method!r}")
+        method = _IMPUTATION_ALIASES.get(method, method)
+        if method not in IMPUTATION_METHODS:
+            raise ValueError(
+                f"impute: method must be one of {', '.join(map(repr, IMPUTATION_METHODS))} "
+                f"('mode' is 'mpe'), got {method!r}"
+            )
         X = self._validate(X, reset=False, allow_nan=True)
         z, mask = self._to_z(X)
         if mask is None:
-            return X.copy()
+            return X.copy() if num_samples is None else np.tile(X, (num_samples, 1, 1))
         with self._rng(), torch.no_grad():
             torch.manual_seed(self._seed())
-            if method == "mode":
-                filled = self.model_.mpe(z, mask)[0]
-            else:
-                classes = None if c is None else torch.as_tensor(c, device=z.device)
-                filled = self.model_.impute(z, mask, c=classes)
+            classes = None if c is None else torch.as_tensor(c, device=z.device)
+            filled = self.model_.impute(z, mask, c=classes, method=method, num_samples=num_samples)
         values = filled.cpu().numpy() * self.scale_ + self.mean_
         return np.where(np.isnan(X), values, X)
 
@@ -165,12 +258,11 @@ class _CircuitMixin:
         Returns an array ``(n_samples, n, n_features)``: ``draws[s]`` is ``X`` with its NaN
         cells filled by the ``s``-th draw (observed cells unchanged).
         """
-        check_is_fitted(self)
-        X = self._validate(X, reset=False, allow_nan=True)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
+            raise ValueError(f"conditional_sample: n_samples must be an int, got {n_samples!r}")
         if n_samples < 1:
             raise ValueError(f"conditional_sample: n_samples must be >= 1, got {n_samples}")
-        repeated = np.tile(X, (int(n_samples), 1))
-        return self._complete(repeated, "sample", None).reshape(n_samples, *X.shape)
+        return self._complete(X, "sample", None, int(n_samples))
 
     def _bic_aic(self, X: Any, penalty: float) -> float:
         X = self._validate(X, reset=False, allow_nan=True)
@@ -200,7 +292,8 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
     correlated columns share regions; input units start at training rows), trains it by EM
     (:func:`~ugmm_prob.circuits.fit_em`) and keeps the epoch with the best held-out
     log-likelihood. The best combination is then refitted on all rows for that many epochs
-    (``refit=True``).
+    (``refit=True``). ``X`` may have missing (NaN) cells: every row is used, with its
+    observed cells (unlike ``GaussianMixture``, which cannot fit them).
 
     The defaults were chosen on the validation splits of ``benchmarks/tabular.py`` (five
     tables, docs/results.md): full-covariance Gaussian leaves (``inputs="multivariate"``),
@@ -306,72 +399,11 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         }
 
     def fit(self, X: Any, y: Any = None) -> UGMMCircuitDensity:
-        """Fit the circuit to the rows of ``X`` (``y`` is ignored); returns ``self``."""
-        _require_sklearn()
-        X = self._validate(X, reset=True)
-        self._check_common()
-        (X,) = self._complete_rows(X)
-        self._standardise_fit(X)
-        seed = self._seed()
-        train, val = self._split(len(X), seed)
-        z = self._tensor((X - self.mean_) / self.scale_)
-        z_val = None if val is None else z[val]
-        params = {name: getattr(self, name) for name in search.SEARCHED}
-        options = search.candidates(params, X.shape[1])
-        if len(options) > 1 and z_val is None:
-            raise ValueError(
-                f"UGMMCircuitDensity: {len(options)} candidate sizes need held-out rows to "
-                f"choose among them: set early_stopping=True (and give at least "
-                f"{_MIN_ROWS_FOR_VALIDATION} rows) or give one value per searched parameter"
-            )
-        log_jacobian = -float(np.log(self.scale_).sum())
-
-        def score(candidate: dict[str, Any]) -> tuple[float, int]:
-            self._fit_candidate(z[train], z_val, seed, candidate)
-            if z_val is None:
-                return 0.0, self.n_iter_
-            with torch.no_grad():
-                value = float(self.model_.log_prob(z_val).mean()) + log_jacobian
-            return value, int(self.best_iter_ or self.n_iter_)
-
-        chosen, epoch, self.search_results_ = search.select(options, score)
-        self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
-        if len(options) > 1 or z_val is not None:
-            if self.refit and z_val is not None:
-                self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
-                self.best_iter_ = epoch
-            elif len(options) > 1:  # the last candidate fitted is not the chosen one
-                self._fit_candidate(z[train], z_val, seed, chosen)
+        """Fit the circuit to the rows of ``X`` (``y`` is ignored); returns ``self``. Rows
+        with NaN cells are used: their missing cells are marginalised (EM of
+        ``log p(x_observed)``)."""
+        self._fit_density(X)
         return self
-
-    def _fit_candidate(
-        self,
-        z: torch.Tensor,
-        z_val: torch.Tensor | None,
-        seed: int,
-        candidate: dict[str, Any],
-        epochs: int | None = None,
-    ) -> None:
-        """Build the candidate's circuit from the rows ``z`` and train it by EM (keeping
-        the best epoch on ``z_val`` if given, else ``epochs`` epochs)."""
-        pooling = float(candidate["covariance_pooling"])
-        self._fit_circuit(
-            z,
-            None,
-            seed,
-            lambda circuit: self._em(
-                circuit,
-                z,
-                None,
-                z_val,
-                None,
-                seed,
-                epochs=epochs,
-                online=bool(self.online),
-                covariance_pooling=pooling,
-            ),
-            **{k: v for k, v in candidate.items() if k != "covariance_pooling"},
-        )
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean ``log p(x)`` per row (``y`` is ignored)."""
@@ -387,9 +419,11 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         return self._draw(n_samples, None)
 
     def impute(self, X: Any, method: str = "sample") -> np.ndarray:
-        """``X`` with its NaN cells filled.
+        """``X`` with its NaN cells filled (observed cells unchanged).
 
-        ``method="sample"``: one exact draw from ``p(x_missing | x_observed)``; ``"mode"``:
-        the max-product completion (:meth:`UGMMCircuit.mpe`). Observed cells are unchanged.
+        ``method="mean"``: the exact conditional mean ``E[x_missing | x_observed]`` (the
+        best fill in squared error); ``"sample"``: one exact draw from
+        ``p(x_missing | x_observed)`` (several: :meth:`conditional_sample`); ``"mpe"`` (or
+        ``"mode"``): the max-product completion (:meth:`UGMMCircuit.mpe`).
         """
         return self._complete(X, method, None)

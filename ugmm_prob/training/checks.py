@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed
-from ..datasets import check_classification_data
+from ..datasets import check_classification_data, check_finite_cells
 from ..roles import Model
 from ..validation import is_validation_enabled
 from .settings import LoopSettings
@@ -20,6 +20,7 @@ __all__ = [
     "DeviceUnavailableError",
     "check_unlabelled_data",
     "checked_data",
+    "has_missing_cells",
     "prepare_training",
     "resolve_device",
 ]
@@ -49,30 +50,41 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module) ->
     return device
 
 
-def check_unlabelled_data(x: torch.Tensor, *, name: str = "data") -> None:
-    """Check inputs without labels: a floating tensor ``(n >= 1, ...)`` of finite values
-    (the values only while validation is enabled, :mod:`ugmm_prob.validation`)."""
+def check_unlabelled_data(
+    x: torch.Tensor, *, name: str = "data", allow_missing: bool = False, model: str | None = None
+) -> None:
+    """Check inputs without labels: a floating tensor ``(n >= 1, ...)`` of finite values,
+    or NaN (missing) cells with ``allow_missing`` (the values only while validation is
+    enabled, :mod:`ugmm_prob.validation`)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{name}: x must be a floating tensor, got {found}")
     if x.dim() < 2 or len(x) == 0:
         raise ValueError(f"{name}: x must have shape (n >= 1, features...), got {tuple(x.shape)}")
-    if not is_validation_enabled():
-        return
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        raise ValueError(
-            f"{name}: x has {int(x.numel() - finite.sum())} non-finite value(s) out of {x.numel()}"
-        )
+    if is_validation_enabled():
+        check_finite_cells(x, name=name, allow_missing=allow_missing, model=model)
+
+
+def has_missing_cells(model: Model, x: torch.Tensor) -> bool:
+    """Whether training data ``x`` have NaN cells that ``model`` must marginalise (checked
+    once per data set, so that the steps of a loop need no host synchronisation to know)."""
+    return model.accepts_missing_cells and bool(torch.isnan(x).any())
 
 
 def _check_pair(model: Model, x: torch.Tensor, y: torch.Tensor | None, name: str) -> None:
+    options = {
+        "name": name,
+        "allow_missing": model.accepts_missing_cells,
+        "model": type(model).__name__,
+    }
     if y is not None:
-        check_classification_data(x, y, model.num_classes, name=name)
+        check_classification_data(
+            x, y, model.num_classes, allow_unlabelled=model.accepts_unlabelled_rows, **options
+        )
     elif model.requires_labels:
         raise ValueError(f"{name}: {type(model).__name__} needs labels y to train")
     else:
-        check_unlabelled_data(x, name=name)
+        check_unlabelled_data(x, **options)
 
 
 def checked_data(

@@ -21,7 +21,7 @@ import torch
 from .. import distributed
 from ..checkpoints import Checkpoint
 from ..roles import Model
-from .checks import prepare_training, resolve_device
+from .checks import has_missing_cells, prepare_training, resolve_device
 from .divergence import diverged
 from .loop import train_loop
 from .settings import LoopSettings
@@ -118,8 +118,12 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        return self.model.training_loss(x, y)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if mask is None:  # the only call a model that cannot marginalise ever sees
+            return self.model.training_loss(x, y)
+        return self.model.training_loss(x, y, mask=mask)
 
 
 class _PointEstimateTrainer:
@@ -134,9 +138,13 @@ class _PointEstimateTrainer:
         scheduler: torch.optim.lr_scheduler.MultiStepLR,
         device: torch.device,
         settings: dict[str, Any] | None = None,
+        missing: bool = False,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.settings = dict(settings or {})
+        # the data have NaN cells (checked once before the loop, so that a step needs no
+        # host synchronisation to know): each step marginalises its minibatch's
+        self.missing = missing
         self.ctx = distributed.context()
         self.loss = _LossModule(model)
         if self.ctx.enabled:
@@ -152,8 +160,9 @@ class _PointEstimateTrainer:
             # The data were checked before the loop, which runs the steps without the
             # library's checks (no host synchronisation per layer); nor Pyro's distribution
             # checks here: a NaN shows in the loss instead.
+            mask = torch.isnan(x).logical_not_() if self.missing else None
             with _distribution_checks(False):
-                loss = self.loss(x, y)
+                loss = self.loss(x, y, mask)
         except ValueError as error:
             if not diverged(error, self.model.parameters()):
                 raise
@@ -252,7 +261,11 @@ def fit(
         model: a model of the library (e.g. :class:`~ugmm_prob.networks.UGMMClassifier`,
             :class:`~ugmm_prob.circuits.UGMMCircuit`).
         x, y: training inputs ``(n, ...)`` and integer labels ``(n,)``; a density model
-            (e.g. a circuit) may be fitted to ``x`` alone.
+            (e.g. a circuit) may be fitted to ``x`` alone, and takes incomplete data
+            (``model.accepts_missing_cells``, ``model.accepts_unlabelled_rows``): NaN cells
+            of ``x`` are missing (a row's loss is that of ``log p(x_observed[, y])``) and a
+            label ``-1`` (:data:`~ugmm_prob.roles.UNLABELLED`) marks a row of unknown class
+            (it contributes ``log p(x) = logsumexp_c log p(x, c)``: semi-supervised).
         x_val, y_val: data for the per-epoch metrics (a classifier's accuracy, NLL, ECE; a
             density model's NLL and bits per dimension, with labels also accuracy, class
             NLL and ECE); the training data when omitted.
@@ -302,5 +315,7 @@ def fit(
         "gamma": float(gamma),
         **({"momentum": float(momentum)} if optimizer == "sgd" else {}),
     }
-    trainer = _PointEstimateTrainer(model, opt, scheduler, device, run_settings)
+    trainer = _PointEstimateTrainer(
+        model, opt, scheduler, device, run_settings, missing=has_missing_cells(model, x)
+    )
     return train_loop(trainer, x, y, x_val, y_val, settings, device)
