@@ -148,7 +148,14 @@ def test_free_parameter_count_and_information_criteria():
     rng = np.random.RandomState(0)
     x = rng.normal(size=(50, 4))
     model = UGMMCircuitDensity(
-        depth=1, repetitions=2, channels=2, components=3, max_iter=2, random_state=0
+        depth=1,
+        repetitions=2,
+        channels=2,
+        inputs="gaussian",
+        components=3,
+        covariance_pooling=0.0,
+        max_iter=2,
+        random_state=0,
     ).fit(x)
     # inputs: loc and scale (R*D*I*K each) + K-1 mixing weights per unit;
     # root: one sum over R * I^2 products (minus 1); one class: no free prior.
