@@ -233,7 +233,7 @@ def test_generative_validation_only_never_scores_the_test_split(monkeypatch, cap
         mnist_dir=None, train_rows=None, val_rows=MNIST_VALIDATION_ROWS, seed=0, alpha=1e-6,
         em_repetitions=10, em_channels=2, em_components=1, em_step_size=0.1, epochs=1,
         device=None, metrics_dir=None, em_inputs=["gaussian"], validation_only=True,
-        em_structure=structure,
+        em_structure=structure, em_batch_size=256, em_step_decay=0.0, em_full_batch_epochs=0,
     )  # fmt: skip
     records, tables = generative.part_mnist_em(args)
     assert records == [] and tables == {}

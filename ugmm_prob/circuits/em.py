@@ -150,7 +150,7 @@ class _EMTrainer:
         step_decay: float,
         pseudo_count: float,
         variance_pseudo_count: float,
-        covariance_pooling: float,
+        covariance_pooling: float = 0.0,
         missing: bool = False,
     ) -> None:
         self.model = circuit

@@ -23,6 +23,7 @@ SEARCHED = ("structure", "depth", "repetitions", "channels", "covariance_pooling
 list of candidate values."""
 
 Candidate = dict[str, Any]
+"""One combination of values: a dict from each name of :data:`SEARCHED` to its value."""
 
 
 def _values(name: str, value: Any) -> list[Any]:
