@@ -27,9 +27,6 @@ from ugmm_prob.sklearn.base import (
 
 __all__ = ["UGMMCircuitDensity"]
 
-_UNSEARCHED = {"structure": "tree", "covariance_pooling": 0.0}
-"""The searched parameters' values for an estimator that does not have them (the imputer)."""
-
 _IMPUTATION_ALIASES = {"mode": "mpe"}
 """Former names of imputation methods that the estimators still take."""
 
@@ -136,11 +133,11 @@ class _CircuitMixin:
         return self._density_score_samples(X)
 
     def _fit_density(self, X: Any) -> None:
-        """``fit`` of the density (and of the imputer): standardise, hold out rows, choose
-        the circuit's size among the candidates (:mod:`~ugmm_prob.sklearn.search`; an
-        estimator without searched parameters has one candidate) by the held-out
-        log-likelihood, each built from the rows (NaN cells missing) and trained with EM;
-        then refit the chosen one on all rows (``refit``)."""
+        """``fit`` of the density (and of the imputer, a density too): standardise, hold out
+        rows, choose the circuit's size among the candidates
+        (:mod:`~ugmm_prob.sklearn.search`) by the held-out log-likelihood, each built from
+        the rows (NaN cells missing) and trained with EM; then refit the chosen one on all
+        rows (``refit``)."""
         _require_sklearn()
         X = self._validate(X, reset=True)
         self._check_common()
@@ -150,7 +147,7 @@ class _CircuitMixin:
         train, val = self._split(len(X), seed)
         z = self._tensor((X - self.mean_) / self.scale_)  # NaN cells stay NaN: missing
         z_val = None if val is None else z[val]
-        params = {name: getattr(self, name, _UNSEARCHED.get(name)) for name in search.SEARCHED}
+        params = {name: getattr(self, name) for name in search.SEARCHED}
         options = search.candidates(params, X.shape[1])
         if len(options) > 1 and z_val is None:
             raise ValueError(
@@ -169,16 +166,11 @@ class _CircuitMixin:
 
         chosen, epoch, self.search_results_ = search.select(options, score)
         self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
-        if self._refits() and z_val is not None:
+        if self.refit and z_val is not None:
             self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
             self.best_iter_ = epoch
         elif len(options) > 1:  # the last candidate fitted is not the chosen one
             self._fit_candidate(z[train], z_val, seed, chosen)
-
-    def _refits(self) -> bool:
-        """Whether the chosen candidate is refitted on all rows (the estimator's
-        ``refit``; estimators without one keep the fit on the training rows)."""
-        return bool(getattr(self, "refit", False))
 
     def _fit_candidate(
         self,
@@ -204,7 +196,7 @@ class _CircuitMixin:
                 None,
                 seed,
                 epochs=epochs,
-                online=bool(getattr(self, "online", True)),
+                online=bool(self.online),
                 covariance_pooling=pooling,
             ),
             **options,

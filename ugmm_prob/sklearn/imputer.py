@@ -4,27 +4,24 @@ incomplete table itself (a drop-in for scikit-learn's ``SimpleImputer``, ``KNNIm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ugmm_prob.circuits.circuit import IMPUTATION_METHODS
-from ugmm_prob.sklearn.base import (
-    OneToOneFeatureMixin,
-    TransformerMixin,
-    _TorchEstimator,
-    check_is_fitted,
-)
-from ugmm_prob.sklearn.density import _CircuitMixin
+from ugmm_prob.sklearn.base import OneToOneFeatureMixin, TransformerMixin, check_is_fitted
+from ugmm_prob.sklearn.density import UGMMCircuitDensity
 
 __all__ = ["UGMMCircuitImputer"]
 
 
-class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, _CircuitMixin, _TorchEstimator):
+class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDensity):
     """Fill missing (NaN) cells from a circuit fitted to the rows, missing cells included.
 
-    ``fit(X)`` fits the density of :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`
-    to ``X`` as it is (EM of ``log p(x_observed)``: rows with NaN cells are used, not
+    A :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity` (the same parameters, defaults,
+    size search and queries) that is also a transformer: ``fit(X)`` fits the density to
+    ``X`` as it is (EM of ``log p(x_observed)``: rows with NaN cells are used, not
     dropped); ``transform(X)`` returns ``X`` with every NaN cell filled given the row's
     observed cells, and observed cells unchanged:
 
@@ -37,15 +34,12 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, _CircuitMixin, 
 
     Args:
         strategy: ``"mean"``, ``"mpe"`` or ``"sample"``.
-        **others: ``depth``, ``repetitions``, ``channels``, ``components``,
-            ``scale_floor``, ``max_iter``, ``batch_size``, ``step_size``, ``pseudo_count``,
-            ``early_stopping``, ``validation_fraction``, ``random_state``, ``device`` and
-            ``verbose`` are as for :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
+        **others: every parameter of
+            :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`, with its defaults.
 
     Attributes:
-        model_: the fitted :class:`~ugmm_prob.circuits.UGMMCircuit` (on standardised columns);
-            ``mean_``, ``scale_``, ``n_parameters_``, ``history_``, ``n_iter_``,
-            ``best_iter_``, ``n_features_in_`` and ``feature_names_in_`` are as for
+        model_, best_params_, search_results_, mean_, scale_, n_parameters_, history_,
+            n_iter_, best_iter_, n_features_in_, feature_names_in_: as for
             :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
     """
 
@@ -55,36 +49,48 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, _CircuitMixin, 
         self,
         *,
         strategy: str = "mean",
-        depth: int | None = 1,
-        repetitions: int = 8,
-        channels: int = 2,
+        structure: str | Sequence[str] = "tree",
+        depth: int | Sequence[int | None] | None = (0, 1),
+        repetitions: int | Sequence[int] = 4,
+        channels: int | Sequence[int] = (1, 2, 4, 8),
+        inputs: str = "multivariate",
         components: int = 2,
+        covariance_pooling: float | Sequence[float] = (0.0, 10.0, 100.0),
         scale_floor: float = 1e-2,
         max_iter: int = 100,
         batch_size: int = 256,
+        online: bool = False,
         step_size: float = 0.1,
         pseudo_count: float = 1e-2,
         early_stopping: bool = True,
-        validation_fraction: float = 0.1,
+        validation_fraction: float = 0.2,
+        refit: bool = True,
         random_state: Any = None,
         device: str | None = None,
         verbose: bool = False,
     ) -> None:
+        super().__init__(
+            structure=structure,
+            depth=depth,
+            repetitions=repetitions,
+            channels=channels,
+            inputs=inputs,
+            components=components,
+            covariance_pooling=covariance_pooling,
+            scale_floor=scale_floor,
+            max_iter=max_iter,
+            batch_size=batch_size,
+            online=online,
+            step_size=step_size,
+            pseudo_count=pseudo_count,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            refit=refit,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+        )
         self.strategy = strategy
-        self.depth = depth
-        self.repetitions = repetitions
-        self.channels = channels
-        self.components = components
-        self.scale_floor = scale_floor
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.step_size = step_size
-        self.pseudo_count = pseudo_count
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
-        self.device = device
-        self.verbose = verbose
 
     def _check_strategy(self) -> None:
         if self.strategy not in IMPUTATION_METHODS:
