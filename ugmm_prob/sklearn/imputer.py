@@ -38,8 +38,10 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
             :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`, with its defaults.
 
     Attributes:
-        model_, best_params_, search_results_, mean_, scale_, n_parameters_, history_,
-            n_iter_, best_iter_, n_features_in_, feature_names_in_: as for
+        model_: the fitted :class:`~ugmm_prob.circuits.UGMMCircuit` (on standardised
+            columns); ``best_params_``, ``search_results_``, ``mean_``, ``scale_``,
+            ``n_parameters_``, ``history_``, ``n_iter_``, ``best_iter_``,
+            ``n_features_in_`` and ``feature_names_in_`` are as for
             :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`.
     """
 
