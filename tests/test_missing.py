@@ -470,3 +470,25 @@ def test_scikit_learn_estimators_on_incomplete_tables():
     # without unlabelled_label, -1 is a class like any other (binary labels {-1, 1})
     plain = UGMMCircuitClassifier(max_iter=2, random_state=0).fit(x, np.where(y == 1, 1, -1))
     assert list(plain.classes_) == [-1, 1]
+
+
+def test_imputer_is_the_density_with_a_strategy():
+    """scikit-learn reads parameters off ``__init__``, so the imputer repeats the density's
+    signature: the same names and defaults, plus ``strategy``; and ``transform`` with the
+    mean strategy is the density's ``impute(method="mean")`` from the same fit."""
+    import inspect
+
+    pytest.importorskip("sklearn")
+    from ugmm_prob.sklearn import UGMMCircuitDensity, UGMMCircuitImputer
+
+    def defaults(cls):
+        signature = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in signature if p.name != "self"}
+
+    assert defaults(UGMMCircuitImputer) == {"strategy": "mean", **defaults(UGMMCircuitDensity)}
+    holes = _holes(_correlated(120, 3, seed=30), 0.2, seed=31).numpy()
+    options = {"channels": (1, 2), "max_iter": 5, "random_state": 0}
+    imputer = UGMMCircuitImputer(**options).fit(holes)
+    density = UGMMCircuitDensity(**options).fit(holes)
+    assert imputer.best_params_ == density.best_params_
+    np.testing.assert_array_equal(imputer.transform(holes), density.impute(holes, method="mean"))

@@ -1,7 +1,7 @@
-"""The density estimator :class:`UGMMCircuitDensity` (like ``GaussianMixture``), and what it
-shares with the circuit classifier and imputer: fitting on rows with NaN cells,
-``score_samples`` in the original units, exact marginals of rows with NaN cells, sampling,
-imputation, BIC and AIC."""
+"""The density estimator :class:`UGMMCircuitDensity` (like ``GaussianMixture``; its size
+searched on held-out rows), and what it shares with the circuit classifier: building and
+training a circuit on rows with NaN cells, ``score_samples`` in the original units, exact
+marginals of rows with NaN cells, sampling, imputation, BIC and AIC."""
 
 from __future__ import annotations
 
@@ -131,76 +131,6 @@ class _CircuitMixin:
         check_is_fitted(self)
         X = self._validate(X, reset=False, allow_nan=True)
         return self._density_score_samples(X)
-
-    def _fit_density(self, X: Any) -> None:
-        """``fit`` of the density (and of the imputer, a density too): standardise, hold out
-        rows, choose the circuit's size among the candidates
-        (:mod:`~ugmm_prob.sklearn.search`) by the held-out log-likelihood, each built from
-        the rows (NaN cells missing) and trained with EM; then refit the chosen one on all
-        rows (``refit``)."""
-        _require_sklearn()
-        X = self._validate(X, reset=True)
-        self._check_common()
-        self._check_training_rows(X)
-        self._standardise_fit(X)
-        seed = self._seed()
-        train, val = self._split(len(X), seed)
-        z = self._tensor((X - self.mean_) / self.scale_)  # NaN cells stay NaN: missing
-        z_val = None if val is None else z[val]
-        params = {name: getattr(self, name) for name in search.SEARCHED}
-        options = search.candidates(params, X.shape[1])
-        if len(options) > 1 and z_val is None:
-            raise ValueError(
-                f"{type(self).__name__}: {len(options)} candidate sizes need held-out rows "
-                f"to choose among them: set early_stopping=True (and give at least "
-                f"{_MIN_ROWS_FOR_VALIDATION} rows) or give one value per searched parameter"
-            )
-
-        def score(candidate: dict[str, Any]) -> tuple[float, int]:
-            self._fit_candidate(z[train], z_val, seed, candidate)
-            if z_val is None:
-                return 0.0, self.n_iter_
-            # held-out log p(x_observed) per row in the original units
-            value = float(np.mean(self._density_score_samples(X[val])))
-            return value, int(self.best_iter_ or self.n_iter_)
-
-        chosen, epoch, self.search_results_ = search.select(options, score)
-        self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
-        if self.refit and z_val is not None:
-            self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
-            self.best_iter_ = epoch
-        elif len(options) > 1:  # the last candidate fitted is not the chosen one
-            self._fit_candidate(z[train], z_val, seed, chosen)
-
-    def _fit_candidate(
-        self,
-        z: torch.Tensor,
-        z_val: torch.Tensor | None,
-        seed: int,
-        candidate: dict[str, Any],
-        epochs: int | None = None,
-    ) -> None:
-        """Build the candidate's circuit from the rows ``z`` and train it by EM (keeping
-        the best epoch on ``z_val`` if given, else ``epochs`` epochs)."""
-        options = dict(candidate)
-        pooling = float(options.pop("covariance_pooling"))
-        self._fit_circuit(
-            z,
-            None,
-            seed,
-            lambda circuit: self._em(
-                circuit,
-                z,
-                None,
-                z_val,
-                None,
-                seed,
-                epochs=epochs,
-                online=bool(self.online),
-                covariance_pooling=pooling,
-            ),
-            **options,
-        )
 
     def _density_score_samples(self, X: np.ndarray) -> np.ndarray:
         """``log p(x_observed)`` of each row in the original units (no checks)."""
@@ -394,8 +324,70 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         """Fit the circuit to the rows of ``X`` (``y`` is ignored); returns ``self``. Rows
         with NaN cells are used: their missing cells are marginalised (EM of
         ``log p(x_observed)``)."""
-        self._fit_density(X)
+        _require_sklearn()
+        X = self._validate(X, reset=True)
+        self._check_common()
+        self._check_training_rows(X)
+        self._standardise_fit(X)
+        seed = self._seed()
+        train, val = self._split(len(X), seed)
+        z = self._tensor((X - self.mean_) / self.scale_)  # NaN cells stay NaN: missing
+        z_val = None if val is None else z[val]
+        params = {name: getattr(self, name) for name in search.SEARCHED}
+        options = search.candidates(params, X.shape[1])
+        if len(options) > 1 and z_val is None:
+            raise ValueError(
+                f"{type(self).__name__}: {len(options)} candidate sizes need held-out rows "
+                f"to choose among them: set early_stopping=True (and give at least "
+                f"{_MIN_ROWS_FOR_VALIDATION} rows) or give one value per searched parameter"
+            )
+
+        def score(candidate: dict[str, Any]) -> tuple[float, int]:
+            self._fit_candidate(z[train], z_val, seed, candidate)
+            if z_val is None:
+                return 0.0, self.n_iter_
+            # held-out log p(x_observed) per row in the original units
+            value = float(np.mean(self._density_score_samples(X[val])))
+            return value, int(self.best_iter_ or self.n_iter_)
+
+        chosen, epoch, self.search_results_ = search.select(options, score)
+        self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
+        if self.refit and z_val is not None:
+            self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
+            self.best_iter_ = epoch
+        elif len(options) > 1:  # the last candidate fitted is not the chosen one
+            self._fit_candidate(z[train], z_val, seed, chosen)
         return self
+
+    def _fit_candidate(
+        self,
+        z: torch.Tensor,
+        z_val: torch.Tensor | None,
+        seed: int,
+        candidate: dict[str, Any],
+        epochs: int | None = None,
+    ) -> None:
+        """Build the candidate's circuit from the rows ``z`` and train it by EM (keeping
+        the best epoch on ``z_val`` if given, else ``epochs`` epochs)."""
+        options = dict(candidate)
+        pooling = float(options.pop("covariance_pooling"))
+        self._fit_circuit(
+            z,
+            None,
+            seed,
+            lambda circuit: self._em(
+                circuit,
+                z,
+                None,
+                z_val,
+                None,
+                seed,
+                epochs=epochs,
+                online=bool(self.online),
+                covariance_pooling=pooling,
+            ),
+            **options,
+        )
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean ``log p(x)`` per row (``y`` is ignored)."""

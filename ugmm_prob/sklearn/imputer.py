@@ -105,8 +105,7 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
         """Fit the circuit to the rows of ``X``, NaN cells marginalised (``y`` is ignored);
         returns ``self``."""
         self._check_strategy()
-        self._fit_density(X)
-        return self
+        return super().fit(X)
 
     def transform(self, X: Any) -> np.ndarray:
         """``X`` with its NaN cells filled by ``strategy``, shape ``(n, n_features)``."""
