@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ugmm_prob.checkpoints import load_checkpoint
+from ugmm_prob.circuits import fit_em
 from ugmm_prob.distributed import (
     DistributedContext,
     context,
@@ -19,7 +20,7 @@ from ugmm_prob.distributed import (
 )
 from ugmm_prob.training import fit
 
-from .distributed_setup import SETTINGS, iris_data, make_model
+from .distributed_setup import EM_SETTINGS, SETTINGS, incomplete_iris_data, iris_data, make_model
 
 HERE = pathlib.Path(__file__).parent
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
@@ -78,6 +79,28 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(kind, tmp_pa
     fit(straight, x, y, **more)
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["circuit-missing", "em-missing"])
+def test_two_processes_equal_one_process_with_missing_cells_and_unlabelled_rows(kind, tmp_path):
+    """Rows with NaN cells and rows labelled -1 split over two ranks train as in one
+    process: gradients of log p(x_observed[, y]) averaged (``fit``), and EM statistics with
+    the missing cells marginalised summed over the ranks (``fit_em``, multivariate leaves)."""
+    ranks = _worker(kind, tmp_path)
+    x, y = incomplete_iris_data()
+    assert x.isnan().any() and (y == -1).any()
+    if kind == "em-missing":
+        single = make_model("em-missing")
+        history = fit_em(single, x, y, **EM_SETTINGS)
+    else:
+        single = make_model("circuit")
+        history = fit(single, x, y, **SETTINGS)
+    tolerance = 1e-9 if kind == "em-missing" else 1e-6  # float64 EM, float32 gradients
+    for key, value in single.state_dict().items():
+        assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key
+        torch.testing.assert_close(ranks[0]["state"][key], value, atol=tolerance, rtol=0)
+    assert len(ranks[0]["history"]) == len(history)
+    assert all(torch.isfinite(value).all() for value in single.state_dict().values())
 
 
 def test_svi_averages_gradients_so_ranks_stay_identical(tmp_path):
