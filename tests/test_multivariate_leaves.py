@@ -213,10 +213,9 @@ def _reference_leaf_values(layer, x, observed):
 
 
 def test_leaf_values_and_gradients_for_every_missing_count_in_a_wide_leaf():
-    """A 9-variable leaf seen with 0..9 of its variables missing exercises both ways of
-    marginalising (the precision form for fewer missing than observed, the covariance form
-    otherwise) at every block size; values and parameter gradients equal those of
-    ``MultivariateNormal`` on each observed block."""
+    """A 9-variable leaf seen with 0..9 of its variables missing (every block size of the
+    grouped factorisations, and the fully observed and unobserved leaves); values and
+    parameter gradients equal those of ``MultivariateNormal`` on each observed block."""
     circuit = build(RegionGraph.from_nested((list(range(9)), [9, 10])), channels=3)
     layer = circuit.inputs
     _randomise_layer(layer, 4)
@@ -442,12 +441,24 @@ def _correlated(n: int, d: int = 3, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, d, generator=generator, dtype=torch.float64) @ mixing + shift
 
 
-def test_statistics_with_missing_cells_equal_the_conditional_gaussian_expectations():
+@pytest.mark.parametrize("nearly_singular", [False, True])
+def test_statistics_with_missing_cells_equal_the_conditional_gaussian_expectations(
+    nearly_singular,
+):
+    """Also for a unit whose covariance has condition number above 1e8 (x_1 ~ 100 x_0) and
+    rows missing one cell: a Schur complement of ``Sigma^-1`` loses every digit there."""
     circuit = _single_gaussian(4).double()
     _randomise_layer(circuit.inputs, 5)
     x = _correlated(30, 4)
     generator = torch.Generator().manual_seed(6)
     observed = torch.rand(30, 4, generator=generator) < 0.6
+    if nearly_singular:
+        with torch.no_grad():
+            circuit.inputs.scale_tril_unconstrained[0, 0, 1, 0] = 100.0
+        sigma = circuit.inputs.covariance_matrix[0, 0].detach()
+        assert torch.linalg.cond(sigma) > 1e8
+        observed = torch.ones(30, 4, dtype=torch.bool)
+        observed[torch.arange(30), torch.arange(30) % 4] = False
     observed[0] = False  # a row with nothing observed: the unit gets no statistics from it
     _, stats_ = expected_statistics(circuit, x, mask=observed)
     mu = circuit.inputs.leaf_loc()[0, 0].detach()
@@ -469,7 +480,21 @@ def test_statistics_with_missing_cells_equal_the_conditional_gaussian_expectatio
     observed_rows = float(observed.any(1).sum())
     torch.testing.assert_close(stats_["inputs.count"], torch.tensor([[observed_rows]]).double())
     torch.testing.assert_close(stats_["inputs.sum"][0, 0], first)
-    torch.testing.assert_close(stats_["inputs.sum_outer"][0, 0], second)
+    if not nearly_singular:
+        torch.testing.assert_close(stats_["inputs.sum_outer"][0, 0], second)
+        return
+
+    # the M-step reads the scatter about the mean: compare it in the unit's own metric,
+    # L^-1 S L^-T (an error along the nearly singular direction would show there)
+    def whitened_scatter(total, outer):
+        centre = total / observed_rows
+        scatter = outer - observed_rows * centre[:, None] * centre[None, :]
+        tril = torch.linalg.cholesky(sigma)
+        half = torch.linalg.solve_triangular(tril, scatter, upper=False)
+        return torch.linalg.solve_triangular(tril, half.mT, upper=False)
+
+    computed = whitened_scatter(stats_["inputs.sum"][0, 0], stats_["inputs.sum_outer"][0, 0])
+    torch.testing.assert_close(computed, whitened_scatter(first, second), rtol=0, atol=1e-4)
 
 
 def test_one_full_batch_step_recovers_the_sample_mean_and_covariance():

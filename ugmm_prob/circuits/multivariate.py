@@ -18,10 +18,10 @@ Queries (``O``: a leaf's observed variables in an example, ``M``: its missing on
 
 - ``"sum"`` value: the exact marginal ``log N(x_O | mu_O, Sigma_OO)``; a leaf with nothing
   observed gives ``log 1 = 0``. Examples with every variable of the leaf observed share
-  ``L``; an example with ``m`` of the leaf's variables missing and ``o`` observed needs one
-  ``min(m, o)``-square factorisation per unit: of ``(Sigma^-1)_MM`` through the Schur
-  complement when fewer are missing, of ``Sigma_OO`` otherwise
-  (:meth:`~MultivariateGaussianInput._marginal_terms`; gradients in closed form).
+  ``L``; an example with some missing needs the Cholesky factor ``C`` of ``Sigma_OO``:
+  ``log det Sigma_OO = 2 sum_j log C_jj`` and ``r_O^T Sigma_OO^-1 r_O``, examples with
+  equally many observed factorised together, gradients in closed form
+  (:meth:`~MultivariateGaussianInput._marginal_terms`).
 - ``"max"`` value (max-product): ``max_{x_M} N(x_S) = N(x_O) (2 pi)^(-|M|/2)
   det(Sigma_{M|O})^(-1/2)``; with ``det Sigma = det Sigma_OO det Sigma_{M|O}`` this is
   ``-(n_l/2) log 2 pi - (1/2) log det Sigma - (1/2) r_O^T Sigma_OO^-1 r_O``.
@@ -228,54 +228,41 @@ class MultivariateGaussianInput(InputLayer):
         every example's observed positions ``O`` of every leaf (``residual`` ``r`` is 0 at
         missing positions and padding).
 
-        With ``z = L^-1 r`` (one triangular solve per unit for the whole batch), an example
-        with ``m = |M|`` missing and ``o = |O|`` observed positions needs one ``k x k``
-        factorisation per unit, ``k = min(m, o)``:
+        Fully observed leaves use ``L`` itself (one triangular solve per unit for the whole
+        batch); a leaf with ``o`` of its variables observed and some missing needs the
+        Cholesky factor of its ``o x o`` block ``Sigma_OO``. Examples are grouped by ``o``,
+        so each group's blocks are gathered without padding and factorised in one batched
+        call, with closed-form gradients (:class:`_GroupedQuadraticFormAndLogDet`).
 
-        - ``m < o`` (precision form): with ``P = Sigma^-1`` and ``u = (P r)_M``,
-          ``r_O^T Sigma_OO^-1 r_O = |z|^2 - u^T P_MM^-1 u`` and ``log det Sigma_OO =
-          log det Sigma + log det P_MM`` (the Schur complement ``Sigma_OO^-1 = P_OO - P_OM
-          P_MM^-1 P_MO``, and ``P_MM^-1 = Sigma_{M|O}``); ``m = 0`` needs nothing more.
-        - ``o <= m`` (covariance form): the Cholesky factor ``C`` of ``Sigma_OO`` itself.
-
-        Examples are grouped by (form, ``k``), so each group's blocks are gathered without
-        padding and factorised together: ``O(k^3)`` per example and unit instead of
-        ``O(V^3)``, and none where the leaf is fully observed. (Padding ``k`` up to fewer,
-        larger groups measured slower: the cost is per block, not per call.)
+        Why not the cheaper ``min(m, o)``-square Schur complement of the precision when few
+        are missing (``Sigma_OO^-1 = P_OO - P_OM P_MM^-1 P_MO``): EM reads its statistics
+        from these gradients (``n Sigma + 2 Sigma G Sigma``), and through ``P = Sigma^-1``
+        they lose every digit for nearly singular units (tried: a unit of condition number
+        6e9 in a breast-cancer fit got a scatter matrix with eigenvalue -134 where the
+        largest was 11).
         """
         batch, leaves, _ = observed_leaf.shape
         z = torch.linalg.solve_triangular(tril, residual.permute(1, 2, 3, 0), upper=False)
         full_quad = z.pow(2).sum(2).permute(2, 0, 1)  # (B, L, I)
         full_half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).expand(batch, -1, -1)
-        missing = self.real & ~observed_leaf  # (B, L, V)
-        n_missing, n_observed = missing.sum(-1), observed_leaf.sum(-1)
-        precision_form = n_missing < n_observed  # (B, L)
-        size = torch.where(precision_form, n_missing, n_observed)
-        grouped = (size > 0).flatten().nonzero().squeeze(1)  # pairs b * L + l needing work
-        quad = torch.where(precision_form[..., None], full_quad, 0.0).flatten(0, 1)
-        half_log_det = torch.where(precision_form[..., None], full_half_log_det, 0.0)
-        half_log_det = half_log_det.flatten(0, 1)
-        if not len(grouped):
-            return quad.unflatten(0, (batch, leaves)), half_log_det.unflatten(0, (batch, leaves))
-        use_precision = precision_form.flatten()[grouped]
-        keys = size.flatten()[grouped] * 2 + use_precision.long()
-        chosen = torch.where(precision_form[..., None], missing, observed_leaf).flatten(0, 1)
-        # the chosen positions of each example first (a stable sort keeps their order)
-        order = torch.sort((~chosen[grouped]).to(torch.uint8), dim=-1, stable=True)[1]
-        groups = []
-        for key in torch.unique(keys).tolist():
-            member = (keys == key).nonzero().squeeze(1)
-            k, by_precision = key // 2, key % 2
-            groups.append((by_precision, grouped[member], order[member, :k]))
-        u = torch.linalg.solve_triangular(tril.mT, z, upper=True)  # (L, I, V, B) = P r
-        vectors = torch.where(  # (B L, I, V): u where the precision form is used, else r
-            precision_form[..., None, None], u.permute(3, 0, 1, 2), residual
-        ).flatten(0, 1)
-        matrices = torch.stack([tril @ tril.mT, torch.cholesky_inverse(tril)])  # Sigma, P
-        term, log_det = _GroupedQuadraticFormAndLogDet.apply(matrices, vectors, groups, leaves)
-        precision_form = precision_form[..., None].flatten(0, 1)
-        quad = quad + torch.where(precision_form, -term, term)
-        half_log_det = half_log_det + log_det
+        count = observed_leaf.sum(-1)
+        complete = (count == self.leaf_size)[..., None]  # (B, L, 1)
+        quad = torch.where(complete, full_quad, 0.0).flatten(0, 1)
+        half_log_det = torch.where(complete, full_half_log_det, 0.0).flatten(0, 1)
+        partial = ((count > 0) & ~complete[..., 0]).flatten().nonzero().squeeze(1)
+        if len(partial):
+            size = count.flatten()[partial]
+            # the observed positions of each example first (a stable sort keeps their order)
+            observed_flat = observed_leaf.flatten(0, 1)[partial]
+            order = torch.sort((~observed_flat).to(torch.uint8), dim=-1, stable=True)[1]
+            groups = []
+            for k in torch.unique(size).tolist():
+                member = (size == k).nonzero().squeeze(1)
+                groups.append((partial[member], order[member, :k]))
+            term, log_det = _GroupedQuadraticFormAndLogDet.apply(
+                tril @ tril.mT, residual.flatten(0, 1), groups, leaves
+            )
+            quad, half_log_det = quad + term, half_log_det + log_det
         return quad.unflatten(0, (batch, leaves)), half_log_det.unflatten(0, (batch, leaves))
 
     # ------------------------------------------------------------------------------------
@@ -486,46 +473,46 @@ def _conditioned(
 
 class _GroupedQuadraticFormAndLogDet(torch.autograd.Function):
     """Per example ``e`` and unit ``i``: ``v^T B^-1 v`` and ``(1/2) log det B`` for the
-    block ``B = matrices[f, l, i][K, K]`` and vector ``v = vectors[e, i][K]`` of every
-    ``(f, pairs, positions)`` of ``groups`` (``f`` the matrix, ``pairs`` ``(G,)`` the
-    examples ``b * leaves + l``, ``positions`` ``(G, k)`` their ``K``); 0 for examples in
-    no group. Closed-form gradients: ``d/dv = 2 B^-1 v``, and ``-w w^T``, ``(1/2) B^-1``
+    block ``B = matrix[l, i][K, K]`` (``matrix`` ``(L, I, V, V)``) and vector ``v =
+    vectors[e, i][K]`` of every ``(pairs, positions)`` of ``groups`` (``pairs`` ``(G,)`` the
+    examples ``e = b * leaves + l``, ``positions`` ``(G, k)`` their ``K``); 0 for examples
+    in no group. Closed-form gradients: ``d/dv = 2 B^-1 v``, and ``-w w^T``, ``(1/2) B^-1``
     with respect to ``B`` (``w = B^-1 v``), scattered back into one gradient buffer per
     input; autograd through per-group gathers and ``torch.linalg.cholesky`` would give the
     same numbers at several times the cost (a zero-filled copy of each input per group, and
     triangular solves and masks per block)."""
 
     @staticmethod
-    def forward(ctx, matrices, vectors, groups, leaves):
+    def forward(ctx, matrix, vectors, groups, leaves):
         term = vectors.new_zeros(vectors.shape[:2])
         log_det = vectors.new_zeros(vectors.shape[:2])
         unit = torch.arange(vectors.shape[1], device=vectors.device)[None, :, None]
         saved = []
-        for form, pair, position in groups:
+        for pair, position in groups:
             index = _block_index(pair % leaves, unit, position[:, None, :])
-            factor = _cholesky(matrices[form][index])  # (G, I, k, k)
+            factor = _cholesky(matrix[index])  # (G, I, k, k)
             vector = vectors[pair[:, None, None], unit, position[:, None, :]]  # (G, I, k)
             solved = torch.cholesky_solve(vector[..., None], factor).squeeze(-1)  # w
             term[pair] = (vector * solved).sum(-1)
             log_det[pair] = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-            saved.append((form, index, factor, solved))
+            saved.append((index, factor, solved))
         ctx.saved = saved, groups, unit
-        ctx.shapes = matrices.shape, vectors.shape
+        ctx.shapes = matrix.shape, vectors.shape
         return term, log_det
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, term_grad, log_det_grad):
         saved, groups, unit = ctx.saved
-        matrices_grad = term_grad.new_zeros(ctx.shapes[0])
+        matrix_grad = term_grad.new_zeros(ctx.shapes[0])
         vectors_grad = term_grad.new_zeros(ctx.shapes[1])
-        for (form, index, factor, solved), (_, pair, position) in zip(saved, groups, strict=True):
+        for (index, factor, solved), (pair, position) in zip(saved, groups, strict=True):
             g_term, g_log_det = term_grad[pair][..., None], log_det_grad[pair][..., None]
             block_grad = 0.5 * g_log_det[..., None] * torch.cholesky_inverse(factor)
             block_grad = block_grad - g_term[..., None] * _outer(solved, solved)
-            matrices_grad[form].index_put_(index, block_grad, accumulate=True)
+            matrix_grad.index_put_(index, block_grad, accumulate=True)
             vectors_grad[pair[:, None, None], unit, position[:, None, :]] = 2 * g_term * solved
-        return matrices_grad, vectors_grad, None, None
+        return matrix_grad, vectors_grad, None, None
 
 
 def _block_index(
