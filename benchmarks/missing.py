@@ -6,13 +6,15 @@ training and the test rows alike (the pattern drawn from the seed); with :mod:`_
 stratified 80/20 split:
 
 - imputation: every removed test cell filled by the exact conditional mean
-  ``E[x_missing | x_observed]`` of ``UGMMCircuitDensity()`` (defaults) fitted on the
-  incomplete training rows as they are, and by ``SimpleImputer`` (mean), ``KNNImputer`` and
-  ``IterativeImputer`` fitted on the same rows; RMSE over the removed test cells, each in its
-  column's (observed) training standard deviations;
-- fitting: test ``log p(x)`` per row, on the complete test rows (before removal), of the
-  circuit fitted on the incomplete training rows and of the same estimator fitted on the
-  training rows that stayed complete (NaN where fewer than 10 did).
+  ``E[x_missing | x_observed]`` of ``UGMMCircuitImputer()`` (defaults: its size chosen by
+  held-out imputation error) fitted on the incomplete training rows as they are, and by
+  ``SimpleImputer`` (mean), ``KNNImputer`` and ``IterativeImputer`` fitted on the same rows;
+  RMSE over the removed test cells, each in its column's (observed) training standard
+  deviations;
+- fitting: test ``log p(x)`` per row, on the complete test rows (before removal), of
+  ``UGMMCircuitDensity()`` (defaults: its size chosen by held-out likelihood) fitted on the
+  incomplete training rows and of the same estimator fitted on the training rows that stayed
+  complete (NaN where fewer than 10 did).
 
 Records (docs/results.json): ``<table>-missing-<rate>`` with metrics ``rmse_circuit``,
 ``rmse_simple``, ``rmse_knn``, ``rmse_iterative``, ``loglik_incomplete`` and
@@ -39,7 +41,7 @@ import torch
 from _harness import arguments, command_line, mean_sd, publish, record, split, timed
 from tabular import TABLES
 
-from ugmm_prob.sklearn import UGMMCircuitDensity
+from ugmm_prob.sklearn import UGMMCircuitDensity, UGMMCircuitImputer
 
 RATES = (0.1, 0.3, 0.5)
 IMPUTERS = ("circuit", "simple", "knn", "iterative")
@@ -76,9 +78,12 @@ def run_rate(name: str, seed: int, rate: float, quick: bool) -> dict[str, Any]:
     def rmse(filled: np.ndarray) -> float:
         return float(np.sqrt(np.mean(((filled - data.x_test) / sd)[removed] ** 2)))
 
-    circuit, seconds = timed(lambda: UGMMCircuitDensity(random_state=seed, **options).fit(train))
-    out: dict[str, Any] = {"seed": seed, "circuit_seconds": seconds}
-    out["rmse_circuit"] = rmse(circuit.impute(test, method="mean"))
+    imputer, seconds = timed(lambda: UGMMCircuitImputer(random_state=seed, **options).fit(train))
+    circuit, density_seconds = timed(
+        lambda: UGMMCircuitDensity(random_state=seed, **options).fit(train)
+    )
+    out: dict[str, Any] = {"seed": seed, "circuit_seconds": seconds + density_seconds}
+    out["rmse_circuit"] = rmse(imputer.transform(test))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # IterativeImputer's convergence notices
         for label, imputer in sklearn_imputers(seed).items():
@@ -142,10 +147,11 @@ def table(results: list[dict[str, Any]], command: str, minutes: float) -> str:
         f"{results[0]['runs'][0]['split']}; split seeds "
         f"{', '.join(str(r['seed']) for r in results[0]['runs'])} (mean ± sd). RMSE over "
         "the removed test cells, in training standard deviations: the exact conditional mean "
-        "of `UGMMCircuitDensity()` fitted on the incomplete rows as they are, and "
-        "scikit-learn's imputers fitted on the same rows (best in bold). Test log p(x) per "
-        "complete test row: the circuit fitted on the incomplete rows, and fitted on the "
-        "training rows left complete (their count in brackets; n/a below "
+        "of `UGMMCircuitImputer()` (its size chosen by held-out imputation error) fitted on "
+        "the incomplete rows as they are, and scikit-learn's imputers fitted on the same "
+        "rows (best in bold). Test log p(x) per complete test row: `UGMMCircuitDensity()` "
+        "(its size chosen by held-out likelihood) fitted on the incomplete rows, and fitted "
+        "on the training rows left complete (their count in brackets; n/a below "
         f"{MIN_COMPLETE_ROWS}).",
         "",
         "| table | missing | circuit mean | SimpleImputer | KNNImputer | IterativeImputer | "

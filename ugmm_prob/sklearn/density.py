@@ -346,8 +346,7 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
             self._fit_candidate(z[train], z_val, seed, candidate)
             if z_val is None:
                 return 0.0, self.n_iter_
-            # held-out log p(x_observed) per row in the original units
-            value = float(np.mean(self._density_score_samples(X[val])))
+            value = self._validation_score(X[val], seed)
             return value, int(self.best_iter_ or self.n_iter_)
 
         chosen, epoch, self.search_results_ = search.select(options, score)
@@ -358,6 +357,11 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         elif len(options) > 1:  # the last candidate fitted is not the chosen one
             self._fit_candidate(z[train], z_val, seed, chosen)
         return self
+
+    def _validation_score(self, X_val: np.ndarray, seed: int) -> float:
+        """What the size search maximises: the held-out ``log p(x_observed)`` per row in the
+        original units."""
+        return float(np.mean(self._density_score_samples(X_val)))
 
     def _fit_candidate(
         self,
