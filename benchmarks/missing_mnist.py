@@ -661,7 +661,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     command = command_line("missing_mnist.py", argv)
     if args.quick:
-        args.train_rows, args.val_rows, args.test_rows = args.train_rows or 4000, 1000, 500
+        args.train_rows, args.val_rows = args.train_rows or 4000, 1000
+        args.test_rows = args.test_rows or 500
         args.epochs, args.labelled_epochs, args.semi_epochs = 1, 2, 1
         args.labelled_per_class = 20
         args.val_labelled_per_class = 20
