@@ -185,7 +185,9 @@ def rmse(estimate: torch.Tensor, truth: torch.Tensor, region: torch.Tensor) -> f
     return float((estimate - truth)[region.expand_as(truth)].double().pow(2).mean().sqrt())
 
 
-def class_mean_images(pixels: torch.Tensor, labels: torch.Tensor, classes: int = 10):
+def class_mean_images(
+    pixels: torch.Tensor, labels: torch.Tensor, classes: int = 10
+) -> torch.Tensor:
     """``(classes, 784)``: the mean image of each class."""
     return torch.stack([pixels[labels == c].mean(0) for c in range(classes)])
 
@@ -258,7 +260,9 @@ def mle_circuit(args: argparse.Namespace) -> Fitted:
     return Fitted(circuit, history, minutes, split, loaded=False)
 
 
-def test_rows(split: dict[str, torch.Tensor], args: argparse.Namespace):
+def scored_test_images(
+    split: dict[str, torch.Tensor], args: argparse.Namespace
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The scored test images (all, or the first ``--test-rows``): logits, labels, and the
     8-bit pixels / 255."""
     count = args.test_rows or len(split["x_test"])
@@ -271,7 +275,7 @@ def test_rows(split: dict[str, torch.Tensor], args: argparse.Namespace):
 # ------------------------------------------------------------------------------------------
 def part_accuracy(args: argparse.Namespace, fitted: Fitted) -> dict[str, Any]:
     """Test accuracy per scheme and rate (the rate 0 shared by both schemes)."""
-    x, y, _ = test_rows(fitted.split, args)
+    x, y, _ = scored_test_images(fitted.split, args)
     full = masked_accuracy(fitted.circuit, x, y, torch.ones_like(x, dtype=torch.bool))
     curves = {"none": full}
     for scheme in SCHEMES:
@@ -285,7 +289,7 @@ def part_accuracy(args: argparse.Namespace, fitted: Fitted) -> dict[str, Any]:
 
 def part_completion(args: argparse.Namespace, fitted: Fitted) -> dict[str, Any]:
     """RMSE of bottom-half completions in pixel space, beside the mean-image baselines."""
-    x, y, pixels = test_rows(fitted.split, args)
+    x, y, pixels = scored_test_images(fitted.split, args)
     mask = bottom_mask(len(x), COMPLETION_ROWS)
     hidden = ~mask[:1]
     circuit, alpha = fitted.circuit, args.alpha
@@ -446,7 +450,7 @@ def part_semi(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.validation_only:
         return out
-    x_test, y_test, _ = test_rows(split, args)
+    x_test, y_test, _ = scored_test_images(split, args)
     everywhere = torch.ones_like(x_test, dtype=torch.bool)
     for key, candidate in (("labelled_only", alone), ("semi", chosen)):
         out[f"test_{key}"] = masked_accuracy(candidate.model, x_test, y_test, everywhere)
