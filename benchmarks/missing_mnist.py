@@ -518,6 +518,25 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+COMPLETION_ROWS_WORDS = {
+    "circuit": ("circuit: E[pixel \\| top half], class marginalised", "no"),
+    "circuit_given_class": ("circuit: E[pixel \\| top half, true class]", "yes"),
+    "circuit_naive": (
+        "circuit, naive: pixels of E[logit \\| top half], class marginalised",
+        "no",
+    ),
+    "class_mean": ("mean training image of the true class", "yes"),
+    "overall_mean": ("mean training image", "no"),
+}
+"""The rows of the completion table: words and whether the completion knows the class."""
+
+
+def _rmse_cell(errors: dict[str, float], name: str) -> str:
+    """An RMSE, in bold where it is the lowest."""
+    text = f"{errors[name]:.4f}"
+    return f"**{text}**" if errors[name] == min(errors.values()) else text
+
+
 def table(results: dict[str, Any], args: argparse.Namespace, command: str, minutes: float) -> str:
     """The results.md section: the accuracy curve, completion RMSEs, semi-supervised rows."""
     fitted = results.get("fitted")
@@ -577,14 +596,10 @@ def table(results: dict[str, Any], args: argparse.Namespace, command: str, minut
             "",
             "| completion of the bottom half | knows the class | RMSE |",
             "|---|---|---:|",
-            f"| circuit: E[pixel \\| top half], class marginalised | no | "
-            f"**{errors['circuit']:.4f}** |",
-            f"| circuit: E[pixel \\| top half, true class] | yes | "
-            f"{errors['circuit_given_class']:.4f} |",
-            "| circuit, naive: pixels of E[logit \\| top half], class marginalised | no | "
-            f"{errors['circuit_naive']:.4f} |",
-            f"| mean training image of the true class | yes | {errors['class_mean']:.4f} |",
-            f"| mean training image | no | {errors['overall_mean']:.4f} |",
+            *(
+                f"| {words} | {knows} | {_rmse_cell(errors, name)} |"
+                for name, (words, knows) in COMPLETION_ROWS_WORDS.items()
+            ),
             "",
             "Rows: test digits, their observed top halves, the circuit's conditional mean, the "
             "class-mean image.",
