@@ -281,33 +281,38 @@ _EM_FITS: dict[str, tuple] = {}
 """EM circuits fitted in this process (``mnist-hybrid`` starts from the ``mnist-em`` one)."""
 
 
+def _new_em_circuit(args: argparse.Namespace, inputs: str, x: torch.Tensor) -> UGMMCircuit:
+    """The circuit of the ``--em-*`` settings before initialisation (``x``: the training
+    images, for the hidden Chow-Liu tree); ``torch.manual_seed(args.seed)`` first."""
+    torch.manual_seed(args.seed)
+    options = {"components": args.em_components, "scale_floor": 1e-2}
+    options = options if inputs == "gaussian" else {}
+    if args.em_structure == "hclt":  # the Chow-Liu tree of the training images
+        graph = hclt(x, seed=args.seed)
+        return UGMMCircuit(
+            784, num_classes=10, graph=graph, channels=args.em_channels, inputs=inputs, **options
+        )
+    return UGMMCircuit.for_images(
+        28,
+        28,
+        10,
+        depth=4,
+        repetitions=args.em_repetitions,
+        channels=args.em_channels,
+        shared_structure=False,
+        seed=args.seed,
+        inputs=inputs,
+        **options,
+    )
+
+
 def _em_circuit(args: argparse.Namespace, inputs: str):
     """The per-class quad-tree circuit fitted by online EM, selected on validation
     ``-log p(x, y)``: ``(circuit, history, minutes, split)``."""
     if inputs in _EM_FITS:
         return _EM_FITS[inputs]
     split = _mnist_split(args, inputs)
-    torch.manual_seed(args.seed)
-    options = {"components": args.em_components, "scale_floor": 1e-2}
-    options = options if inputs == "gaussian" else {}
-    if args.em_structure == "hclt":  # the Chow-Liu tree of the training images
-        graph = hclt(split["x"], seed=args.seed)
-        circuit = UGMMCircuit(
-            784, num_classes=10, graph=graph, channels=args.em_channels, inputs=inputs, **options
-        )
-    else:
-        circuit = UGMMCircuit.for_images(
-            28,
-            28,
-            10,
-            depth=4,
-            repetitions=args.em_repetitions,
-            channels=args.em_channels,
-            shared_structure=False,
-            seed=args.seed,
-            inputs=inputs,
-            **options,
-        )
+    circuit = _new_em_circuit(args, inputs, split["x"])
     circuit.init_from_data(split["x"], split["y"], generator=split["generator"])
     started = time.perf_counter()
     common = {

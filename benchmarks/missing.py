@@ -22,6 +22,9 @@ Records (docs/results.json): ``<table>-missing-<rate>`` with metrics ``rmse_circ
 between the ``missing`` markers. ``--quick``: two small tables, one seed, few epochs;
 ``--save``/``--load``: run tables in several processes, then merge and write.
 
+The MNIST parts of the missing-data benchmark (missing test pixels, completions, labels
+missing from most training images) are ``benchmarks/missing_mnist.py``.
+
     python benchmarks/missing.py
     python benchmarks/missing.py --quick --no-write
 """

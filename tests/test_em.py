@@ -3,6 +3,8 @@ depth, online EM reaching the full-batch fixed point, and fit_em's loop (resume,
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -179,3 +181,44 @@ def test_fit_em_resumes_exactly_and_checks_its_inputs(tmp_path):
         fit_em(circuit, x, y, step_size=0.0, progress=False)
     with pytest.raises(TypeError, match="UGMMCircuit"):
         fit_em(torch.nn.Linear(2, 2), x, y, progress=False)
+
+
+def _labelled_and_unlabelled(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, UGMMCircuit]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 4, generator=generator, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, -1, -1, 1, -1, 0, 2, -1, -1, 1])
+    torch.manual_seed(seed)
+    circuit = UGMMCircuit(4, num_classes=3, depth=1, repetitions=3, channels=2).double()
+    circuit.init_from_data(x, y)
+    return x, y, circuit
+
+
+def test_row_weights_count_rows_as_often_as_their_integer_weight():
+    """Weights 0, 1 and 2 give the statistics of the batch without the row, as it is, and
+    with the row twice: every statistic (classes, sums, inputs) and the total."""
+    x, y, circuit = _labelled_and_unlabelled()
+    weights = torch.tensor([1, 2, 0, 2, 1, 0, 1, 1, 2, 0, 1, 1], dtype=torch.float64)
+    total, weighted = expected_statistics(circuit, x, y, weights=weights)
+    rows = torch.repeat_interleave(torch.arange(len(x)), weights.long())
+    repeated_total, repeated = expected_statistics(circuit, x[rows], y[rows])
+    torch.testing.assert_close(total, repeated_total)
+    assert weighted.keys() == repeated.keys()
+    for key, value in weighted.items():
+        torch.testing.assert_close(value, repeated[key], msg=key)
+
+
+def test_unlabelled_weight_zero_is_em_on_the_labelled_rows_alone():
+    x, y, circuit = _labelled_and_unlabelled()
+    labelled_only = copy.deepcopy(circuit)
+    half = copy.deepcopy(circuit)
+    options = {"epochs": 2, "online": False, "progress": False, "batch_size": 5}
+    fit_em(circuit, x, y, unlabelled_weight=0.0, **options)
+    fit_em(labelled_only, x[y >= 0], y[y >= 0], **options)
+    for (name, value), other in zip(
+        circuit.state_dict().items(), labelled_only.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(value, other, msg=name)
+    fit_em(half, x, y, unlabelled_weight=0.5, **options)  # and a weight in between differs
+    assert not torch.allclose(half.inputs.loc, circuit.inputs.loc)
+    with pytest.raises(ValueError, match="unlabelled_weight"):
+        fit_em(half, x, y, unlabelled_weight=-1.0, **options)

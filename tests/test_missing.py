@@ -274,9 +274,9 @@ def test_missing_cells_contribute_no_input_statistics():
 # ------------------------------------------------------------------------------------------
 # (b) imputation against integration and enumeration
 # ------------------------------------------------------------------------------------------
-def _quadrature_mean(circuit, row, mask, target, c=None, grid=None):
-    """``E[x_target | x_observed(, c)]`` by the trapezoid rule over ``x_target``, the other
-    missing cells marginalised by the circuit."""
+def _quadrature_mean(circuit, row, mask, target, c=None, grid=None, function=None):
+    """``E[f(x_target) | x_observed(, c)]`` (``f`` the identity unless given) by the
+    trapezoid rule over ``x_target``, the other missing cells marginalised by the circuit."""
     # the integrands are Gaussian mixtures (scales >= 0.05 here): the trapezoid rule on this
     # grid is exact to far below the tolerance
     grid = torch.linspace(-10, 10, 4001, dtype=torch.float64) if grid is None else grid
@@ -288,7 +288,8 @@ def _quadrature_mean(circuit, row, mask, target, c=None, grid=None):
         joint = circuit.joint_log_prob(points.nan_to_num(0.0), with_target)
         log_p = torch.logsumexp(joint, -1) if c is None else joint[:, c]
     weight = (log_p - log_p.max()).exp()
-    return float(torch.trapezoid(grid * weight, grid) / torch.trapezoid(weight, grid))
+    values = grid if function is None else function(grid)
+    return float(torch.trapezoid(values * weight, grid) / torch.trapezoid(weight, grid))
 
 
 @pytest.mark.parametrize("inputs", ["gaussian", "multivariate"])
@@ -326,6 +327,50 @@ def test_conditional_mean_equals_numerical_integration(inputs, structure):
     torch.testing.assert_close(mean[2], circuit.moments()[0])
 
 
+@pytest.mark.parametrize("structure", ["tree", "hclt"])
+def test_conditional_expectation_of_a_function_equals_numerical_integration(structure):
+    """``E[sigmoid(x_d) | x_O]`` (the pixel-space mean of a logit-space variable) by
+    Gauss-Hermite quadrature per component against the trapezoid rule over ``x_d`` through
+    the circuit's marginals; observed cells come back as ``f(x_d)``, the identity gives
+    the conditional mean, and it differs from ``sigmoid`` of the conditional mean."""
+    x = _correlated(300, 4, seed=15)
+    y = (x[:, 1] > 0).long()
+    circuit = UGMMCircuit.from_data(
+        x, y, structure=structure, depth=1, repetitions=2, channels=3, scale_floor=0.05
+    ).double()
+    fit_em(circuit, x, y, epochs=3, online=False, progress=False)
+    rows = torch.tensor(
+        [[0.4, NAN, -0.3, NAN], [NAN, NAN, NAN, 1.2], [1.0, 0.5, NAN, 0.2]], dtype=torch.float64
+    )
+    expected = circuit.conditional_expectation(rows, torch.sigmoid)
+    given = circuit.conditional_expectation(rows, torch.sigmoid, c=torch.tensor([1, -1, 0]))
+    torch.testing.assert_close(
+        circuit.conditional_expectation(rows, lambda v: v), circuit.impute(rows, method="mean")
+    )
+    gap = 0.0
+    for i, row in enumerate(rows):
+        mask = ~torch.isnan(row)
+        torch.testing.assert_close(expected[i][mask], torch.sigmoid(row[mask]))
+        for d in (~mask).nonzero().squeeze(1).tolist():
+            truth = _quadrature_mean(circuit, row, mask, d, function=torch.sigmoid)
+            assert float(expected[i, d]) == pytest.approx(truth, abs=1e-7), (i, d)
+            c = [1, None, 0][i]
+            truth = _quadrature_mean(circuit, row, mask, d, c=c, function=torch.sigmoid)
+            assert float(given[i, d]) == pytest.approx(truth, abs=1e-7), (i, d, c)
+            mean = _quadrature_mean(circuit, row, mask, d)
+            gap = max(gap, abs(float(expected[i, d]) - math.exp(-math.log1p(math.exp(-mean)))))
+    assert gap > 1e-3  # the test tells the two apart
+
+
+def test_conditional_expectation_needs_univariate_units():
+    x = _correlated(100, 4, seed=16)
+    circuit = UGMMCircuit.from_data(x, depth=1, repetitions=2, channels=2, inputs="multivariate")
+    with pytest.raises(NotImplementedError, match="expectations of functions"):
+        circuit.conditional_expectation(
+            x[:2].masked_fill(torch.eye(4)[:2].bool(), NAN), torch.sigmoid
+        )
+
+
 def test_conditional_mean_of_categorical_inputs_equals_enumeration():
     generator = torch.Generator().manual_seed(14)
     circuit = UGMMCircuit(3, depth=1, repetitions=3, channels=3, inputs="categorical", num_values=5)
@@ -346,6 +391,8 @@ def test_conditional_mean_of_categorical_inputs_equals_enumeration():
             with torch.no_grad():
                 p = circuit.log_prob(points.nan_to_num(0.0), mask=with_d).exp()
             assert float(mean[i, d]) == pytest.approx(float((values * p).sum() / p.sum()), abs=1e-9)
+            squared = float(circuit.conditional_expectation(rows, torch.square)[i, d])
+            assert squared == pytest.approx(float((values**2 * p).sum() / p.sum()), abs=1e-9)
 
 
 def test_draws_and_the_mpe_completion_keep_the_observed_cells():

@@ -26,6 +26,7 @@ distribution wrapper and EM it builds on are modules of their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -898,6 +899,49 @@ class UGMMCircuit(DensityModel):
         posterior = self._input_posterior(leaf, c)
         mean = self.inputs.posterior_mean(posterior, x, mask).to(x.dtype)
         return torch.where(mask, x, mean)
+
+    @torch.no_grad()
+    @pyro_method
+    def conditional_expectation(
+        self,
+        x: torch.Tensor,
+        function: Callable[[torch.Tensor], torch.Tensor],
+        mask: torch.Tensor | None = None,
+        *,
+        c: torch.Tensor | int | None = None,
+        points: int = 64,
+    ) -> torch.Tensor:
+        """``E[f(x_d) | x_O]`` at every unobserved cell ``d``, ``f(x_d)`` at the observed ones.
+
+        For an elementwise ``f`` this is ``sum_u P(u | x_O) E_u[f(x_d)]`` over the input
+        units ``u`` of ``d``, with the flows of :meth:`impute`'s ``"mean"`` and each unit's
+        expectation from :meth:`InputLayer.unit_expectations
+        <ugmm_prob.circuits.inputs.InputLayer.unit_expectations>` (Gauss-Hermite quadrature
+        with ``points`` nodes per Gaussian component; a sum over the values of categorical
+        units). With ``f`` the identity it is ``impute(x, mask, method="mean")``; with
+        ``f`` the map of a transformed variable back to its own space (for instance
+        :func:`~ugmm_prob.distributions.pixel_logit_transform` for logit-space pixels), the
+        conditional mean there, which is not ``f`` of the conditional mean.
+
+        Args:
+            x: ``(..., D)``.
+            function: an elementwise map of tensors (applied to the observed cells too).
+            mask: True where a cell is observed (broadcastable to ``x``); None: the NaN
+                cells of ``x`` are the missing ones.
+            c: the class of every row (an int or ``(n,)``; ``-1``: unknown), or None:
+                marginalised.
+            points: quadrature nodes per Gaussian component.
+        """
+        flat, flat_mask, batch_shape = self._flat_evidence(x, mask)
+        classes = None if c is None else self._check_classes(c, len(flat), unknown=True)
+        observed = function(flat)
+        if flat_mask is not None:
+            leaf = self._leaf_region_values(flat, flat_mask, "sum")
+            posterior = self._input_posterior(leaf, classes)
+            unit_values = self.inputs.unit_expectations(function, points=points)
+            expected = self.inputs.posterior_expectation(posterior, unit_values)
+            observed = torch.where(flat_mask, observed, expected.to(observed.dtype))
+        return observed.reshape(*batch_shape, self.in_features)
 
     def _check_classes(self, c: Any, count: int, *, unknown: bool = False) -> torch.Tensor:
         """Classes ``c`` (an int or ``count`` of them) as a long tensor of length ``count``;

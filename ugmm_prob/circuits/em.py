@@ -18,6 +18,12 @@ counts only the examples that observe its data (per-example input probes,
 row labelled ``-1`` (unknown class) contributes ``log p(x_b)``, the log-sum-exp over classes,
 whose gradient weights each class's statistics by ``p(c | x_b)``.
 
+Weighted rows. With per-row weights ``w_b`` the E-step differentiates ``sum_b w_b log
+p(x_b[, y_b])``, so every expected statistic counts row ``b`` ``w_b`` times (an integer weight
+is the row repeated). :func:`fit_em`'s ``unlabelled_weight`` gives the unlabelled rows the
+weight ``lambda`` of Nigam et al. (2000), so that many unlabelled rows do not drown the
+labelled ones in semi-supervised EM.
+
 M-step. Each layer maximises its own expected complete-data log-likelihood in closed form
 (:meth:`SumLayer.maximise <ugmm_prob.circuits.layers.SumLayer.maximise>`,
 :meth:`InputLayer.maximise <ugmm_prob.circuits.inputs.InputLayer.maximise>`), with MAP
@@ -43,6 +49,7 @@ import torch
 
 from .. import distributed
 from ..checkpoints import Checkpoint
+from ..roles import UNLABELLED
 from ..training import LoopSettings, prepare_training, train_loop
 from ..training.checks import has_missing_cells
 from .circuit import UGMMCircuit
@@ -56,8 +63,9 @@ def expected_statistics(
     y: torch.Tensor | None = None,
     *,
     mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """E-step on a batch: ``(sum_b log p(x_b,obs[, y_b]), statistics)``.
+    """E-step on a batch: ``(sum_b w_b log p(x_b,obs[, y_b]), statistics)``.
 
     ``mask`` ``(B, D)`` (True = observed; None: every cell) marginalises the other cells
     (their entries of ``x`` are never read, NaN included): the statistics are then the
@@ -66,7 +74,9 @@ def expected_statistics(
     (:meth:`InputLayer.observed_flow <ugmm_prob.circuits.inputs.InputLayer.observed_flow>`,
     which reads per-example flows from a ``(B, L, I)`` probe). Rows labelled
     :data:`~ugmm_prob.roles.UNLABELLED` contribute ``log p(x) = logsumexp_c log p(x, c)``,
-    so their statistics are weighted by the class posterior ``p(c | x)``.
+    so their statistics are weighted by the class posterior ``p(c | x)``. ``weights``
+    ``(B,)`` (``>= 0``; None: every ``w_b = 1``) counts row ``b`` ``w_b`` times in every
+    statistic.
 
     The statistics are sums over the batch, keyed ``"inputs.<name>"``, ``"sums.<level>"``,
     ``"root"`` and ``"class"``, so batches (and ranks) combine by adding them.
@@ -78,7 +88,8 @@ def expected_statistics(
     with torch.enable_grad():
         up = circuit._upward(x, mask, probes=probes)
         joint = up.root + circuit.class_log_prior()
-        total = circuit.log_likelihood_from_logits(joint, y).sum()
+        per_row = circuit.log_likelihood_from_logits(joint, y)
+        total = per_row.sum() if weights is None else (weights * per_row).sum()
         leaves = [probes.inputs, *probes.sums, probes.root, *params.values()]
         grads = torch.autograd.grad(total, leaves, allow_unused=True)
     flow_names = ["inputs", *(f"sums.{i}" for i in range(len(probes.sums))), "root"]
@@ -97,7 +108,9 @@ def expected_statistics(
         grad = named[f"{key}.logits_unconstrained"]
         stats[key] = layer.expected_counts(grad, flows[key].detach())
     prior = torch.softmax(circuit.class_logits, -1).detach()
-    stats["class"] = named["class_logits_unconstrained"] + prior * len(x)
+    # d total / d logits = sum_b w_b (n_b - prior): add the prior times the weighted rows
+    rows = len(x) if weights is None else weights.sum()
+    stats["class"] = named["class_logits_unconstrained"] + prior * rows
     return total.detach(), stats
 
 
@@ -152,8 +165,10 @@ class _EMTrainer:
         variance_pseudo_count: float,
         covariance_pooling: float = 0.0,
         missing: bool = False,
+        unlabelled_weight: float = 1.0,
     ) -> None:
         self.model = circuit
+        self.unlabelled_weight = unlabelled_weight
         self.online, self.step_size, self.step_decay = online, step_size, step_decay
         self.smoothing = {
             "pseudo_count": pseudo_count,
@@ -170,7 +185,11 @@ class _EMTrainer:
         self, x: torch.Tensor, y: torch.Tensor | None, *, weight: float, num_data: int
     ) -> float:
         mask = torch.isnan(x).logical_not_() if self.missing else None
-        total, stats = expected_statistics(self.model, x, y, mask=mask)
+        weights = None
+        if self.unlabelled_weight != 1.0 and y is not None:
+            unlabelled = (y == UNLABELLED).to(x.dtype)
+            weights = 1.0 - (1.0 - self.unlabelled_weight) * unlabelled
+        total, stats = expected_statistics(self.model, x, y, mask=mask, weights=weights)
         used = float(weight > 0)  # a rank with no share joins with a zero-weighted example
         if not used:
             stats = {key: torch.zeros_like(value) for key, value in stats.items()}
@@ -208,7 +227,15 @@ class _EMTrainer:
             "step_size": self.step_size,
             "step_decay": self.step_decay,
             **self.smoothing,
+            **self._weighting,
         }
+
+    @property
+    def _weighting(self) -> dict[str, float]:
+        """``unlabelled_weight`` where it is not 1 (absent at 1, so runs saved before it
+        existed still resume)."""
+        weight = self.unlabelled_weight
+        return {"unlabelled_weight": weight} if weight != 1.0 else {}
 
     def _eta(self) -> float:
         return min(1.0, self.step_size * (1 + self.steps) ** (-self.step_decay))
@@ -265,6 +292,7 @@ def fit_em(
     pseudo_count: float = 1e-2,
     variance_pseudo_count: float = 1e-2,
     covariance_pooling: float = 0.0,
+    unlabelled_weight: float = 1.0,
     device: str | torch.device | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -299,6 +327,10 @@ def fit_em(
             each variance or covariance update (``0``: maximum likelihood; large: the
             units share one covariance, as a tied ``GaussianMixture``); it regularises
             full-covariance leaves on small tables.
+        unlabelled_weight: the weight ``lambda`` of every row labelled ``-1`` in the
+            E-step's statistics (labelled rows weigh 1): semi-supervised EM maximises
+            ``sum_labelled log p(x, y) + lambda sum_unlabelled log p(x)`` (Nigam et al.,
+            2000); ``1`` is plain semi-supervised EM, ``0`` ignores the unlabelled rows.
         device, seed, progress, metrics_path, checkpoint_path, resume, keep_best: as for
             :func:`~ugmm_prob.training.fit`.
 
@@ -321,10 +353,11 @@ def fit_em(
         raise ValueError(
             f"expected 0 < step_size <= 1 and step_decay >= 0, got {step_size}, {step_decay}"
         )
-    if min(pseudo_count, variance_pseudo_count, covariance_pooling) < 0:
+    if min(pseudo_count, variance_pseudo_count, covariance_pooling, unlabelled_weight) < 0:
         raise ValueError(
-            "pseudo_count, variance_pseudo_count and covariance_pooling must be >= 0, got "
-            f"{pseudo_count}, {variance_pseudo_count}, {covariance_pooling}"
+            "pseudo_count, variance_pseudo_count, covariance_pooling and unlabelled_weight "
+            f"must be >= 0, got {pseudo_count}, {variance_pseudo_count}, {covariance_pooling}, "
+            f"{unlabelled_weight}"
         )
     settings = LoopSettings.from_arguments(locals())
     x_val, y_val, device = prepare_training(circuit, x, y, x_val, y_val, settings, device)
@@ -337,5 +370,6 @@ def fit_em(
         variance_pseudo_count=variance_pseudo_count,
         covariance_pooling=covariance_pooling,
         missing=has_missing_cells(circuit, x),
+        unlabelled_weight=unlabelled_weight,
     )
     return train_loop(trainer, x, y, x_val, y_val, settings, device)

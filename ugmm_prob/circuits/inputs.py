@@ -27,10 +27,12 @@ leaf-region products). The registry of kinds by name, ``INPUT_TYPES``, lives in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import pyro.distributions as dist
 import torch
+from numpy.polynomial.hermite import hermgauss
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
@@ -213,10 +215,35 @@ class InputLayer(PyroModule):
                 the other cells, so its conditional mean is its mean (:meth:`moments`),
                 whatever the evidence (a unit over several variables overrides this).
         """
-        mean = self.moments()[0].to(posterior.dtype)  # (N, I)
-        padded = torch.cat([mean, mean.new_zeros(1, mean.shape[1])])  # padding slot: 0
-        leaf_mean = padded[self.leaf_slots]  # (L, V, I)
-        return self.leaf_positions_to_variables(torch.einsum("bli,lvi->blv", posterior, leaf_mean))
+        return self.posterior_expectation(posterior, self.moments()[0])
+
+    def posterior_expectation(
+        self, posterior: torch.Tensor, unit_values: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, D)``: ``sum_i P(unit i of the leaf) v[n, i]`` summed over the leaves holding
+        ``d``, for per-unit values ``unit_values`` ``(N, I)`` (slot ``n`` of variable ``d``),
+        e.g. the units' means (:meth:`posterior_mean`) or :meth:`unit_expectations`.
+
+        Args:
+            posterior: ``(B, L, I)``, as for :meth:`posterior_mean`.
+            unit_values: ``(N, I)``, one value per slot and channel.
+        """
+        values = unit_values.to(posterior.dtype)
+        padded = torch.cat([values, values.new_zeros(1, values.shape[1])])  # padding slot: 0
+        leaf_values = padded[self.leaf_slots]  # (L, V, I)
+        return self.leaf_positions_to_variables(
+            torch.einsum("bli,lvi->blv", posterior, leaf_values)
+        )
+
+    def unit_expectations(
+        self, function: Callable[[torch.Tensor], torch.Tensor], *, points: int = 64
+    ) -> torch.Tensor:
+        """``E[f(x)]`` under every univariate unit, ``(N, I)``, for an elementwise ``f``
+        (e.g. a map of logit-space pixels back to pixels); ``points``: quadrature nodes
+        where the expectation is an integral. Kinds without it raise NotImplementedError."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no expectations of functions of its units"
+        )
 
     def leaf_positions_to_variables(self, values: torch.Tensor) -> torch.Tensor:
         """``(B, L, V) -> (B, D)``: the values at every leaf position summed into the
@@ -427,6 +454,21 @@ class GaussianMixtureInput(InputLayer):
         return (w * self.loc).sum(-1), (w * (self.scale**2 + self.loc**2)).sum(-1)
 
     @torch.no_grad()
+    def unit_expectations(
+        self, function: Callable[[torch.Tensor], torch.Tensor], *, points: int = 64
+    ) -> torch.Tensor:
+        """``sum_k pi_k E_{N(mu_k, sigma_k^2)}[f(x)]`` by Gauss-Hermite quadrature with
+        ``points`` nodes per component, ``(N, I)`` (exact for polynomials of degree below
+        ``2 points``; for smooth bounded ``f`` such as a sigmoid, to float precision)."""
+        nodes, node_weights = (torch.from_numpy(array).to(self.loc) for array in hermgauss(points))
+        weights = torch.softmax(self.logits, -1)  # (N, I, K)
+        total = torch.zeros_like(self.loc[..., 0])
+        for k in range(self.loc.shape[-1]):  # one component at a time: (N, I, points)
+            z = self.loc[..., k, None] + math.sqrt(2.0) * self.scale[..., k, None] * nodes
+            total += weights[..., k] * (function(z) * node_weights).sum(-1)
+        return total / math.sqrt(math.pi)
+
+    @torch.no_grad()
     def init_from_examples(self, examples: torch.Tensor, spread: torch.Tensor) -> None:
         """Component ``k`` of unit ``(r, d, i)`` at the ``k``-th example's value; every scale
         the variable's ``spread`` (at least twice the floor); equal mixing weights."""
@@ -579,6 +621,15 @@ class CategoricalInput(InputLayer):
         p = torch.softmax(self.logits, -1)
         values = torch.arange(self.num_values, dtype=p.dtype, device=p.device)
         return (p * values).sum(-1), (p * values**2).sum(-1)
+
+    @torch.no_grad()
+    def unit_expectations(
+        self, function: Callable[[torch.Tensor], torch.Tensor], *, points: int = 64
+    ) -> torch.Tensor:
+        """``sum_v p(v) f(v)``, exactly (``points`` is not used), ``(N, I)``."""
+        p = torch.softmax(self.logits, -1)
+        values = torch.arange(self.num_values, dtype=p.dtype, device=p.device)
+        return (p * function(values)).sum(-1)
 
     @torch.no_grad()
     def init_from_examples(self, examples: torch.Tensor, spread: torch.Tensor) -> None:
