@@ -69,3 +69,32 @@ def test_contention_part_runs_every_condition_and_writes_nothing(tmp_path):
         assert len(cells) == 8 and all(float(c.replace(",", "")) > 0 for c in cells), row
     assert "nothing written" in done.stdout
     assert {p.name: p.read_bytes() for p in docs.glob("*.*")} == before
+
+
+def test_missing_part_compares_against_the_same_log_densities():
+    """The ``missing`` part's plain per-example formula gives the library's leaf values and
+    parameter gradients with missing cells (so its speed-up compares equal work)."""
+    import torch
+
+    from tests.benchmark_scripts import import_benchmark
+    from ugmm_prob.circuits import UGMMCircuit, random_binary_trees
+
+    speed = import_benchmark("speed")
+    torch.manual_seed(0)
+    graph = random_binary_trees(7, depth=1, repetitions=2, seed=0)
+    circuit = UGMMCircuit(7, graph=graph, channels=3, inputs="multivariate").double()
+    x = torch.randn(40, 7, dtype=torch.float64)
+    circuit.init_from_data(x, generator=torch.Generator().manual_seed(1))
+    observed = torch.rand(40, 7, generator=torch.Generator().manual_seed(2)) > 0.4
+    holes = torch.where(observed, x, torch.nan)
+    layer, params = circuit.inputs, list(circuit.inputs.parameters())
+    mine = layer.region_log_values(holes, observed)
+    plain = speed.PlainMaskedLeaves(layer)(holes, observed)
+    torch.testing.assert_close(mine, plain, rtol=1e-10, atol=1e-10)
+    weights = torch.randn_like(mine)
+    for a, b in zip(
+        torch.autograd.grad((weights * mine).sum(), params),
+        torch.autograd.grad((weights * plain).sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
