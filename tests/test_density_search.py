@@ -39,6 +39,39 @@ def test_search_picks_what_a_validation_loop_picks():
     assert scores[1] < max(scores.values())  # three clusters: one Gaussian is not the best
 
 
+def test_cross_validated_search_scores_every_candidate_on_every_fold():
+    """``cv=3``: a candidate's recorded score is the mean, over the three folds of a seeded
+    partition, of that candidate fitted alone with the fold held out (not refitted), its
+    epoch their median; the chosen one is refitted on all rows for that many epochs."""
+    x = _clusters(120)
+    fixed = {"depth": 0, "covariance_pooling": 0.0, "max_iter": 10, "random_state": 0}
+    searched = UGMMCircuitDensity(channels=(1, 3), cv=3, **fixed).fit(x)
+    seed = np.random.RandomState(0).randint(0, 2**31 - 1)  # the estimator's draw
+    parts = np.array_split(np.random.RandomState(seed).permutation(len(x)), 3)
+
+    class OneFold(UGMMCircuitDensity):
+        def _split(self, n, seed):
+            return self.rows
+
+    for k in (1, 3):
+        values, epochs = [], []
+        for part in parts:
+            val = np.sort(part)
+            alone = OneFold(channels=k, refit=False, **fixed)
+            alone.rows = (np.setdiff1d(np.arange(len(x)), val), val)
+            values.append(alone.fit(x).score(x[val]))
+            epochs.append(alone.best_iter_)
+        recorded = next(r for r in searched.search_results_ if r["channels"] == k)
+        assert recorded["validation_score"] == pytest.approx(np.mean(values), abs=1e-9)
+        assert recorded["epoch"] == int(np.median(epochs))
+    best = max(searched.search_results_, key=lambda r: r["validation_score"])
+    assert searched.best_params_["channels"] == best["channels"]
+    assert searched.n_iter_ == max(best["epoch"], 1) and searched.best_iter_ == best["epoch"]
+    for bad in (1, 2.5, True, 100):
+        with pytest.raises(ValueError, match="cv must be None or an int"):
+            UGMMCircuitDensity(cv=bad, **fixed).fit(x)
+
+
 def test_one_channel_at_depth_zero_is_the_maximum_likelihood_gaussian():
     """One full-covariance leaf over every column, one EM step: the Gaussian with the rows'
     mean and (population) covariance, scored by SciPy."""
