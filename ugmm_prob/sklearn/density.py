@@ -342,11 +342,8 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         z = self._tensor((X - self.mean_) / self.scale_)  # NaN cells stay NaN: missing
         params = {name: getattr(self, name) for name in search.SEARCHED}
         options = search.candidates(params, X.shape[1])
-        if self.cv is not None:
-            return self._fit_by_folds(X, z, seed, options)
-        train, val = self._split(len(X), seed)
-        z_val = None if val is None else z[val]
-        if len(options) > 1 and z_val is None:
+        splits = self._search_splits(len(X), seed)
+        if len(options) > 1 and splits[0][1] is None:
             raise ValueError(
                 f"{type(self).__name__}: {len(options)} candidate sizes need held-out rows "
                 f"to choose among them: set early_stopping=True (and give at least "
@@ -354,50 +351,40 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
             )
 
         def score(candidate: dict[str, Any]) -> tuple[float, int]:
-            self._fit_candidate(z[train], z_val, seed, candidate)
-            if z_val is None:
-                return 0.0, self.n_iter_
-            value = self._validation_score(X[val], seed)
-            return value, int(self.best_iter_ or self.n_iter_)
-
-        chosen, epoch, self.search_results_ = search.select(options, score)
-        self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
-        if self.refit and z_val is not None:
-            self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
-            self.best_iter_ = epoch
-        elif len(options) > 1:  # the last candidate fitted is not the chosen one
-            self._fit_candidate(z[train], z_val, seed, chosen)
-        return self
-
-    def _fit_by_folds(
-        self, X: np.ndarray, z: torch.Tensor, seed: int, options: list[dict[str, Any]]
-    ) -> UGMMCircuitDensity:
-        """``cv=k``: each candidate scored by its mean held-out score over ``k`` folds (a
-        random partition of the rows), then the best refitted on all rows for the median
-        of its folds' kept epochs."""
-        folds = int(self.cv)
-        if isinstance(self.cv, bool) or folds != self.cv or not 2 <= folds <= len(X) // 2:
-            raise ValueError(
-                f"{type(self).__name__}: cv must be None or an int from 2 to n_rows / 2 "
-                f"({len(X) // 2}), got {self.cv!r}"
-            )
-        parts = np.array_split(np.random.RandomState(seed).permutation(len(X)), folds)
-
-        def score(candidate: dict[str, Any]) -> tuple[float, int]:
+            """Mean held-out score over the splits, median kept epoch."""
             values, epochs = [], []
-            for held_out in parts:
-                val = np.sort(held_out)
-                train = np.setdiff1d(np.arange(len(X)), val)
-                self._fit_candidate(z[train], z[val], seed, candidate)
+            for train, val in splits:
+                self._fit_candidate(z[train], None if val is None else z[val], seed, candidate)
+                if val is None:
+                    return 0.0, self.n_iter_
                 values.append(self._validation_score(X[val], seed))
                 epochs.append(int(self.best_iter_ or self.n_iter_))
             return float(np.mean(values)), int(np.median(epochs))
 
         chosen, epoch, self.search_results_ = search.select(options, score)
         self.best_params_ = {name: chosen[name] for name in search.SEARCHED}
-        self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
-        self.best_iter_ = epoch
+        (train, val), *others = splits
+        if val is not None and (self.refit or others):
+            self._fit_candidate(z, None, seed, chosen, epochs=max(epoch, 1))
+            self.best_iter_ = epoch
+        elif len(options) > 1:  # the last candidate fitted is not the chosen one
+            self._fit_candidate(z[train], z[val], seed, chosen)
         return self
+
+    def _search_splits(self, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The (training rows, held-out rows) the search scores each candidate on: one
+        held-out share (``cv=None``; no held-out rows without early stopping) or the ``k``
+        folds of a seeded random partition (``cv=k``)."""
+        if self.cv is None:
+            return [self._split(n, seed)]
+        folds = int(self.cv)
+        if isinstance(self.cv, bool) or folds != self.cv or not 2 <= folds <= n // 2:
+            raise ValueError(
+                f"{type(self).__name__}: cv must be None or an int from 2 to n_rows / 2 "
+                f"({n // 2}), got {self.cv!r}"
+            )
+        parts = np.array_split(np.random.RandomState(seed).permutation(n), folds)
+        return [(np.setdiff1d(np.arange(n), part), np.sort(part)) for part in parts]
 
     def _validation_score(self, X_val: np.ndarray, seed: int) -> float:
         """What the size search maximises: the held-out ``log p(x_observed)`` per row in the
