@@ -660,3 +660,50 @@ def test_init_from_data_and_bayesian_bookkeeping(tmp_path):
     loaded = load_checkpoint(path).model
     with torch.no_grad():
         torch.testing.assert_close(loaded.log_prob(x), circuit.log_prob(x))
+
+
+def test_an_m_step_that_cannot_be_computed_is_a_divergence(monkeypatch):
+    """A covariance update that is not positive semi-definite (rounding on a nearly singular
+    unit) ends EM like a NaN: TrainingDivergedError, the model back in its state after the
+    last completed epoch; the size search skips such a candidate with a warning."""
+    from ugmm_prob.boundary import NonFiniteError
+    from ugmm_prob.training import TrainingDivergedError
+
+    pytest.importorskip("sklearn")
+    from ugmm_prob.sklearn import UGMMCircuitDensity
+
+    x = _correlated(60, 3)
+    original = MultivariateGaussianInput.maximise
+    calls = {"count": 0}
+
+    def failing_third(self, stats, **options):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise NonFiniteError("a covariance update is not positive semi-definite")
+        return original(self, stats, **options)
+
+    monkeypatch.setattr(MultivariateGaussianInput, "maximise", failing_third)
+    circuit = _single_gaussian(3).double()
+    with pytest.raises(TrainingDivergedError, match="epoch 3 failed") as caught:
+        fit_em(circuit, x, epochs=5, online=False, batch_size=60, progress=False)
+    assert caught.value.epoch == 2
+    monkeypatch.setattr(MultivariateGaussianInput, "maximise", original)
+    reference = _single_gaussian(3).double()
+    fit_em(reference, x, epochs=2, online=False, batch_size=60, progress=False)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(circuit.state_dict()[key], value)
+
+    def failing_wide(self, stats, **options):  # every unit of a 4-channel circuit fails
+        if self.loc.shape[1] == 4:
+            raise NonFiniteError("a covariance update is not positive semi-definite")
+        return original(self, stats, **options)
+
+    monkeypatch.setattr(MultivariateGaussianInput, "maximise", failing_wide)
+    options = {"depth": 0, "covariance_pooling": 0.0, "max_iter": 5, "random_state": 0}
+    with pytest.warns(RuntimeWarning, match="diverged and is skipped"):
+        density = UGMMCircuitDensity(channels=(1, 4), **options).fit(x.numpy())
+    scores = {r["channels"]: r["validation_score"] for r in density.search_results_}
+    assert math.isnan(scores[4]) and math.isfinite(scores[1])
+    assert density.best_params_["channels"] == 1
+    with pytest.raises(TrainingDivergedError):  # nothing to choose from: the error itself
+        UGMMCircuitDensity(channels=4, **options).fit(x.numpy())

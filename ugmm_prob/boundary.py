@@ -37,12 +37,15 @@ __all__ = ["NonFiniteError", "as_batch", "check_labels", "to_tensor"]
 
 
 class NonFiniteError(ValueError):
-    """A value computed inside a model (an activation, a logit) is NaN or infinite.
+    """A value computed inside a model (an activation, a logit) is NaN or infinite, or an
+    update cannot be computed from it (a covariance update that is not positive
+    semi-definite).
 
-    Raised by the library's own checks when the numbers a model computes stop being finite,
-    which with finite, checked inputs means its parameters have diverged. The training loops
-    recognise divergence by this type (see :func:`ugmm_prob.training.diverged`); bad *input*
-    is refused with a plain ``ValueError`` instead.
+    Raised by the library's own checks when the numbers a model computes stop being finite
+    or valid, which with finite, checked inputs means its parameters have diverged. The
+    training loops recognise divergence by this type (see
+    :func:`ugmm_prob.training.diverged`); bad *input* is refused with a plain ``ValueError``
+    instead.
     """
 
 

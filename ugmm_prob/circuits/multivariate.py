@@ -61,6 +61,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
 
+from ..boundary import NonFiniteError
 from .inputs import MEAN_PSEUDO_COUNT, REACHED_FRACTION, InputLayer
 
 __all__ = ["MultivariateGaussianInput"]
@@ -447,7 +448,7 @@ class MultivariateGaussianInput(InputLayer):
                 break
             jitter = torch.where(failed, torch.where(jitter > 0, 10 * jitter, step), jitter)
         else:
-            raise ValueError(
+            raise NonFiniteError(  # a divergence: the training loops restore the last epoch
                 "MultivariateGaussianInput.maximise: a covariance update is not positive "
                 "semi-definite (non-finite statistics?)"
             )

@@ -6,6 +6,7 @@ marginals of rows with NaN cells, sampling, imputation, BIC and AIC."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from ugmm_prob.sklearn.base import (
     check_is_fitted,
     count_free_parameters,
 )
+from ugmm_prob.training import TrainingDivergedError
 
 __all__ = ["UGMMCircuitDensity"]
 
@@ -354,7 +356,18 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
             """Mean held-out score over the splits, median kept epoch."""
             values, epochs = [], []
             for train, val in splits:
-                self._fit_candidate(z[train], None if val is None else z[val], seed, candidate)
+                try:
+                    self._fit_candidate(z[train], None if val is None else z[val], seed, candidate)
+                except TrainingDivergedError as error:
+                    if len(options) == 1:
+                        raise
+                    warnings.warn(
+                        f"{type(self).__name__}: candidate {candidate} diverged and is "
+                        f"skipped ({error})",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return math.nan, 0
                 if val is None:
                     return 0.0, self.n_iter_
                 values.append(self._validation_score(X[val], seed))

@@ -289,8 +289,15 @@ class _EpochLoop:
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Train, validate, record and checkpoint one epoch; its history row."""
         started = time.perf_counter()
-        total = self.train_epoch(epoch)
-        extra = self.trainer.end_epoch()
+        try:
+            total = self.train_epoch(epoch)
+            extra = self.trainer.end_epoch()
+        except ValueError as error:  # an update computed from diverged values
+            if not diverged(error, trained_tensors(self.trainer)):
+                raise
+            raise self.diverge(
+                f"an update in epoch {epoch + 1} failed ({type(error).__name__}: {error})", epoch
+            ) from error
         row = {
             "epoch": epoch + 1,
             self.trainer.loss_name: total / max(len(self.x), 1),
