@@ -81,17 +81,19 @@ def run_rate(name: str, seed: int, rate: float, quick: bool) -> dict[str, Any]:
     def rmse(filled: np.ndarray) -> float:
         return float(np.sqrt(np.mean(((filled - data.x_test) / sd)[removed] ** 2)))
 
-    imputer, seconds = timed(lambda: UGMMCircuitImputer(random_state=seed, **options).fit(train))
-    circuit, density_seconds = timed(
+    circuit_imputer, seconds = timed(
+        lambda: UGMMCircuitImputer(random_state=seed, **options).fit(train)
+    )
+    density, density_seconds = timed(
         lambda: UGMMCircuitDensity(random_state=seed, **options).fit(train)
     )
     out: dict[str, Any] = {"seed": seed, "circuit_seconds": seconds + density_seconds}
-    out["rmse_circuit"] = rmse(imputer.transform(test))
+    out["rmse_circuit"] = rmse(circuit_imputer.transform(test))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # IterativeImputer's convergence notices
         for label, imputer in sklearn_imputers(seed).items():
             out[f"rmse_{label}"] = rmse(imputer.fit(train).transform(test))
-    out["loglik_incomplete"] = circuit.score(data.x_test)
+    out["loglik_incomplete"] = density.score(data.x_test)
     complete = train[~np.isnan(train).any(axis=1)]
     out["complete_rows"] = len(complete)
     out["loglik_complete_rows"] = (

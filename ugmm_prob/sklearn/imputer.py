@@ -123,9 +123,10 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
         """What the size search maximises: minus the mean squared error, in training
         standard deviations, of the conditional mean of every observed cell of the held-out
         rows given the rest of its row (each cell hidden in turn: one row copy per cell; at
-        most :data:`VALIDATION_CELLS` cells, drawn at random beyond). The imputer chooses its
-        size by what it is used for: on a breast-cancer table with 10% missing, the likeliest
-        size imputed with RMSE 0.298, a single full Gaussian 0.266."""
+        most :data:`VALIDATION_CELLS` cells, drawn at random beyond): the imputer chooses its
+        size by what it is used for. The two criteria can disagree: on breast cancer with 10%
+        of cells missing (seed 0 of ``benchmarks/missing.py``), the likeliest size imputed
+        the test cells with RMSE 0.298 and a single full Gaussian with 0.266."""
         row, column = np.nonzero(~np.isnan(X_val))
         if len(row) > VALIDATION_CELLS:
             keep = np.random.RandomState(seed).choice(len(row), VALIDATION_CELLS, replace=False)
