@@ -253,8 +253,9 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
             one of ``k`` folds, and scored by its mean held-out score; the chosen one is
             refitted on all rows for the median of its folds' kept epochs (``k`` times the
             cost; on the splits of ``benchmarks/tabular.py``, seeds 0-2, ``cv=5`` scored
-            -1.900 / -17.793 / 35.370 / -31.210 per test row on iris / wine / breast cancer
-            / diabetes against -2.040 / -18.535 / 36.138 / -31.911 with one held-out fifth).
+            -1.900 / -17.793 / 35.370 / -31.210 / -120.147 per test row on iris / wine /
+            breast cancer / diabetes / digits against -2.040 / -18.535 / 36.138 / -31.911 /
+            -120.147 with one held-out fifth).
         refit: refit the chosen candidate on all rows for its kept number of epochs (else
             keep the candidate as trained on the other rows; with ``cv`` always refitted).
         random_state: seed (int), ``RandomState`` or None, for the region graph, the
