@@ -889,14 +889,19 @@ class UGMMCircuit(DensityModel):
             (grad,) = torch.autograd.grad(target, leaf)
         return grad
 
+    def _evidence_posterior(
+        self, x: torch.Tensor, mask: torch.Tensor, c: torch.Tensor | None
+    ) -> torch.Tensor:
+        """:meth:`_input_posterior` given the observed cells of flat ``x``: ``(B, L, I)``."""
+        return self._input_posterior(self._leaf_region_values(x, mask, "sum"), c)
+
     def _conditional_mean(
         self, x: torch.Tensor, mask: torch.Tensor | None, c: torch.Tensor | None
     ) -> torch.Tensor:
         """``E[x_M | x_O (, c)]`` at the unobserved cells of flat ``x``, ``x`` elsewhere."""
         if mask is None:
             return x
-        leaf = self._leaf_region_values(x, mask, "sum")
-        posterior = self._input_posterior(leaf, c)
+        posterior = self._evidence_posterior(x, mask, c)
         mean = self.inputs.posterior_mean(posterior, x, mask).to(x.dtype)
         return torch.where(mask, x, mean)
 
@@ -936,8 +941,7 @@ class UGMMCircuit(DensityModel):
         classes = None if c is None else self._check_classes(c, len(flat), unknown=True)
         observed = function(flat)
         if flat_mask is not None:
-            leaf = self._leaf_region_values(flat, flat_mask, "sum")
-            posterior = self._input_posterior(leaf, classes)
+            posterior = self._evidence_posterior(flat, flat_mask, classes)
             unit_values = self.inputs.unit_expectations(function, points=points)
             expected = self.inputs.posterior_expectation(posterior, unit_values)
             observed = torch.where(flat_mask, observed, expected.to(observed.dtype))

@@ -156,6 +156,18 @@ class _EpochLoop:
         self.start_epoch, self.history = state.epoch, state.history
         return state
 
+    @contextlib.contextmanager
+    def divergence_guard(self, what: str, epoch: int):
+        """A ``ValueError`` inside that means divergence (:func:`diverged`: raised on values
+        computed from diverged parameters) becomes :meth:`diverge`'s error, ``what`` and the
+        error named; any other ``ValueError`` (bad input) passes through."""
+        try:
+            yield
+        except ValueError as error:
+            if not diverged(error, trained_tensors(self.trainer)):
+                raise
+            raise self.diverge(f"{what} ({type(error).__name__}: {error})", epoch) from error
+
     def diverge(self, what: str, epoch: int) -> TrainingDivergedError:
         """Restore the state after the last completed epoch; the error to raise."""
         self.trainer.restore(self.last_good)
@@ -240,16 +252,10 @@ class _EpochLoop:
         """The model's validation metrics after ``epoch`` (gathered over ranks)."""
         ctx, x_val = self.ctx, self.x_val
         local_val = ctx.shard(torch.arange(len(x_val)))
-        try:
+        with self.divergence_guard(
+            f"the evaluation after epoch {epoch + 1} failed on non-finite values", epoch
+        ):
             local_outputs = self.trainer.validation_outputs(x_val[local_val].to(self.device))
-        except ValueError as error:
-            if not diverged(error, trained_tensors(self.trainer)):
-                raise
-            raise self.diverge(
-                f"the evaluation after epoch {epoch + 1} failed on non-finite values "
-                f"({type(error).__name__}: {error})",
-                epoch,
-            ) from error
         if not all(bool(torch.isfinite(value).all()) for value in local_outputs.values()):
             raise self.diverge(
                 f"the validation outputs after epoch {epoch + 1} are not finite", epoch
@@ -289,15 +295,9 @@ class _EpochLoop:
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Train, validate, record and checkpoint one epoch; its history row."""
         started = time.perf_counter()
-        try:
+        with self.divergence_guard(f"an update in epoch {epoch + 1} failed", epoch):
             total = self.train_epoch(epoch)
             extra = self.trainer.end_epoch()
-        except ValueError as error:  # an update computed from diverged values
-            if not diverged(error, trained_tensors(self.trainer)):
-                raise
-            raise self.diverge(
-                f"an update in epoch {epoch + 1} failed ({type(error).__name__}: {error})", epoch
-            ) from error
         row = {
             "epoch": epoch + 1,
             self.trainer.loss_name: total / max(len(self.x), 1),
