@@ -370,6 +370,60 @@ def test_init_from_data_gives_each_class_its_repetitions_and_whole_examples():
         circuit.init_from_data(x[:, :3], y)
 
 
+def test_kmeans_seeding_starts_the_units_at_a_k_means_fixed_point():
+    """``seeding="kmeans"``: each unit of a depth-0 full-covariance circuit starts at the
+    centroid of the rows nearest to it (in column standard deviations): a fixed point of
+    Lloyd's iteration, computed here with NumPy; on three well-separated clusters, their
+    means."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 3.0], [0.0, 6.0, -3.0]])
+    label = rng.integers(0, 3, 150)
+    x = centres[label] + rng.normal(size=(150, 3)) * np.array([0.8, 0.5, 0.6])
+    truth = np.array(sorted(np.stack([x[label == c].mean(0) for c in range(3)]).tolist()))
+    recovered = 0
+    for seed in range(10):
+        circuit = UGMMCircuit.from_data(
+            torch.from_numpy(x),
+            depth=0,
+            channels=3,
+            inputs="multivariate",
+            seeding="kmeans",
+            generator=torch.Generator().manual_seed(seed),
+        )
+        start = circuit.inputs.leaf_loc().detach().double()[0].numpy()  # (3 units, 3 columns)
+        scale = x.std(0, ddof=1)
+        nearest = (((x / scale)[:, None, :] - (start / scale)[None]) ** 2).sum(-1).argmin(1)
+        for unit in range(3):
+            # float32: the circuit's dtype
+            np.testing.assert_allclose(start[unit], x[nearest == unit].mean(0), atol=1e-5)
+        found = np.array(sorted(start.tolist()))
+        recovered += bool(np.allclose(found, truth, atol=1e-5))
+    # D^2 seeding usually puts one seed in each cluster (a seed pair inside one cluster
+    # leaves Lloyd's iteration in a local optimum)
+    assert recovered >= 7  # 9 of these 10 seeds
+    with pytest.raises(ValueError, match="seeding must be one of"):
+        UGMMCircuit.from_data(torch.from_numpy(x), depth=0, seeding="lloyd")
+
+
+def test_kmeans_plus_plus_draws_rows_by_squared_distance():
+    """``seeding="k-means++"`` (D^2 sampling): the first row uniformly, the second with
+    probability proportional to its squared distance to the first; the pairs drawn over
+    many seeds against those probabilities (chi-square)."""
+    from ugmm_prob.circuits.circuit import _spread_starts
+
+    values = torch.tensor([[0.0], [1.0], [3.0], [10.0]], dtype=torch.float64)
+    counts = np.zeros((4, 4))
+    for seed in range(4000):
+        drawn = _spread_starts(values, 2, torch.Generator().manual_seed(seed), "k-means++")
+        first, second = (int((values[:, 0] == v).nonzero()) for v in drawn[:, 0])
+        counts[first, second] += 1
+    squared = (values - values.T).pow(2).numpy()
+    expected = 4000 * 0.25 * squared / squared.sum(1, keepdims=True)
+    assert np.all(counts[expected == 0] == 0)  # never the same row twice
+    used = expected > 0
+    assert stats.chisquare(counts[used], expected[used]).pvalue > 1e-3
+
+
 def test_separate_structure_gives_each_class_its_own_repetitions():
     from ugmm_prob.circuits import fit_em
 

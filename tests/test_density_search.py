@@ -72,6 +72,31 @@ def test_cross_validated_search_scores_every_candidate_on_every_fold():
             UGMMCircuitDensity(cv=bad, **fixed).fit(x)
 
 
+def test_n_iter_no_change_stops_where_the_full_curve_first_stalls():
+    """A candidate trained with ``n_iter_no_change=P`` follows the held-out curve of the
+    same candidate trained for every epoch up to the first epoch ``P`` past its best so far,
+    and keeps the same epoch as long as the full curve's best comes before that; bad values
+    are refused."""
+    x = _clusters(90)
+    fixed = {"depth": 0, "channels": 6, "covariance_pooling": 0.0, "max_iter": 40}
+    full = UGMMCircuitDensity(n_iter_no_change=None, refit=False, random_state=0, **fixed)
+    curve = [row["nll"] for row in full.fit(x).history_]
+    assert len(curve) == 40
+    for patience in (1, 2):
+        stop = next(
+            e for e in range(1, 41) if e - (min(range(e), key=curve.__getitem__) + 1) >= patience
+        )
+        assert stop < 40, "the set-up should overfit before epoch 40"
+        stopped = UGMMCircuitDensity(
+            n_iter_no_change=patience, refit=False, random_state=0, **fixed
+        ).fit(x)
+        assert [row["nll"] for row in stopped.history_] == curve[:stop]
+        assert stopped.best_iter_ == stop - patience
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="n_iter_no_change must be None or an int >= 1"):
+            UGMMCircuitDensity(n_iter_no_change=bad, **fixed).fit(x)
+
+
 def test_one_channel_at_depth_zero_is_the_maximum_likelihood_gaussian():
     """One full-covariance leaf over every column, one EM step: the Gaussian with the rows'
     mean and (population) covariance, scored by SciPy."""

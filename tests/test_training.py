@@ -246,6 +246,50 @@ def test_keep_best_returns_the_epoch_with_the_lowest_validation_nll(iris, tmp_pa
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
+def test_patience_stops_where_the_full_run_first_goes_that_long_without_a_better_epoch(iris):
+    """The full run's validation curve says where early stopping must stop: at the first
+    epoch ending ``patience`` epochs after the best so far; the stopped run's history is the
+    full run's up to there, and it ends in the state of the best epoch before it."""
+    x, y, _, _ = iris
+    x_fit, y_fit, x_val, y_val = x[:60], y[:60], x[60:], y[60:]
+    _, full = _keep_best_run(x_fit, y_fit, x_val, y_val, epochs=25, keep_best="nll")
+    nlls = [row["nll"] for row in full]
+    for patience in (1, 3):
+        stop = next(
+            epoch
+            for epoch in range(1, 26)
+            if epoch - (min(range(epoch), key=nlls.__getitem__) + 1) >= patience
+        )
+        assert stop < 25, "the set-up should overfit before epoch 25"
+        model, history = _keep_best_run(
+            x_fit, y_fit, x_val, y_val, epochs=25, keep_best="nll", patience=patience
+        )
+        assert [row["nll"] for row in history] == nlls[:stop]
+        best = history[-1]["best_epoch"]
+        assert best == min(range(stop), key=nlls.__getitem__) + 1 == stop - patience
+        reference, _ = _keep_best_run(x_fit, y_fit, x_val, y_val, epochs=best)
+        for key, value in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_patience_needs_keep_best_and_a_positive_int(iris):
+    x, y, x_test, y_test = iris
+    with pytest.raises(ValueError, match="give keep_best"):
+        fit(_small_model(), x, y, x_val=x_test, y_val=y_test, patience=3, progress=False)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="patience must be None or an int >= 1"):
+            fit(
+                _small_model(),
+                x,
+                y,
+                x_val=x_test,
+                y_val=y_test,
+                keep_best="nll",
+                patience=bad,
+                progress=False,
+            )
+
+
 def test_keep_best_needs_a_metric_and_held_out_data(iris):
     x, y, x_test, y_test = iris
     with pytest.raises(ValueError, match="keep_best must be one of"):

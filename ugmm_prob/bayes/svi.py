@@ -227,6 +227,7 @@ def fit_svi(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     keep_best: str | None = None,
+    patience: int | None = None,
     override_lr: bool = False,
 ) -> tuple[Callable, list[dict[str, Any]]]:
     """Fit a guide to ``p(parameters | data)`` by minibatch SVI.
@@ -250,7 +251,8 @@ def fit_svi(
     and call ``fit_svi(..., checkpoint_path=..., resume=True)`` with the same guide.
 
     ``keep_best`` ends with the guide of the epoch with the best validation metric, as in
-    :func:`~ugmm_prob.training.fit` (needs held-out ``x_val``, ``y_val``).
+    :func:`~ugmm_prob.training.fit` (needs held-out ``x_val``, ``y_val``), and ``patience``
+    stops once that many epochs pass without a better one.
 
     Returns:
         The fitted guide and the per-epoch history.

@@ -56,11 +56,22 @@ from .region_graphs import (
 )
 from .structures import hclt, quad_graph
 
-__all__ = ["IMPUTATION_METHODS", "INPUT_TYPES", "FlowProbes", "UGMMCircuit", "UpwardPass"]
+__all__ = [
+    "IMPUTATION_METHODS",
+    "INPUT_TYPES",
+    "SEEDINGS",
+    "FlowProbes",
+    "UGMMCircuit",
+    "UpwardPass",
+]
 
 IMPUTATION_METHODS = ("mean", "mpe", "sample")
 """What :meth:`UGMMCircuit.impute` fills missing cells with: the conditional mean, the
 max-product completion, or exact conditional draws."""
+
+SEEDINGS = ("random_from_data", "k-means++", "kmeans")
+"""Where :meth:`UGMMCircuit.init_from_data` starts the input units (``seeding``; the names
+of ``GaussianMixture``'s ``init_params``)."""
 
 INPUT_TYPES: dict[str, type[InputLayer]] = {
     "gaussian": GaussianMixtureInput,
@@ -299,6 +310,7 @@ class UGMMCircuit(DensityModel):
         repetitions: int = 4,
         seed: int = 0,
         generator: torch.Generator | None = None,
+        seeding: str = "random_from_data",
         **options: Any,
     ) -> UGMMCircuit:
         """A circuit for tabular data whose structure follows the dependence between the
@@ -311,7 +323,8 @@ class UGMMCircuit(DensityModel):
         ``channels`` states; ``depth`` and ``repetitions`` do not apply). ``num_classes``
         defaults to ``max(y) + 1`` (1 without ``y``); ``options`` go to the constructor.
         NaN cells of ``x`` are missing (dependence is measured on the rows observing both
-        columns of a pair) and labels ``-1`` unknown.
+        columns of a pair) and labels ``-1`` unknown. ``seeding``: how the input units'
+        starting rows are drawn (:meth:`init_from_data`).
         """
         x = torch.as_tensor(x)
         if num_classes is None:
@@ -324,7 +337,9 @@ class UGMMCircuit(DensityModel):
         else:
             raise ValueError(f"from_data: structure must be 'tree' or 'hclt', got {structure!r}")
         circuit = cls(x.shape[-1], num_classes=num_classes, graph=graph, seed=seed, **options)
-        circuit.init_from_data(x.to(circuit.class_logits.dtype), y, generator=generator)
+        circuit.init_from_data(
+            x.to(circuit.class_logits.dtype), y, generator=generator, seeding=seeding
+        )
         return circuit
 
     # ----------------------------------------------------------------------------------
@@ -354,6 +369,7 @@ class UGMMCircuit(DensityModel):
         *,
         generator: torch.Generator | None = None,
         class_bias: float = 8.0,
+        seeding: str = "random_from_data",
     ) -> None:
         """Prototype initialisation: every input channel starts as one training example.
 
@@ -378,7 +394,18 @@ class UGMMCircuit(DensityModel):
             y: their classes ``(n,)`` in ``0..C-1`` (or ``-1``: unknown), or None.
             generator: random generator for the choice of examples.
             class_bias: extra root log-weight of a class's own repetitions.
+            seeding: where each partition's units start, among its pool of rows (the
+                names of ``GaussianMixture``'s ``init_params``): ``"random_from_data"``
+                (rows drawn independently), ``"k-means++"`` (rows drawn by D^2 sampling,
+                Arthur and Vassilvitskii 2007: each next with probability proportional to
+                its squared distance, in column standard deviations, to the nearest drawn
+                so far) or ``"kmeans"`` (those rows moved to the centroids of k-means,
+                Lloyd's iterations, one cluster per unit and example), so that EM starts
+                from a clustering of the rows rather than from rows that may share a
+                cluster.
         """
+        if seeding not in SEEDINGS:
+            raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
         x = self._check_data(x, "init_from_data")
         reps, channels = self.graph.repetitions, self.inputs.channels
         per_unit = self.inputs.examples_per_unit
@@ -398,18 +425,24 @@ class UGMMCircuit(DensityModel):
         # a root of one partition (an HCLT) cannot be shared out among classes
         classwise = y is not None and self.num_classes > 1 and reps > 1
         owner = torch.arange(reps) % self.num_classes if classwise else torch.zeros(reps).long()
-        rows = torch.empty(reps, channels, per_unit, dtype=torch.long)
+        # the starting values (reps, channels, per_unit, D) of each root partition's units
+        starts = x.new_empty(reps, channels, per_unit, x.shape[1])
         for r in range(reps):
             pool = torch.arange(len(x))
             if classwise:
                 pool = (labels == int(owner[r])).nonzero().squeeze(1).cpu()
                 if len(pool) == 0:  # a class without examples: draw from all rows
                     pool = torch.arange(len(x))
-            picks = torch.randint(0, len(pool), (channels, per_unit), generator=generator)
-            rows[r] = pool[picks]
+            rows = x[pool.to(x.device)]
+            if seeding == "random_from_data":
+                picks = torch.randint(0, len(pool), (channels * per_unit,), generator=generator)
+                values = rows[picks.to(x.device)]
+            else:
+                values = _spread_starts(rows, channels * per_unit, generator, seeding)
+            starts[r] = values.view(channels, per_unit, -1)
         slot_rep = self.graph.root_partition_of_leaves().to(x.device)[self.inputs.slot_leaf]
-        slot_rows = rows.to(x.device)[slot_rep]  # (N, I, M): a slot reads its leaf's rows
-        examples = x[slot_rows, self.inputs.slot_var[:, None, None]]
+        # (N, I, M): a slot reads its variable in its root partition's starts
+        examples = starts[slot_rep][torch.arange(len(slot_rep)), :, :, self.inputs.slot_var]
         centred = x - _class_means(x, labels)[labels]
         spread = centred.pow(2).mean(0).sqrt().median()
         self.inputs.init_from_examples(examples, spread.expand(self.inputs.num_slots))
@@ -1137,6 +1170,43 @@ def _fill_missing_cells(
             pick = torch.randint(0, len(donors), (len(holes),), generator=generator)
             column[holes] = column[donors[pick.to(donors.device)]]
     return x
+
+
+def _spread_starts(
+    rows: torch.Tensor, count: int, generator: torch.Generator | None, seeding: str
+) -> torch.Tensor:
+    """``(count, D)`` starting values drawn from ``rows`` ``(n, D)``, distances measured in
+    column standard deviations. ``"k-means++"``: rows by D^2 sampling (the first uniformly,
+    each next with probability proportional to its squared distance to the nearest drawn
+    so far; uniformly once every row coincides with a drawn one); ``"kmeans"``: those
+    seeds moved by Lloyd's iterations to the centroids of the rows nearest to each (until
+    no row changes cluster, at most :data:`_LLOYD_ITERATIONS`; an emptied cluster keeps
+    its centre)."""
+    scale = rows.std(0).nan_to_num(1.0).clamp_min(1e-12) if len(rows) > 1 else 1.0
+    z = (rows / scale).cpu()
+    picks = torch.empty(count, dtype=torch.long)
+    picks[0] = torch.randint(0, len(z), (1,), generator=generator)
+    nearest = (z - z[picks[0]]).pow(2).sum(-1)
+    for k in range(1, count):
+        weights = nearest if bool(nearest.sum() > 0) else torch.ones_like(nearest)
+        picks[k] = torch.multinomial(weights, 1, generator=generator)
+        nearest = torch.minimum(nearest, (z - z[picks[k]]).pow(2).sum(-1))
+    centres = z[picks]
+    if seeding == "kmeans":
+        assignment = None
+        for _ in range(_LLOYD_ITERATIONS):
+            new = torch.cdist(z, centres).argmin(1)
+            if assignment is not None and torch.equal(new, assignment):
+                break
+            assignment = new
+            counts = torch.bincount(assignment, minlength=count).to(z.dtype)
+            sums = torch.zeros_like(centres).index_add_(0, assignment, z)
+            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+    return (centres.to(rows.device) * scale).to(rows.dtype)
+
+
+_LLOYD_ITERATIONS = 100
+"""The most Lloyd iterations of ``seeding="kmeans"`` (small tables settle in a few)."""
 
 
 def _class_means(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

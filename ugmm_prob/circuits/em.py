@@ -300,6 +300,7 @@ def fit_em(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     keep_best: str | None = None,
+    patience: int | None = None,
 ) -> list[dict[str, Any]]:
     """Fit a circuit by maximum likelihood with EM (see the module docstring).
 
@@ -331,8 +332,8 @@ def fit_em(
             E-step's statistics (labelled rows weigh 1): semi-supervised EM maximises
             ``sum_labelled log p(x, y) + lambda sum_unlabelled log p(x)`` (Nigam et al.,
             2000); ``1`` is plain semi-supervised EM, ``0`` ignores the unlabelled rows.
-        device, seed, progress, metrics_path, checkpoint_path, resume, keep_best: as for
-            :func:`~ugmm_prob.training.fit`.
+        device, seed, progress, metrics_path, checkpoint_path, resume, keep_best,
+            patience: as for :func:`~ugmm_prob.training.fit`.
 
     Returns:
         The per-epoch history (``loss`` is the mean ``-log p`` per variable on the training

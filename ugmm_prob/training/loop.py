@@ -316,7 +316,8 @@ class _EpochLoop:
         return row
 
     def run_all(self) -> list[dict[str, Any]]:
-        """Every remaining epoch; ends in the best epoch's state with ``keep_best``."""
+        """Every remaining epoch (or until ``patience`` epochs pass without a better
+        ``keep_best`` metric); ends in the best epoch's state with ``keep_best``."""
         epochs = self.settings.epochs
         epoch_bar = tqdm(
             range(self.start_epoch, epochs),
@@ -326,9 +327,13 @@ class _EpochLoop:
             total=epochs,
             mininterval=PROGRESS_INTERVAL_S,
         )
+        patience = self.settings.patience
         with self.governor:
             for epoch in epoch_bar:
                 row = self.run_epoch(epoch)
+                if patience is not None and row["epoch"] - self.best.epoch >= patience:
+                    epoch_bar.close()  # the metric has not improved for `patience` epochs
+                    break
                 shown = "accuracy" if "accuracy" in row else "nll"
                 epoch_bar.set_postfix(  # drawn with the bar's next update, not now
                     loss=f"{row[self.trainer.loss_name]:.4f}",
@@ -358,7 +363,9 @@ def train_loop(
 
     With ``keep_best`` (a validation metric of the model, e.g. ``"nll"``) the
     trainer ends in its state after the epoch with the best value (the earliest on ties);
-    each history row then has ``best_epoch``. Checkpoints still hold the last epoch, so
-    training can resume, with the best state so far inside them.
+    each history row then has ``best_epoch``. With ``patience`` too, training stops after
+    the first epoch that ends ``patience`` epochs without a better value (early stopping).
+    Checkpoints still hold the last epoch, so training can resume, with the best state so
+    far inside them.
     """
     return _EpochLoop(trainer, (x, y, x_val, y_val), settings, device).run_all()

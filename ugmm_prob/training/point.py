@@ -248,6 +248,7 @@ def fit(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     keep_best: str | None = None,
+    patience: int | None = None,
     override_lr: bool = False,
 ) -> list[dict[str, Any]]:
     """Train ``model`` by minibatch gradient descent on ``model.training_loss``.
@@ -291,6 +292,8 @@ def fit(
             parameters of the epoch with the best value of that metric on ``x_val`` (early
             stopping without stopping; needs held-out validation data). The checkpoint file
             keeps the last epoch so that training can resume.
+        patience: with ``keep_best``, stop once ``patience`` epochs have passed without a
+            better value of its metric (early stopping; ``None``: run every epoch).
 
     Returns:
         The per-epoch history: dicts with ``epoch``, ``loss``, the validation metrics,

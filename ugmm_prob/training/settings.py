@@ -1,7 +1,7 @@
 """How a training loop runs, whatever the trainer: :class:`LoopSettings`.
 
 The schedule (epochs, batch size, seed), the files (metrics, checkpoints, resumption) and the
-epoch selection (``keep_best``) shared by :func:`~ugmm_prob.training.fit`,
+epoch selection (``keep_best``, ``patience``) shared by :func:`~ugmm_prob.training.fit`,
 :func:`ugmm_prob.bayes.fit_svi` and :func:`ugmm_prob.circuits.fit_em`.
 """
 
@@ -35,6 +35,7 @@ class LoopSettings:
     checkpoint_path: str | os.PathLike | None = None
     resume: bool = False
     keep_best: str | None = None
+    patience: int | None = None
     override_lr: bool = False
 
     @classmethod
@@ -55,7 +56,17 @@ class LoopSettings:
             )
         if self.resume and self.checkpoint_path is None:
             raise ValueError("resume=True needs a checkpoint_path")
+        patience = self.patience
+        if patience is not None and (
+            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+        ):
+            raise ValueError(f"patience must be None or an int >= 1, got {self.patience!r}")
         if self.keep_best is None:
+            if self.patience is not None:
+                raise ValueError(
+                    "patience stops when the keep_best metric has not improved for that many "
+                    "epochs: give keep_best (and held-out x_val) too"
+                )
             return
         if self.keep_best not in metrics:
             raise ValueError(
