@@ -1,5 +1,5 @@
-"""How ``UGMMCircuitDensity``'s ``init_params`` and ``cv`` defaults were chosen, without test
-rows.
+"""How ``UGMMCircuitDensity``'s and ``UGMMCircuitImputer``'s ``init_params`` (and the
+density's ``cv``) defaults were chosen, without test rows.
 
 Per table of ``benchmarks/tabular.py`` and split seed (:mod:`_harness`'s stratified 80/20
 split), a validation fifth is carved from the training rows (:func:`_harness.validation_rows`,
@@ -9,9 +9,17 @@ other parameter at its default) is fitted on the other four fifths and scored on
 tabular benchmark fitted on the same rows. The test rows are never read; the tabular
 benchmark then scores the chosen defaults on them once.
 
-Writes the table to docs/results.md (block ``density-defaults``).
+``--part imputer``: the same for ``UGMMCircuitImputer`` (:data:`IMPUTER_VARIANTS`), judged
+as ``benchmarks/missing.py`` judges it: cells removed completely at random from the training
+split (``--rates``, the pattern drawn from the seed as there), each variant fitted on the
+incomplete fitting rows and scored by the RMSE of its conditional mean over the removed cells
+of the validation rows (in the fitting rows' standard deviations), beside the best of
+scikit-learn's imputers fitted on the same rows.
+
+Writes the table to docs/results.md (block ``density-defaults``, or ``imputer-defaults``).
 
     python benchmarks/density_defaults.py
+    python benchmarks/density_defaults.py --part imputer --tables iris wine diabetes
     python benchmarks/density_defaults.py --quick --no-write
 """
 
@@ -26,9 +34,10 @@ import numpy as np
 import torch
 from _harness import Standardiser, arguments, command_line, mean_sd, split, timed, validation_rows
 from _results import machine, replace_block
+from missing import RATES, remove_cells, sklearn_imputers
 from tabular import GMM, QUICK, QUICK_GMM, TABLES, gmm_rows
 
-from ugmm_prob.sklearn import UGMMCircuitDensity
+from ugmm_prob.sklearn import UGMMCircuitDensity, UGMMCircuitImputer
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "random rows": {"init_params": "random_from_data"},
@@ -38,6 +47,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "k-means, cv=5": {"init_params": "kmeans", "cv": 5},
 }
 """The estimator's settings compared (the rest at their defaults)."""
+
+IMPUTER_VARIANTS: dict[str, dict[str, Any]] = {
+    "random rows": {"init_params": "random_from_data"},
+    "k-means": {"init_params": "kmeans"},
+}
+"""The imputer's settings compared (the rest at their defaults)."""
 
 
 def run_one(name: str, seed: int, quick: bool) -> dict[str, Any]:
@@ -58,6 +73,68 @@ def run_one(name: str, seed: int, quick: bool) -> dict[str, Any]:
         out[label] = estimator.score(x_val)
         out[f"{label} seconds"] = seconds
     return out
+
+
+def run_imputer(name: str, seed: int, rate: float, quick: bool) -> dict[str, Any]:
+    x, y = TABLES[name]()
+    data = split(name, x, y, seed)
+    # the training rows' cells removed as benchmarks/missing.py removes them
+    holes = remove_cells(data.x_train, rate, np.random.RandomState(seed))
+    fit, val = validation_rows(len(holes), data.y_train)
+    removed = np.isnan(holes[val])
+    sd = np.nanstd(holes[fit], axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+
+    def rmse(filled: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(((filled - data.x_train[val]) / sd)[removed] ** 2)))
+
+    out: dict[str, Any] = {"table": name, "seed": seed, "rate": rate}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # IterativeImputer's convergence notices
+        scores = {
+            label: rmse(imputer.fit(holes[fit]).transform(holes[val]))
+            for label, imputer in sklearn_imputers(seed).items()
+        }
+        out["best scikit-learn"] = min(scores.values())
+        out["best scikit-learn name"] = min(scores, key=scores.get)
+        for label, options in IMPUTER_VARIANTS.items():
+            imputer = UGMMCircuitImputer(random_state=seed, **options, **(QUICK if quick else {}))
+            _, seconds = timed(lambda imputer=imputer: imputer.fit(holes[fit]))
+            out[label] = rmse(imputer.transform(holes[val]))
+            out[f"{label} seconds"] = seconds
+    return out
+
+
+def imputer_table(runs: list[dict[str, Any]], command: str, minutes: float) -> str:
+    columns = [*IMPUTER_VARIANTS, "best scikit-learn"]
+    lines = [
+        "## How the imputer's start was chosen (`benchmarks/density_defaults.py --part imputer`)",
+        "",
+        f"Command: `{command}` ({minutes:.1f} min, one thread). Imputation RMSE (fitting "
+        "rows' standard deviations) over the cells removed from the validation rows, mean "
+        "± sd over split seeds "
+        f"{', '.join(str(s) for s in sorted({r['seed'] for r in runs}))}: each variant of "
+        "`UGMMCircuitImputer` fitted on the other four fifths of the incomplete training "
+        "split (test rows never read), beside the best of SimpleImputer, KNNImputer and "
+        "IterativeImputer on the same rows (per seed). Best circuit per row in bold; fit "
+        "seconds in brackets.",
+        "",
+        "| table | missing | " + " | ".join(columns) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
+    for key in dict.fromkeys((r["table"], r["rate"]) for r in runs):
+        group = [r for r in runs if (r["table"], r["rate"]) == key]
+        means = {c: mean_sd([r[c] for r in group]) for c in columns}
+        best = min(IMPUTER_VARIANTS, key=lambda c: means[c][0])
+        cells = []
+        for c in columns:
+            text = f"{means[c][0]:.3f} ± {means[c][1]:.3f}"
+            text = f"**{text}**" if c == best else text
+            if c in IMPUTER_VARIANTS:
+                text += f" ({np.mean([r[f'{c} seconds'] for r in group]):.0f} s)"
+            cells.append(text)
+        lines.append(f"| {key[0]} | {key[1]:.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(runs: list[dict[str, Any]], command: str, minutes: float) -> str:
@@ -94,26 +171,38 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     arguments(parser, seeds=(0, 1, 2))
     parser.add_argument("--tables", nargs="*", default=list(TABLES), choices=list(TABLES))
+    parser.add_argument("--part", choices=("density", "imputer"), default="density")
+    parser.add_argument("--rates", type=float, nargs="*", default=list(RATES))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = command_line("density_defaults.py", argv)
     tables = ["iris"] if args.quick else args.tables
     seeds = args.seeds[:1] if args.quick else args.seeds
+    rates = args.rates if args.part == "imputer" else [None]
     runs, seconds = [], 0.0
     for name in tables:
-        for seed in seeds:
-            run, took = timed(lambda name=name, seed=seed: run_one(name, seed, args.quick))
-            seconds += took
-            runs.append(run)
-            print(
-                f"{name} seed {seed}: "
-                + ", ".join(f"{c} {run[c]:.3f}" for c in [*VARIANTS, "BIC GMM"]),
-                flush=True,
-            )
-    text = f"{table(runs, command, seconds / 60)}\n\nMachine: {machine()}."
+        for rate in rates:
+            for seed in seeds:
+                if rate is None:
+                    call = lambda name=name, seed=seed: run_one(name, seed, args.quick)  # noqa: E731
+                else:
+                    call = lambda name=name, seed=seed, rate=rate: run_imputer(  # noqa: E731
+                        name, seed, rate, args.quick
+                    )
+                run, took = timed(call)
+                seconds += took
+                runs.append(run)
+                shown = [c for c in run if isinstance(run[c], float) and "seconds" not in c]
+                print(
+                    f"{name} {'' if rate is None else f'{rate:.0%} '}seed {seed}: "
+                    + ", ".join(f"{c} {run[c]:.3f}" for c in shown),
+                    flush=True,
+                )
+    write = imputer_table if args.part == "imputer" else table
+    text = f"{write(runs, command, seconds / 60)}\n\nMachine: {machine()}."
     print(text, flush=True)
     if not args.no_write:
-        replace_block("density-defaults", text)
+        replace_block(f"{args.part}-defaults", text)
     return runs
 
 
