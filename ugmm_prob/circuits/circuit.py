@@ -323,8 +323,8 @@ class UGMMCircuit(DensityModel):
         ``channels`` states; ``depth`` and ``repetitions`` do not apply). ``num_classes``
         defaults to ``max(y) + 1`` (1 without ``y``); ``options`` go to the constructor.
         NaN cells of ``x`` are missing (dependence is measured on the rows observing both
-        columns of a pair) and labels ``-1`` unknown. ``seeding``: how the input units'
-        starting rows are drawn (:meth:`init_from_data`).
+        columns of a pair) and labels ``-1`` unknown. ``seeding``: where the input units
+        start (random rows, k-means++ rows or k-means centroids; :meth:`init_from_data`).
         """
         x = torch.as_tensor(x)
         if num_classes is None:
