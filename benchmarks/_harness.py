@@ -151,12 +151,18 @@ def record(
     }
 
 
-def arguments(parser: argparse.ArgumentParser, seeds: Sequence[int]) -> None:
-    """The flags every benchmark shares."""
+def arguments(
+    parser: argparse.ArgumentParser, seeds: Sequence[int], tables: Iterable[str] | None = None
+) -> None:
+    """The flags every benchmark shares (and ``--tables``, all of ``tables`` by default, for
+    the scripts that run over tables)."""
     parser.add_argument("--quick", action="store_true", help="tiny settings, seconds")
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     parser.add_argument("--seeds", type=int, nargs="*", default=list(seeds), help="split seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    if tables is not None:
+        tables = list(tables)
+        parser.add_argument("--tables", nargs="*", default=tables, choices=tables)
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:

@@ -105,6 +105,24 @@ def run_imputer(name: str, seed: int, rate: float, quick: bool) -> dict[str, Any
     return out
 
 
+def _cells(
+    group: list[dict[str, Any]], columns: list[str], variants: dict, best_of: Any
+) -> list[str]:
+    """One table row's cells: mean ± sd over the seeds of each column, the best variant
+    (``best_of``: ``max`` for a likelihood, ``min`` for an error) in bold, fit seconds of
+    each variant in brackets."""
+    means = {c: mean_sd([r[c] for r in group]) for c in columns}
+    best = best_of(variants, key=lambda c: means[c][0])
+    cells = []
+    for c in columns:
+        text = f"{means[c][0]:.3f} ± {means[c][1]:.3f}"
+        text = f"**{text}**" if c == best else text
+        if c in variants:
+            text += f" ({np.mean([r[f'{c} seconds'] for r in group]):.0f} s)"
+        cells.append(text)
+    return cells
+
+
 def imputer_table(runs: list[dict[str, Any]], command: str, minutes: float) -> str:
     columns = [*IMPUTER_VARIANTS, "best scikit-learn"]
     lines = [
@@ -124,15 +142,7 @@ def imputer_table(runs: list[dict[str, Any]], command: str, minutes: float) -> s
     ]
     for key in dict.fromkeys((r["table"], r["rate"]) for r in runs):
         group = [r for r in runs if (r["table"], r["rate"]) == key]
-        means = {c: mean_sd([r[c] for r in group]) for c in columns}
-        best = min(IMPUTER_VARIANTS, key=lambda c: means[c][0])
-        cells = []
-        for c in columns:
-            text = f"{means[c][0]:.3f} ± {means[c][1]:.3f}"
-            text = f"**{text}**" if c == best else text
-            if c in IMPUTER_VARIANTS:
-                text += f" ({np.mean([r[f'{c} seconds'] for r in group]):.0f} s)"
-            cells.append(text)
+        cells = _cells(group, columns, IMPUTER_VARIANTS, min)
         lines.append(f"| {key[0]} | {key[1]:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -154,23 +164,14 @@ def table(runs: list[dict[str, Any]], command: str, minutes: float) -> str:
     ]
     for name in dict.fromkeys(r["table"] for r in runs):
         group = [r for r in runs if r["table"] == name]
-        means = {c: mean_sd([r[c] for r in group]) for c in columns}
-        best = max(VARIANTS, key=lambda c: means[c][0])
-        cells = []
-        for c in columns:
-            text = f"{means[c][0]:.3f} ± {means[c][1]:.3f}"
-            text = f"**{text}**" if c == best else text
-            if c in VARIANTS:
-                text += f" ({np.mean([r[f'{c} seconds'] for r in group]):.0f} s)"
-            cells.append(text)
+        cells = _cells(group, columns, VARIANTS, max)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    arguments(parser, seeds=(0, 1, 2))
-    parser.add_argument("--tables", nargs="*", default=list(TABLES), choices=list(TABLES))
+    arguments(parser, seeds=(0, 1, 2), tables=TABLES)
     parser.add_argument("--part", choices=("density", "imputer"), default="density")
     parser.add_argument("--rates", type=float, nargs="*", default=list(RATES))
     args = parser.parse_args(argv)

@@ -181,8 +181,7 @@ def table(results: list[dict[str, Any]], command: str, minutes: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    arguments(parser, seeds=(0, 1, 2))
-    parser.add_argument("--tables", nargs="*", default=list(TABLES), choices=list(TABLES))
+    arguments(parser, seeds=(0, 1, 2), tables=TABLES)
     parser.add_argument("--rates", type=float, nargs="*", default=list(RATES))
     parser.add_argument("--save", help="write the results to this JSON file, nothing else")
     parser.add_argument("--load", nargs="*", help="merge saved results instead of running")

@@ -266,8 +266,7 @@ def table(results: Sequence[dict[str, Any]], command: str) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns (and prints as ``RESULT {json}``) every number."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    arguments(parser, seeds=(0, 1, 2))
-    parser.add_argument("--tables", nargs="*", default=list(TABLES), choices=list(TABLES))
+    arguments(parser, seeds=(0, 1, 2), tables=TABLES)
     parser.add_argument("--save", help="write the per-table results to this JSON file")
     parser.add_argument("--load", nargs="*", help="merge saved results instead of running")
     args = parser.parse_args(argv)
