@@ -332,8 +332,10 @@ def fit_em(
             E-step's statistics (labelled rows weigh 1): semi-supervised EM maximises
             ``sum_labelled log p(x, y) + lambda sum_unlabelled log p(x)`` (Nigam et al.,
             2000); ``1`` is plain semi-supervised EM, ``0`` ignores the unlabelled rows.
-        device, seed, progress, metrics_path, checkpoint_path, resume, keep_best,
-            patience: as for :func:`~ugmm_prob.training.fit`.
+        device, seed, progress, metrics_path, checkpoint_path, resume, keep_best: as for
+            :func:`~ugmm_prob.training.fit`.
+        patience: with ``keep_best``, stop once this many epochs pass without a better
+            value (early stopping), as for :func:`~ugmm_prob.training.fit`.
 
     Returns:
         The per-epoch history (``loss`` is the mean ``-log p`` per variable on the training
