@@ -39,6 +39,33 @@ def test_search_picks_what_a_validation_loop_picks():
     assert scores[1] < max(scores.values())  # three clusters: one Gaussian is not the best
 
 
+def test_a_list_of_starts_is_searched_like_the_sizes():
+    """``init_params`` given as a list: every size is fitted from every start, each record
+    is the held-out score of that size and start fitted alone, the best one is chosen; an
+    unknown start is refused before any fit."""
+    x = _clusters(150)
+    fixed = {"depth": 0, "covariance_pooling": 0.0, "max_iter": 10, "random_state": 0}
+    starts = ("kmeans", "random_from_data")
+    searched = UGMMCircuitDensity(channels=(1, 3), init_params=starts, **fixed).fit(x)
+    assert len(searched.search_results_) == 4
+    scores = {}
+    for k in (1, 3):
+        for start in starts:
+            alone = UGMMCircuitDensity(channels=k, init_params=start, refit=False, **fixed)
+            scores[k, start] = alone.fit(x).search_results_[0]["validation_score"]
+            recorded = next(
+                r
+                for r in searched.search_results_
+                if r["channels"] == k and r["init_params"] == start
+            )
+            assert recorded["validation_score"] == pytest.approx(scores[k, start], abs=1e-9)
+    best = max(scores, key=scores.get)
+    chosen = searched.best_params_
+    assert (chosen["channels"], chosen["init_params"]) == best
+    with pytest.raises(ValueError, match="init_params must be one of"):
+        UGMMCircuitDensity(init_params=("kmeans", "lloyd"), **fixed).fit(x)
+
+
 def test_cross_validated_search_scores_every_candidate_on_every_fold():
     """``cv=3``: a candidate's recorded score is the mean, over the three folds of a seeded
     partition, of that candidate fitted alone with the fold held out (not refitted), its

@@ -1,5 +1,6 @@
 """The size search of :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity`: every
-combination of the candidate values of its searched parameters is fitted on the training
+combination of the candidate values of its searched parameters (the sizes, and the start
+``init_params``) is fitted on the training
 rows, scored by its held-out log-likelihood, and the best one is kept (then refitted on all
 rows), as scikit-learn's own estimators choose an epoch by early stopping.
 
@@ -16,11 +17,14 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ugmm_prob.circuits.circuit import SEEDINGS
+
 __all__ = ["SEARCHED", "Candidate", "candidates", "select"]
 
-SEARCHED = ("structure", "depth", "repetitions", "channels", "covariance_pooling")
+SEARCHED = ("structure", "depth", "repetitions", "channels", "covariance_pooling", "init_params")
 """The parameters of :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity` that take a
-list of candidate values."""
+list of candidate values (the start last, so that a single start keeps the order of the
+sizes)."""
 
 Candidate = dict[str, Any]
 """One combination of values: a dict from each name of :data:`SEARCHED` to its value."""
@@ -62,6 +66,10 @@ def candidates(params: dict[str, Any], in_features: int) -> list[Candidate]:
                 raise ValueError(f"UGMMCircuitDensity: {name} must be ints >= 1, got {one!r}")
             if name == "depth" and one is not None and (isinstance(one, bool) or one < 0):
                 raise ValueError(f"UGMMCircuitDensity: depth must be ints >= 0, got {one!r}")
+            if name == "init_params" and one not in SEEDINGS:
+                raise ValueError(
+                    f"UGMMCircuitDensity: init_params must be one of {SEEDINGS}, got {one!r}"
+                )
             if name == "covariance_pooling" and not float(one) >= 0:
                 raise ValueError(
                     f"UGMMCircuitDensity: covariance_pooling must be >= 0, got {one!r}"
