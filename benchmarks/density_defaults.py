@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 IMPUTER_VARIANTS: dict[str, dict[str, Any]] = {
     "random rows": {"init_params": "random_from_data"},
     "k-means": {"init_params": "kmeans"},
+    "either, searched": {"init_params": ("kmeans", "random_from_data")},
 }
 """The imputer's settings compared (the rest at their defaults)."""
 
