@@ -433,12 +433,13 @@ class UGMMCircuit(DensityModel):
                 pool = (labels == int(owner[r])).nonzero().squeeze(1).cpu()
                 if len(pool) == 0:  # a class without examples: draw from all rows
                     pool = torch.arange(len(x))
-            rows = x[pool.to(x.device)]
-            if seeding == "random_from_data":
+            if seeding == "random_from_data":  # only the drawn rows are copied
                 picks = torch.randint(0, len(pool), (channels * per_unit,), generator=generator)
-                values = rows[picks.to(x.device)]
+                values = x[pool[picks].to(x.device)]
             else:
-                values = _spread_starts(rows, channels * per_unit, generator, seeding)
+                values = _spread_starts(
+                    x[pool.to(x.device)], channels * per_unit, generator, seeding
+                )
             starts[r] = values.view(channels, per_unit, -1)
         slot_rep = self.graph.root_partition_of_leaves().to(x.device)[self.inputs.slot_leaf]
         # (N, I, M): a slot reads its variable in its root partition's starts
