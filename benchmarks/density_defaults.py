@@ -1,5 +1,5 @@
 """How ``UGMMCircuitDensity``'s and ``UGMMCircuitImputer``'s ``init_params`` (and the
-density's ``cv``) defaults were chosen, without test rows.
+density's ``cv``, the imputer's ``depth``) defaults were chosen, without test rows.
 
 Per table of ``benchmarks/tabular.py`` and split seed (:mod:`_harness`'s stratified 80/20
 split), a validation fifth is carved from the training rows (:func:`_harness.validation_rows`,
@@ -14,12 +14,19 @@ as ``benchmarks/missing.py`` judges it: cells removed completely at random from 
 split (``--rates``, the pattern drawn from the seed as there), each variant fitted on the
 incomplete fitting rows and scored by the RMSE of its conditional mean over the removed cells
 of the validation rows (in the fitting rows' standard deviations), beside the best of
-scikit-learn's imputers fitted on the same rows.
+scikit-learn's imputers fitted on the same rows. ``--part imputer-depth``: the same for
+the imputer's searched depths (:data:`IMPUTER_DEPTH_VARIANTS`).
 
-Writes the table to docs/results.md (block ``density-defaults``, or ``imputer-defaults``).
+``--part search``: the density's defaults against ``n_init=3`` and
+``selection="one_standard_error"`` (:data:`SEARCH_VARIANTS`), on the validation rows of
+``--part density``.
+
+Writes the table to docs/results.md (block ``<part>-defaults``).
 
     python benchmarks/density_defaults.py
+    python benchmarks/density_defaults.py --part search
     python benchmarks/density_defaults.py --part imputer --tables iris wine diabetes
+    python benchmarks/density_defaults.py --part imputer-depth
     python benchmarks/density_defaults.py --quick --no-write
 """
 
@@ -48,15 +55,33 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 """The estimator's settings compared (the rest at their defaults)."""
 
-IMPUTER_VARIANTS: dict[str, dict[str, Any]] = {
-    "random rows": {"init_params": "random_from_data"},
-    "k-means": {"init_params": "kmeans"},
-    "either, searched": {"init_params": ("kmeans", "random_from_data")},
+SEARCH_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "n_init=3": {"n_init": 3},
+    "one-standard-error rule": {"selection": "one_standard_error"},
 }
-"""The imputer's settings compared (the rest at their defaults)."""
+"""``--part search``: the density's defaults against three starts per fit (``n_init``) and
+against the one-standard-error rule (``selection``)."""
+
+IMPUTER_DEPTH_VARIANTS: dict[str, dict[str, Any]] = {
+    "depth 0 or 1 (the density's)": {"depth": (0, 1)},
+    "depth 0": {"depth": 0},
+}
+"""``--part imputer-depth``: the imputer's depths searched, every other parameter at its
+default."""
+
+IMPUTER_VARIANTS: dict[str, dict[str, Any]] = {
+    "random rows": {"init_params": "random_from_data", "depth": (0, 1)},
+    "k-means": {"init_params": "kmeans", "depth": (0, 1)},
+    "either, searched": {"init_params": ("kmeans", "random_from_data"), "depth": (0, 1)},
+}
+"""The imputer's starts compared (depth 0 or 1 searched, as before ``--part
+imputer-depth``; the rest at their defaults)."""
 
 
-def run_one(name: str, seed: int, quick: bool) -> dict[str, Any]:
+def run_one(
+    name: str, seed: int, quick: bool, variants: dict[str, dict[str, Any]] = VARIANTS
+) -> dict[str, Any]:
     x, y = TABLES[name]()
     data = split(name, x, y, seed)
     fit, val = validation_rows(len(data.x_train), data.y_train)
@@ -66,7 +91,7 @@ def run_one(name: str, seed: int, quick: bool) -> dict[str, Any]:
     y_fit = None if data.y_train is None else data.y_train[fit]
     gmm = gmm_rows(scale(x_fit), y_fit, QUICK_GMM if quick else GMM)["bic-gmm"]
     out["BIC GMM"] = float(gmm.score(scale(x_val))) + scale.log_jacobian
-    for label, options in VARIANTS.items():
+    for label, options in variants.items():
         estimator = UGMMCircuitDensity(random_state=seed, **options, **(QUICK if quick else {}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # diverged candidates are skipped with a warning
@@ -76,7 +101,13 @@ def run_one(name: str, seed: int, quick: bool) -> dict[str, Any]:
     return out
 
 
-def run_imputer(name: str, seed: int, rate: float, quick: bool) -> dict[str, Any]:
+def run_imputer(
+    name: str,
+    seed: int,
+    rate: float,
+    quick: bool,
+    variants: dict[str, dict[str, Any]] = IMPUTER_VARIANTS,
+) -> dict[str, Any]:
     x, y = TABLES[name]()
     data = split(name, x, y, seed)
     # the training rows' cells removed as benchmarks/missing.py removes them
@@ -98,7 +129,7 @@ def run_imputer(name: str, seed: int, rate: float, quick: bool) -> dict[str, Any
         }
         out["best scikit-learn"] = min(scores.values())
         out["best scikit-learn name"] = min(scores, key=scores.get)
-        for label, options in IMPUTER_VARIANTS.items():
+        for label, options in variants.items():
             imputer = UGMMCircuitImputer(random_state=seed, **options, **(QUICK if quick else {}))
             _, seconds = timed(lambda imputer=imputer: imputer.fit(holes[fit]))
             out[label] = rmse(imputer.transform(holes[val]))
@@ -124,10 +155,16 @@ def _cells(
     return cells
 
 
-def imputer_table(runs: list[dict[str, Any]], command: str, minutes: float) -> str:
-    columns = [*IMPUTER_VARIANTS, "best scikit-learn"]
+def imputer_table(
+    runs: list[dict[str, Any]],
+    command: str,
+    minutes: float,
+    variants: dict[str, dict[str, Any]],
+    title: str,
+) -> str:
+    columns = [*variants, "best scikit-learn"]
     lines = [
-        "## How the imputer's start was chosen (`benchmarks/density_defaults.py --part imputer`)",
+        f"## {title}",
         "",
         f"Command: `{command}` ({minutes:.1f} min, one thread). Imputation RMSE (fitting "
         "rows' standard deviations) over the cells removed from the validation rows, mean "
@@ -143,15 +180,21 @@ def imputer_table(runs: list[dict[str, Any]], command: str, minutes: float) -> s
     ]
     for key in dict.fromkeys((r["table"], r["rate"]) for r in runs):
         group = [r for r in runs if (r["table"], r["rate"]) == key]
-        cells = _cells(group, columns, IMPUTER_VARIANTS, min)
+        cells = _cells(group, columns, variants, min)
         lines.append(f"| {key[0]} | {key[1]:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def table(runs: list[dict[str, Any]], command: str, minutes: float) -> str:
-    columns = [*VARIANTS, "BIC GMM"]
+def table(
+    runs: list[dict[str, Any]],
+    command: str,
+    minutes: float,
+    variants: dict[str, dict[str, Any]],
+    title: str,
+) -> str:
+    columns = [*variants, "BIC GMM"]
     lines = [
-        "## How the density's start and search were chosen (`benchmarks/density_defaults.py`)",
+        f"## {title}",
         "",
         f"Command: `{command}` ({minutes:.1f} min, one thread). Mean validation log p(x) per "
         "row (original units), mean ± sd over split seeds "
@@ -165,31 +208,44 @@ def table(runs: list[dict[str, Any]], command: str, minutes: float) -> str:
     ]
     for name in dict.fromkeys(r["table"] for r in runs):
         group = [r for r in runs if r["table"] == name]
-        cells = _cells(group, columns, VARIANTS, max)
+        cells = _cells(group, columns, variants, max)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+PARTS: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
+    "density": (VARIANTS, "How the density's start and search were chosen"),
+    "search": (SEARCH_VARIANTS, "Restarts and the one-standard-error rule in the density's search"),
+    "imputer": (IMPUTER_VARIANTS, "How the imputer's start was chosen"),
+    "imputer-depth": (IMPUTER_DEPTH_VARIANTS, "How the imputer's depth was chosen"),
+}
+"""Each ``--part``: the variants it compares and the heading of its table."""
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     arguments(parser, seeds=(0, 1, 2), tables=TABLES)
-    parser.add_argument("--part", choices=("density", "imputer"), default="density")
+    parser.add_argument("--part", choices=tuple(PARTS), default="density")
     parser.add_argument("--rates", type=float, nargs="*", default=list(RATES))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = command_line("density_defaults.py", argv)
     tables = ["iris"] if args.quick else args.tables
     seeds = args.seeds[:1] if args.quick else args.seeds
-    rates = args.rates if args.part == "imputer" else [None]
+    imputer = args.part.startswith("imputer")
+    rates = args.rates if imputer else [None]
+    variants, title = PARTS[args.part]
     runs, seconds = [], 0.0
     for name in tables:
         for rate in rates:
             for seed in seeds:
                 if rate is None:
-                    call = lambda name=name, seed=seed: run_one(name, seed, args.quick)  # noqa: E731
+                    call = lambda name=name, seed=seed: run_one(  # noqa: E731
+                        name, seed, args.quick, variants
+                    )
                 else:
                     call = lambda name=name, seed=seed, rate=rate: run_imputer(  # noqa: E731
-                        name, seed, rate, args.quick
+                        name, seed, rate, args.quick, variants
                     )
                 run, took = timed(call)
                 seconds += took
@@ -200,8 +256,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     + ", ".join(f"{c} {run[c]:.3f}" for c in shown),
                     flush=True,
                 )
-    write = imputer_table if args.part == "imputer" else table
-    text = f"{write(runs, command, seconds / 60)}\n\nMachine: {machine()}."
+    flag = "" if args.part == "density" else f" --part {args.part}"
+    heading = f"{title} (`benchmarks/density_defaults.py{flag}`)"
+    write = imputer_table if imputer else table
+    text = f"{write(runs, command, seconds / 60, variants, heading)}\n\nMachine: {machine()}."
     print(text, flush=True)
     if not args.no_write:
         replace_block(f"{args.part}-defaults", text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("sklearn", reason="the estimators need scikit-learn (pip install -e .[dev])")
 
@@ -37,6 +38,58 @@ def test_search_picks_what_a_validation_loop_picks():
         assert recorded["validation_score"] == pytest.approx(scores[k], abs=1e-9)
     assert searched.best_params_["channels"] == max(scores, key=scores.get)
     assert scores[1] < max(scores.values())  # three clusters: one Gaussian is not the best
+
+
+def test_one_standard_error_rule_on_known_scores():
+    """:func:`search.select` by hand-made scores: the best is the highest score; the
+    one-standard-error rule takes the fewest parameters among the scores at least the
+    highest minus its standard error; a diverged candidate never counts; an unknown rule is
+    refused."""
+    from ugmm_prob.sklearn.search import Score, select
+
+    scores = {
+        "a": Score(-1.00, 0.10, 5, 50),
+        "b": Score(-1.05, 0.20, 7, 10),  # within 0.10 of a: the smaller one
+        "c": Score(-1.20, 0.05, 9, 5),  # smaller still, but below -1.10
+        "d": Score(float("nan"), float("nan"), 0, 1),  # diverged
+    }
+    options = [{"name": name} for name in scores]
+    chosen, epoch, records = select(options, lambda c: scores[c["name"]])
+    assert (chosen["name"], epoch) == ("a", 5)
+    assert [r["n_parameters"] for r in records] == [50, 10, 5, 1]
+    chosen, epoch, _ = select(options, lambda c: scores[c["name"]], "one_standard_error")
+    assert (chosen["name"], epoch) == ("b", 7)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        select(options, lambda c: scores[c["name"]], "lowest")
+
+
+def test_one_standard_error_search_records_the_held_out_noise():
+    """The recorded ``validation_se`` of each candidate is the standard error of the held-out
+    rows' ``log p(x)`` of that candidate fitted alone; the choice is the rule applied to the
+    records; an unknown rule is refused before any fit."""
+    x = _clusters(150)
+    fixed = {"depth": 0, "covariance_pooling": 0.0, "max_iter": 15, "random_state": 0}
+    searched = UGMMCircuitDensity(
+        channels=(1, 2, 3, 4), selection="one_standard_error", **fixed
+    ).fit(x)
+    seed = np.random.RandomState(0).randint(0, 2**31 - 1)  # the estimator's draw
+    held_out = np.sort(np.random.RandomState(seed).permutation(len(x))[: round(0.2 * len(x))])
+    for record in searched.search_results_:
+        alone = UGMMCircuitDensity(channels=record["channels"], refit=False, **fixed).fit(x)
+        rows = alone.score_samples(x[held_out])
+        assert record["validation_se"] == pytest.approx(rows.std() / np.sqrt(len(rows)), rel=1e-9)
+        assert record["n_parameters"] == alone.n_parameters_
+    best = max(searched.search_results_, key=lambda r: r["validation_score"])
+    within = [
+        r
+        for r in searched.search_results_
+        if r["validation_score"] >= best["validation_score"] - best["validation_se"]
+    ]
+    expected = min(within, key=lambda r: r["n_parameters"])
+    assert expected is not best, "the set-up should have a smaller candidate within noise"
+    assert searched.best_params_["channels"] == expected["channels"]
+    with pytest.raises(ValueError, match="selection must be one of"):
+        UGMMCircuitDensity(selection="lowest", **fixed).fit(x)
 
 
 def test_a_list_of_starts_is_searched_like_the_sizes():
@@ -122,6 +175,32 @@ def test_n_iter_no_change_stops_where_the_full_curve_first_stalls():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="n_iter_no_change must be None or an int >= 1"):
             UGMMCircuitDensity(n_iter_no_change=bad, **fixed).fit(x)
+
+
+def test_n_init_keeps_the_start_with_the_highest_training_likelihood(monkeypatch):
+    """``n_init=3`` from seed ``s`` is the fit, among the single fits from seeds ``s``,
+    ``s + 1`` and ``s + 2``, with the highest training log-likelihood (scored here by
+    ``score``, on the same rows): its parameters, not only its score; bad values are
+    refused."""
+    x = _clusters(120)
+    fixed = {"depth": 0, "channels": 5, "covariance_pooling": 0.0, "max_iter": 15}
+    fixed |= {"init_params": "random_from_data", "early_stopping": False}
+
+    def fit(seed: int, n_init: int) -> UGMMCircuitDensity:
+        monkeypatch.setattr(UGMMCircuitDensity, "_seed", lambda self: seed)
+        return UGMMCircuitDensity(n_init=n_init, **fixed).fit(x)
+
+    singles = [fit(7 + start, 1) for start in range(3)]
+    scores = [single.score(x) for single in singles]
+    assert max(scores) - min(scores) > 1e-3, "the starts should reach different optima"
+    best = singles[int(np.argmax(scores))]
+    restarted = fit(7, 3)
+    assert restarted.score(x) == pytest.approx(max(scores), abs=1e-12)
+    for mine, theirs in zip(restarted.model_.parameters(), best.model_.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="n_init must be an int >= 1"):
+            UGMMCircuitDensity(n_init=bad, **fixed).fit(x)
 
 
 def test_one_channel_at_depth_zero_is_the_maximum_likelihood_gaussian():

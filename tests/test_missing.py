@@ -521,8 +521,9 @@ def test_scikit_learn_estimators_on_incomplete_tables():
 
 def test_imputer_is_the_density_with_a_strategy():
     """scikit-learn reads parameters off ``__init__``, so the imputer repeats the density's
-    signature: the same names and defaults, plus ``strategy``; and ``transform`` with the
-    mean strategy is the density's ``impute(method="mean")`` from the same fit."""
+    signature: the same names and defaults (but ``depth``: 0, chosen for imputation), plus
+    ``strategy``; and ``transform`` with the mean strategy is the density's
+    ``impute(method="mean")`` from the same fit."""
     import inspect
 
     pytest.importorskip("sklearn")
@@ -532,7 +533,8 @@ def test_imputer_is_the_density_with_a_strategy():
         signature = inspect.signature(cls.__init__).parameters.values()
         return {p.name: p.default for p in signature if p.name != "self"}
 
-    assert defaults(UGMMCircuitImputer) == {"strategy": "mean", **defaults(UGMMCircuitDensity)}
+    expected = {"strategy": "mean", **defaults(UGMMCircuitDensity), "depth": 0}
+    assert defaults(UGMMCircuitImputer) == expected
     holes = _holes(_correlated(120, 3, seed=30), 0.2, seed=31).numpy()
     fixed = {"channels": 2, "covariance_pooling": 0.0, "depth": 0, "max_iter": 5}
     imputer = UGMMCircuitImputer(**fixed, random_state=0).fit(holes)

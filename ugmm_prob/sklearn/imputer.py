@@ -43,7 +43,11 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
 
     The size search differs in what it maximises: among the candidate sizes, the one whose
     conditional mean best fills the held-out rows' cells, each hidden in turn (the lowest
-    squared error), not the likeliest one.
+    squared error), not the likeliest one. And it searches depth 0 only by default (one
+    full-covariance leaf over every column: a Gaussian mixture of ``channels`` components,
+    whose conditional means use every correlation): on the validation rows of
+    ``benchmarks/density_defaults.py --part imputer-depth`` it imputed as well as or better
+    than depths 0 and 1 searched, in half the time (docs/results.md).
 
     Attributes:
         model_: the fitted :class:`~ugmm_prob.circuits.UGMMCircuit` (on standardised
@@ -62,7 +66,7 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
         *,
         strategy: str = "mean",
         structure: str | Sequence[str] = "tree",
-        depth: int | Sequence[int | None] | None = (0, 1),
+        depth: int | Sequence[int | None] | None = 0,
         repetitions: int | Sequence[int] = 4,
         channels: int | Sequence[int] = (1, 2, 4, 8),
         inputs: str = "multivariate",
@@ -70,6 +74,8 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
         covariance_pooling: float | Sequence[float] = (0.0, 10.0, 100.0),
         scale_floor: float = 1e-2,
         init_params: str = "kmeans",
+        n_init: int = 1,
+        selection: str = "best",
         max_iter: int = 100,
         n_iter_no_change: int | None = 20,
         batch_size: int = 256,
@@ -94,6 +100,8 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
             covariance_pooling=covariance_pooling,
             scale_floor=scale_floor,
             init_params=init_params,
+            n_init=n_init,
+            selection=selection,
             max_iter=max_iter,
             n_iter_no_change=n_iter_no_change,
             batch_size=batch_size,
@@ -123,25 +131,26 @@ class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDens
         self._check_strategy()
         return super().fit(X)
 
-    def _validation_score(self, X_val: np.ndarray, seed: int) -> float:
-        """What the size search maximises: minus the mean squared error, in training
-        standard deviations, of the conditional mean of every observed cell of the held-out
-        rows given the rest of its row (each cell hidden in turn: one row copy per cell; at
-        most :data:`VALIDATION_CELLS` cells, drawn at random beyond): the imputer chooses its
-        size by what it is used for. The two criteria can disagree: on breast cancer with 10%
-        of cells missing (seed 0 of ``benchmarks/missing.py``), the likeliest size imputed
-        the test cells with RMSE 0.298 and a single full Gaussian with 0.266."""
+    def _validation_items(self, X_val: np.ndarray, seed: int) -> np.ndarray:
+        """What the size search maximises, per held-out item (here a cell): minus the
+        squared error, in training standard deviations, of the conditional mean of every
+        observed cell of the held-out rows given the rest of its row (each cell hidden in
+        turn: one row copy per cell; at most :data:`VALIDATION_CELLS` cells, drawn at random
+        beyond): the imputer chooses its size by what it is used for. The two criteria can
+        disagree: on breast cancer with 10% of cells missing (seed 0 of
+        ``benchmarks/missing.py``), the likeliest size imputed the test cells with RMSE 0.298
+        and a single full Gaussian with 0.266."""
         row, column = np.nonzero(~np.isnan(X_val))
         if len(row) > VALIDATION_CELLS:
             keep = np.random.RandomState(seed).choice(len(row), VALIDATION_CELLS, replace=False)
             row, column = row[keep], column[keep]
         if not len(row):  # nothing observed to hide: fall back to the held-out likelihood
-            return super()._validation_score(X_val, seed)
+            return super()._validation_items(X_val, seed)
         copies = X_val[row].copy()
         copies[np.arange(len(row)), column] = np.nan
         filled = self._complete(copies, "mean", None)[np.arange(len(row)), column]
         error = (filled - X_val[row, column]) / self.scale_[column]
-        return -float(np.mean(error**2))
+        return -(error**2)
 
     def transform(self, X: Any) -> np.ndarray:
         """``X`` with its NaN cells filled by ``strategy``, shape ``(n, n_features)``."""

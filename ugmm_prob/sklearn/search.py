@@ -15,11 +15,19 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ugmm_prob.circuits.circuit import SEEDINGS
 
-__all__ = ["SEARCHED", "Candidate", "candidates", "select"]
+__all__ = [
+    "SEARCHED",
+    "SELECTIONS",
+    "Candidate",
+    "Score",
+    "candidates",
+    "check_selection",
+    "select",
+]
 
 SEARCHED = ("structure", "depth", "repetitions", "channels", "covariance_pooling", "init_params")
 """The parameters of :class:`~ugmm_prob.sklearn.density.UGMMCircuitDensity` that take a
@@ -85,24 +93,72 @@ def candidates(params: dict[str, Any], in_features: int) -> list[Candidate]:
     return out
 
 
-def select(
-    options: Sequence[Candidate], score: Callable[[Candidate], tuple[float, int]]
-) -> tuple[Candidate, int, list[dict[str, Any]]]:
-    """The candidate with the highest held-out score.
+SELECTIONS = ("best", "one_standard_error")
+"""How :func:`select` chooses: the highest held-out score, or the smallest candidate within
+one standard error of it."""
 
-    ``score(candidate)`` fits it and returns ``(held-out log-likelihood per row, epoch kept)``;
-    a non-finite score (a diverged fit) never wins. Returns the best candidate, its epoch and
-    one record per candidate (its values, ``validation_score`` and ``epoch``).
+
+def check_selection(selection: str) -> None:
+    """Refuse a ``selection`` not in :data:`SELECTIONS`."""
+    if selection not in SELECTIONS:
+        raise ValueError(
+            f"UGMMCircuitDensity: selection must be one of {SELECTIONS}, got {selection!r}"
+        )
+
+
+class Score(NamedTuple):
+    """What fitting a candidate and scoring it on the held-out rows gives."""
+
+    value: float
+    """Mean held-out score (higher is better; non-finite for a diverged fit)."""
+    standard_error: float
+    """Standard error of ``value`` (the held-out items' standard deviation / sqrt(count))."""
+    epoch: int
+    """Epoch kept."""
+    n_parameters: int
+    """Free parameters of the fitted candidate."""
+
+
+def select(
+    options: Sequence[Candidate],
+    score: Callable[[Candidate], Score],
+    selection: str = "best",
+) -> tuple[Candidate, int, list[dict[str, Any]]]:
+    """The candidate with the highest held-out score, or (``selection="one_standard_error"``)
+    the one with the fewest parameters among those whose score is at least the highest
+    minus its standard error (the one-standard-error rule of Breiman et al. 1984: held-out
+    scores that differ by less than their noise do not justify the larger model).
+
+    ``score(candidate)`` fits it and returns its :class:`Score`; a non-finite score (a
+    diverged fit) never wins. Returns the chosen candidate, its epoch and one record per
+    candidate (its values, ``validation_score``, ``validation_se``, ``epoch`` and
+    ``n_parameters``).
     """
-    results, best = [], None
+    check_selection(selection)
+    results, scored = [], []
     for candidate in options:
-        value, epoch = score(candidate)
-        results.append({**candidate, "validation_score": value, "epoch": epoch})
-        if math.isfinite(value) and (best is None or value > best[0]):
-            best = (value, epoch, candidate)
-    if best is None:
+        result = score(candidate)
+        results.append(
+            {
+                **candidate,
+                "validation_score": result.value,
+                "validation_se": result.standard_error,
+                "epoch": result.epoch,
+                "n_parameters": result.n_parameters,
+            }
+        )
+        if math.isfinite(result.value):
+            scored.append((result, candidate))
+    if not scored:
         raise ValueError(
             "UGMMCircuitDensity: every candidate diverged (no finite held-out likelihood); "
             "raise scale_floor"
         )
-    return best[2], best[1], results
+    best, chosen = max(scored, key=lambda pair: pair[0].value)  # the first of equals
+    if selection == "one_standard_error":
+        threshold = best.value - best.standard_error
+        best, chosen = min(
+            (pair for pair in scored if pair[0].value >= threshold),
+            key=lambda pair: pair[0].n_parameters,
+        )
+    return chosen, best.epoch, results
