@@ -155,34 +155,23 @@ def _cells(
     return cells
 
 
-def imputer_table(
-    runs: list[dict[str, Any]],
-    command: str,
-    minutes: float,
-    variants: dict[str, dict[str, Any]],
-    title: str,
-) -> str:
-    columns = [*variants, "best scikit-learn"]
-    lines = [
-        f"## {title}",
-        "",
-        f"Command: `{command}` ({minutes:.1f} min, one thread). Imputation RMSE (fitting "
-        "rows' standard deviations) over the cells removed from the validation rows, mean "
-        "± sd over split seeds "
-        f"{', '.join(str(s) for s in sorted({r['seed'] for r in runs}))}: each variant of "
+_WHAT = {
+    "density": (
+        "Mean validation log p(x) per row (original units), mean ± sd over split seeds {seeds}: "
+        "each variant of `UGMMCircuitDensity` fitted on four fifths of a training split and "
+        "scored on the fifth left (test rows never read); the BIC-chosen GaussianMixture on "
+        "the same rows for reference. Best circuit per table in bold; fit seconds in brackets."
+    ),
+    "imputer": (
+        "Imputation RMSE (fitting rows' standard deviations) over the cells removed from the "
+        "validation rows, mean ± sd over split seeds {seeds}: each variant of "
         "`UGMMCircuitImputer` fitted on the other four fifths of the incomplete training "
         "split (test rows never read), beside the best of SimpleImputer, KNNImputer and "
         "IterativeImputer on the same rows (per seed). Best circuit per row in bold; fit "
-        "seconds in brackets.",
-        "",
-        "| table | missing | " + " | ".join(columns) + " |",
-        "|---|---:|" + "---:|" * len(columns),
-    ]
-    for key in dict.fromkeys((r["table"], r["rate"]) for r in runs):
-        group = [r for r in runs if (r["table"], r["rate"]) == key]
-        cells = _cells(group, columns, variants, min)
-        lines.append(f"| {key[0]} | {key[1]:.0%} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        "seconds in brackets."
+    ),
+}
+"""What a table of each kind shows (its prose, ``{seeds}`` filled in)."""
 
 
 def table(
@@ -192,24 +181,27 @@ def table(
     variants: dict[str, dict[str, Any]],
     title: str,
 ) -> str:
-    columns = [*variants, "BIC GMM"]
+    """The variants' mean ± sd over the seeds: per table (density runs, higher is better)
+    or per table and rate (imputer runs, which carry a ``rate``; lower is better)."""
+    imputer = "rate" in runs[0]
+    columns = [*variants, "best scikit-learn" if imputer else "BIC GMM"]
+    keys = ("table", "rate") if imputer else ("table",)
+    seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))
+    what = _WHAT["imputer" if imputer else "density"].format(seeds=seeds)
+    header = ["table", "missing"] if imputer else ["table"]
     lines = [
         f"## {title}",
         "",
-        f"Command: `{command}` ({minutes:.1f} min, one thread). Mean validation log p(x) per "
-        "row (original units), mean ± sd over split seeds "
-        f"{', '.join(str(s) for s in sorted({r['seed'] for r in runs}))}: each variant of "
-        "`UGMMCircuitDensity` fitted on four fifths of a training split and scored on the "
-        "fifth left (test rows never read); the BIC-chosen GaussianMixture on the same "
-        "rows for reference. Best circuit per table in bold; fit seconds in brackets.",
+        f"Command: `{command}` ({minutes:.1f} min, one thread). {what}",
         "",
-        "| table | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        "| " + " | ".join(header + columns) + " |",
+        "|---|" + "---:|" * (len(header) - 1 + len(columns)),
     ]
-    for name in dict.fromkeys(r["table"] for r in runs):
-        group = [r for r in runs if r["table"] == name]
-        cells = _cells(group, columns, variants, max)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for key in dict.fromkeys(tuple(r[k] for k in keys) for r in runs):
+        group = [r for r in runs if tuple(r[k] for k in keys) == key]
+        cells = _cells(group, columns, variants, min if imputer else max)
+        label = [key[0]] + ([f"{key[1]:.0%}"] if imputer else [])
+        lines.append("| " + " | ".join(label + cells) + " |")
     return "\n".join(lines)
 
 
@@ -258,8 +250,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 )
     flag = "" if args.part == "density" else f" --part {args.part}"
     heading = f"{title} (`benchmarks/density_defaults.py{flag}`)"
-    write = imputer_table if imputer else table
-    text = f"{write(runs, command, seconds / 60, variants, heading)}\n\nMachine: {machine()}."
+    text = f"{table(runs, command, seconds / 60, variants, heading)}\n\nMachine: {machine()}."
     print(text, flush=True)
     if not args.no_write:
         replace_block(f"{args.part}-defaults", text)

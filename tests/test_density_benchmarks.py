@@ -52,3 +52,27 @@ def test_defaults_comparison_scores_validation_rows_of_the_training_split():
         direct = UGMMCircuitDensity(random_state=0, **options, **tabular.QUICK)
         expected = direct.fit(x_train[fit]).score(x_train[val])
         assert result[label] == pytest.approx(expected, abs=1e-9), label
+
+
+def test_tables_of_both_kinds_bold_the_better_variant():
+    """A density table (per table, higher is better) and an imputer table (per table and
+    rate, lower is better) from hand-made runs: mean ± sd (sample sd) over the seeds, the better
+    variant in bold, its fit seconds in brackets."""
+    defaults = import_benchmark("density_defaults")
+    variants = {"a": {}, "b": {}}
+
+    def runs(reference: str, **extra) -> list[dict]:
+        return [
+            {"table": "t", "seed": s, "a": 1.0 + s, "b": 2.0 + s, reference: 0.0, **extra}
+            | {"a seconds": 3.0, "b seconds": 5.0}
+            for s in (0, 1)
+        ]
+
+    density = defaults.table(runs("BIC GMM"), "cmd", 1.0, variants, "T").splitlines()
+    assert density[-1] == "| t | 1.500 ± 0.707 (3 s) | **2.500 ± 0.707** (5 s) | 0.000 ± 0.000 |"
+    imputer = runs("best scikit-learn", rate=0.3)
+    lines = defaults.table(imputer, "cmd", 1.0, variants, "T").splitlines()
+    assert lines[-1] == (
+        "| t | 30% | **1.500 ± 0.707** (3 s) | 2.500 ± 0.707 (5 s) | 0.000 ± 0.000 |"
+    )
+    assert "Imputation RMSE" in lines[2] and "log p(x)" in density[2]

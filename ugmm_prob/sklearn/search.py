@@ -2,7 +2,9 @@
 combination of the candidate values of its searched parameters (the sizes, and the start
 ``init_params``) is fitted on the training
 rows, scored by its held-out log-likelihood, and the best one is kept (then refitted on all
-rows), as scikit-learn's own estimators choose an epoch by early stopping.
+rows), as scikit-learn's own estimators choose an epoch by early stopping; or, with the
+one-standard-error rule, the smallest one whose score is within one standard error of the
+best.
 
 A parameter given as a list or tuple is searched; a single value is fixed. Combinations that
 build the same circuit (the depth and repetitions of an HCLT, which has neither; repetitions
