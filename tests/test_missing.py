@@ -560,8 +560,10 @@ def test_imputer_chooses_its_size_by_held_out_imputation_error():
         one = rows[i : i + 1].copy()
         one[0, j] = np.nan
         errors.append((imputer.transform(one)[0, j] - rows[i, j]) / imputer.scale_[j])
-    expected = -np.mean(np.square(errors))
-    assert imputer._validation_score(rows, 7) == pytest.approx(expected, rel=1e-10)
-    # the density scores the same rows by their likelihood instead
+    expected = -np.square(errors)  # one item per cell, in the order of np.nonzero
+    assert imputer._validation_items(rows, 7) == pytest.approx(expected, rel=1e-10)
+    # the density scores the same rows by their likelihood instead, one item per row
     density = UGMMCircuitDensity(channels=2, max_iter=5, random_state=0).fit(holes)
-    assert density._validation_score(rows, 7) == pytest.approx(density.score(rows), rel=1e-12)
+    items = density._validation_items(rows, 7)
+    assert items == pytest.approx(density.score_samples(rows), rel=1e-12)
+    assert float(np.mean(items)) == pytest.approx(density.score(rows), rel=1e-12)

@@ -473,10 +473,6 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         ``log p(x_observed)`` in the original units."""
         return self._density_score_samples(X_val)
 
-    def _validation_score(self, X_val: np.ndarray, seed: int) -> float:
-        """The mean of :meth:`_validation_items`."""
-        return float(np.mean(self._validation_items(X_val, seed)))
-
     def _fit_candidate(
         self,
         z: torch.Tensor,

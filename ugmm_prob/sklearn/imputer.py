@@ -17,7 +17,7 @@ __all__ = ["VALIDATION_CELLS", "UGMMCircuitImputer"]
 
 VALIDATION_CELLS = 20_000
 """The most held-out cells the imputer's size search hides and imputes per candidate
-(:meth:`UGMMCircuitImputer._validation_score`)."""
+(:meth:`UGMMCircuitImputer._validation_items`)."""
 
 
 class UGMMCircuitImputer(OneToOneFeatureMixin, TransformerMixin, UGMMCircuitDensity):
