@@ -488,9 +488,9 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
         options = dict(candidate)
         pooling = float(options.pop("covariance_pooling"))
         options["seeding"] = options.pop("init_params")
+        starts, patience = self._n_init(), self._patience()
         best: tuple[float, dict[str, Any]] | None = None
-        for start in range(self._n_init()):
-            start_seed = seed + start
+        for start_seed in range(seed, seed + starts):
             self._fit_circuit(
                 z,
                 None,
@@ -505,18 +505,17 @@ class UGMMCircuitDensity(_CircuitMixin, DensityMixin, _TorchEstimator):
                     epochs=epochs,
                     online=bool(self.online),
                     covariance_pooling=pooling,
-                    patience=self._patience(),
+                    patience=patience,
                 ),
                 **options,
             )
-            if self._n_init() == 1:
-                return
-            fitted = {name: getattr(self, name) for name in _FIT_ATTRIBUTES}
-            score = self._training_score(z)
-            if best is None or score > best[0]:
-                best = (score, fitted)
-        for name, value in best[1].items():
-            setattr(self, name, value)
+            if starts > 1:  # one start: nothing to compare, the fit stays as it is
+                score = self._training_score(z)
+                if best is None or score > best[0]:
+                    best = (score, {name: getattr(self, name) for name in _FIT_ATTRIBUTES})
+        if best is not None:
+            for name, value in best[1].items():
+                setattr(self, name, value)
 
     def _training_score(self, z: torch.Tensor) -> float:
         """Mean ``log p(z_observed)`` per row of the standardised training rows ``z`` (NaN:
